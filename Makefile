@@ -1,0 +1,44 @@
+# Every target that needs Python depends on the venv stamp, so a fresh clone needs nothing
+# but `make run` or `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+USERS ?= 100
+DURATION ?= 60s
+
+.PHONY: run test lint typecheck pytest bench loadtest loadtest-headless clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m backend.devstack
+
+lint: $(STAMP)
+	$(BIN)/ruff check protocol gateway backend tests bench
+	$(BIN)/ruff format --check protocol gateway backend tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest
+
+test: lint typecheck pytest
+
+bench: $(STAMP)
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+loadtest: $(STAMP)
+	$(BIN)/locust -f loadtests/agents.py --host http://127.0.0.1:8080 --web-host 127.0.0.1 --web-port 8089
+
+loadtest-headless: $(STAMP)
+	$(BIN)/python -m loadtests.headless --users $(USERS) --duration $(DURATION)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -8,7 +8,9 @@ STAMP := $(VENV)/.installed
 USERS ?= 100
 DURATION ?= 60s
 
-.PHONY: run test lint typecheck pytest bench loadtest loadtest-headless clean
+LINTED := protocol gateway backend tests bench loadtests scripts
+
+.PHONY: run test lint typecheck pytest system-deps bench loadtest loadtest-headless clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,16 +19,20 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python -m backend.devstack
+	$(BIN)/python scripts/devstack.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check protocol gateway backend tests bench
-	$(BIN)/ruff format --check protocol gateway backend tests bench
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+# nginx for the reverse-proxy topology test; installed with apt-get when missing (CI is root).
+system-deps:
+	bash scripts/system-deps.sh
+
+pytest: $(STAMP) system-deps
 	$(BIN)/pytest
 
 test: lint typecheck pytest

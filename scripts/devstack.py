@@ -1,0 +1,229 @@
+"""`make run`: the whole stack on this machine, on the embedded PostgreSQL.
+
+Starts the backend (127.0.0.1:8000), provisions an organisation, a gateway, a default
+policy and a simulated Hikvision terminal through the API, starts the gateway
+(127.0.0.1:8080) and the terminal simulator (127.0.0.1:18080), prints what you need to use
+them, and stops everything on Ctrl-C. What it provisioned is kept in `<data-dir>/stack.json`
+(mode 0600), so the next `make run` reuses the same organisation and keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+BIN = Path(sys.executable).parent
+BACKEND_URL = "http://127.0.0.1:8000"
+GATEWAY_LISTEN = "127.0.0.1:8080"
+DEVSIM_PORT = 18080
+START_DEADLINE_S = 90
+
+
+class Stack:
+    """The child processes, stopped in reverse start order."""
+
+    def __init__(self) -> None:
+        self.processes: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, command: list[str], env: dict[str, str] | None = None) -> None:
+        # Own sessions: Ctrl-C reaches only this script, which then stops the children in order
+        # (gateway before backend, backend last so it can stop its PostgreSQL).
+        process = subprocess.Popen(
+            command, env={**os.environ, **(env or {})}, start_new_session=True
+        )
+        self.processes.append((name, process))
+
+    def check_alive(self) -> None:
+        for name, process in self.processes:
+            if process.poll() is not None:
+                raise SystemExit(f"{name} exited with code {process.returncode}")
+
+    def stop(self) -> None:
+        for name, process in reversed(self.processes):
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    print(f"{name} did not stop within 15 s; killing it", file=sys.stderr)
+                    process.kill()
+                    process.wait()
+
+
+def wait_until_up(stack: Stack, url: str) -> None:
+    deadline = time.monotonic() + START_DEADLINE_S
+    while time.monotonic() < deadline:
+        stack.check_alive()
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(0.3)
+    raise SystemExit(f"{url} did not answer within {START_DEADLINE_S} s")
+
+
+def td_backend(*args: str) -> str:
+    return subprocess.run(
+        [str(BIN / "td-backend"), *args], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def provision(data_dir: Path) -> dict[str, Any]:
+    """Create the organisation, gateway, default policy and device through the public API."""
+    org = json.loads(td_backend("create-org", "Local organisation", "--data-dir", str(data_dir)))
+    admin = httpx.Client(
+        base_url=BACKEND_URL, headers={"Authorization": f"Bearer {org['admin_token']}"}, timeout=30
+    )
+    with admin:
+        gateway = admin.post("/v2/gateways", json={"name": "local-gateway"}).raise_for_status()
+        policy = admin.post(
+            "/v2/policies", json={"name": "Default", "body": {}, "is_default": True}
+        ).raise_for_status()
+        devsim_password = secrets.token_urlsafe(12)
+        device = admin.post(
+            "/v2/devices",
+            json={
+                "gateway_id": gateway.json()["id"],
+                "vendor": "hikvision",
+                "name": "Front door (simulated)",
+                "host": "127.0.0.1",
+                "port": DEVSIM_PORT,
+                "username": "admin",
+                "password": devsim_password,
+            },
+        ).raise_for_status()
+    return {
+        "backend_url": BACKEND_URL,
+        "gateway_url": f"http://{GATEWAY_LISTEN}",
+        "org_id": org["org_id"],
+        "admin_token": org["admin_token"],
+        "gateway_id": gateway.json()["id"],
+        "api_key": gateway.json()["api_key"],
+        "enrollment_key": gateway.json()["enrollment_key"],
+        "policy_id": policy.json()["id"],
+        "device_id": device.json()["id"],
+        "devsim_password": devsim_password,
+    }
+
+
+def register_demo_agent(stack_info: dict[str, Any]) -> str:
+    response = httpx.post(
+        f"{stack_info['gateway_url']}/v1/agents/register",
+        headers={"X-Enrollment-Key": stack_info["enrollment_key"]},
+        json={"agent_uid": "demo-pc", "hostname": "DEMO-PC", "os": "Windows 11"},
+        timeout=10,
+    ).raise_for_status()
+    return str(response.json()["token"])
+
+
+def summary(info: dict[str, Any], agent_token: str) -> str:
+    backend, gateway = info["backend_url"], info["gateway_url"]
+    admin = f"-H 'Authorization: Bearer {info['admin_token']}'"
+    return f"""
+TD stack is up (Ctrl-C stops everything)
+
+  backend   {backend}   (OpenAPI: {backend}/schema, health: {backend}/ready)
+  gateway   {gateway}   (health: {gateway}/health, agent API: {gateway}/schema)
+  terminal  http://127.0.0.1:{DEVSIM_PORT}   (simulated Hikvision, device {info["device_id"]})
+  database  {info["database_url"]}
+
+  admin token     {info["admin_token"]}
+  gateway id      {info["gateway_id"]}
+  gateway API key {info["api_key"]}
+  enrollment key  {info["enrollment_key"]}
+
+Post a log as an agent:
+  curl -s -X POST {gateway}/v1/logs -H 'Authorization: Bearer {agent_token}' \\
+    -H 'Content-Type: application/json' \\
+    -d '{{"logs":[{{"kind":"idle","id":"'$(cat /proc/sys/kernel/random/uuid)'","ts":"'$(date -u +%FT%TZ)'","duration_ms":60000}}]}}'
+
+Change the default policy (agents long-polling /v1/policy get it at once):
+  curl -s -X PUT {backend}/v2/policies/{info["policy_id"]} {admin} \\
+    -H 'Content-Type: application/json' -d '{{"body":{{"upload_interval_s":30,"track_urls":true}}}}'
+
+Open the door on the simulated terminal:
+  curl -s -X POST {backend}/v2/devices/{info["device_id"]}/commands {admin} \\
+    -H 'Content-Type: application/json' -d '{{"type":"open_door","payload":{{"door":1}}}}'
+
+See what arrived:  curl -s '{backend}/v2/logs?limit=20' {admin}
+Load test:         make loadtest   (locust UI on http://127.0.0.1:8089)
+"""
+
+
+@contextlib.contextmanager
+def sigterm_as_keyboard_interrupt() -> Iterator[None]:
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Run the whole TD stack locally.")
+    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("TD_DATA_DIR", ".td")))
+    data_dir = parser.parse_args().data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    stack_file = data_dir / "stack.json"
+    stack = Stack()
+    with sigterm_as_keyboard_interrupt():
+        try:
+            stack.start(
+                "backend",
+                [str(BIN / "td-backend"), "serve", "--host", "127.0.0.1", "--port", "8000",
+                 "--data-dir", str(data_dir)],
+            )  # fmt: skip
+            wait_until_up(stack, f"{BACKEND_URL}/ready")
+            if stack_file.exists():
+                info = json.loads(stack_file.read_text())
+            else:
+                info = provision(data_dir)
+            info["database_url"] = td_backend("dburl", "--data-dir", str(data_dir))
+            stack_file.touch(mode=0o600)
+            stack_file.write_text(json.dumps(info, indent=2))
+
+            stack.start(
+                "terminal simulator",
+                [str(BIN / "td-devsim"), "hikvision", "--host", "127.0.0.1",
+                 "--port", str(DEVSIM_PORT), "--user", "admin",
+                 "--password", info["devsim_password"]],
+            )  # fmt: skip
+            stack.start(
+                "gateway",
+                [str(BIN / "td-gateway"), "run"],
+                env={
+                    "TD_BACKEND_URL": info["backend_url"],
+                    "TD_GATEWAY_API_KEY": info["api_key"],
+                    "TD_ENROLLMENT_KEY": info["enrollment_key"],
+                    "TD_LISTEN": GATEWAY_LISTEN,
+                    "TD_DATA_DIR": str(data_dir / "gateway"),
+                },
+            )
+            wait_until_up(stack, f"{info['gateway_url']}/health")
+            print(summary(info, register_demo_agent(info)), flush=True)
+            while True:
+                stack.check_alive()
+                time.sleep(1)
+        except KeyboardInterrupt:
+            print("\nstopping…", file=sys.stderr)
+        finally:
+            stack.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

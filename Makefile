@@ -41,7 +41,7 @@ bench: $(STAMP)
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 loadtest: $(STAMP)
-	$(BIN)/locust -f loadtests/agents.py --host http://127.0.0.1:8080 --web-host 127.0.0.1 --web-port 8089
+	PYTHONPATH=. $(BIN)/locust -f loadtests/agents.py --host http://127.0.0.1:8080 --web-host 127.0.0.1 --web-port 8089
 
 loadtest-headless: $(STAMP)
 	$(BIN)/python -m loadtests.headless --users $(USERS) --duration $(DURATION)

@@ -5,16 +5,19 @@ upload interval, and long-polls its policy in the background like the real agent
 The ids of every acknowledged (202) log go to a file per process under TD_ACK_DIR, so the
 headless runner can check PostgreSQL holds each exactly once.
 
-Settings (environment): TD_ENROLLMENT_KEY (required), TD_ACK_DIR (optional),
+Settings (environment): TD_ENROLLMENT_KEY (default: the one `make run` wrote to
+.td/stack.json), TD_ACK_DIR (optional),
 TD_LOADTEST_UPLOAD_INTERVAL_S (overrides the policy's interval, to make short runs busy),
 TD_LOADTEST_BATCH (logs per post; default: the policy's log_batch_max capped at 100).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import uuid
+from pathlib import Path
 from typing import Any
 
 import gevent
@@ -23,7 +26,17 @@ from locust.exception import StopUser
 
 from loadtests.logs import make_batch
 
-ENROLLMENT_KEY = os.environ.get("TD_ENROLLMENT_KEY", "")
+
+def _enrollment_key() -> str:
+    if key := os.environ.get("TD_ENROLLMENT_KEY"):
+        return key
+    stack_file = Path(os.environ.get("TD_DATA_DIR", ".td")) / "stack.json"
+    if stack_file.exists():
+        return str(json.loads(stack_file.read_text())["enrollment_key"])
+    return ""
+
+
+ENROLLMENT_KEY = _enrollment_key()
 ACK_DIR = os.environ.get("TD_ACK_DIR")
 INTERVAL_OVERRIDE = os.environ.get("TD_LOADTEST_UPLOAD_INTERVAL_S")
 BATCH_OVERRIDE = os.environ.get("TD_LOADTEST_BATCH")

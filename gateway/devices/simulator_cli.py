@@ -1,11 +1,90 @@
+"""`td-devsim hikvision ...`: run one simulated Hikvision access terminal."""
+
 from __future__ import annotations
 
+import argparse
+import signal
 import sys
+from collections.abc import Sequence
+
+import trio
+
+from gateway.devices.simulated_terminal import DEFAULT_SERIAL, SimulatorConfig
+from gateway.devices.simulator import serve_simulator
 
 
-def main() -> int:
-    print(f"{sys.argv[0]}: not implemented yet", file=sys.stderr)
-    return 2
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="td-devsim", description="Simulate an access-control terminal for development."
+    )
+    vendors = parser.add_subparsers(dest="vendor", required=True, metavar="VENDOR")
+    hik = vendors.add_parser("hikvision", help="a Hikvision ISAPI terminal (DS-K1T341 like)")
+    hik.add_argument("--host", default="127.0.0.1")
+    hik.add_argument("--port", type=int, default=18080)
+    hik.add_argument("--user", default="admin")
+    hik.add_argument("--password", required=True)
+    hik.add_argument("--latency-ms", type=int, default=0, help="delay before every answer")
+    hik.add_argument(
+        "--busy-rate", type=float, default=0.0, help="share of calls answered deviceBusy (0..1)"
+    )
+    hik.add_argument(
+        "--lockout-after", type=int, default=5, help="bad logins before lock-out (0 = never)"
+    )
+    hik.add_argument("--unlock-s", type=int, default=1800, help="how long a lock-out lasts")
+    hik.add_argument("--reboot-s", type=float, default=30.0, help="downtime of a reboot")
+    hik.add_argument("--serial", default=DEFAULT_SERIAL)
+    hik.add_argument("--doors", type=int, default=1)
+    hik.add_argument(
+        "--nonce-max-uses",
+        type=int,
+        default=0,
+        help="reject the Nth use of a nonce without a new challenge, as some firmware "
+        "does (0 = never)",
+    )
+    hik.add_argument("--seed", type=int, default=None, help="seed for --busy-rate")
+    return parser
+
+
+async def _run(config: SimulatorConfig) -> None:
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(serve_simulator, config)
+        print(
+            f"td-devsim: Hikvision terminal {config.serial} listening on "
+            f"http://{config.host}:{port} (user {config.user!r}); Ctrl-C to stop",
+            flush=True,
+        )
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                return
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if not 0.0 <= args.busy_rate <= 1.0:
+        print("td-devsim: --busy-rate must be between 0 and 1", file=sys.stderr)
+        return 2
+    config = SimulatorConfig(
+        host=args.host,
+        port=args.port,
+        user=args.user,
+        password=args.password,
+        latency_ms=args.latency_ms,
+        busy_rate=args.busy_rate,
+        lockout_after=args.lockout_after,
+        unlock_s=args.unlock_s,
+        reboot_s=args.reboot_s,
+        serial=args.serial,
+        doors=args.doors,
+        nonce_max_uses=args.nonce_max_uses,
+        seed=args.seed,
+    )
+    try:
+        trio.run(_run, config)
+    except OSError as exc:
+        print(f"td-devsim: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

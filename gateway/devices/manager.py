@@ -1,0 +1,366 @@
+"""The gateway's device runtime: configured terminals, their commands, health and events.
+
+Access events become `device_event` logs with an id derived from the terminal's serial
+number and the event's serialNo, so reading an event twice never makes a second log. The
+stored cursor (last serialNo per device) advances only after `append_logs` returned, which
+the gateway does after its durable commit: a crash or a failed append re-reads, never skips.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import apsw
+import msgspec
+import structlog
+import trio
+
+from gateway.devices.base import (
+    AccessEvent,
+    AdapterFactory,
+    DeviceAdapter,
+    DeviceError,
+    DoorAction,
+    UserRecord,
+    create_adapter,
+)
+from protocol.agent import DeviceEvent, Log
+from protocol.control import (
+    DEVICE_COMMAND_TYPES,
+    Command,
+    CommandResult,
+    CommandStatus,
+    DeviceConfig,
+    DeviceState,
+)
+
+log = structlog.get_logger(__name__)
+
+# Fixed forever: changing it would give every already-uploaded event a second id.
+DEVICE_EVENT_NAMESPACE = uuid.UUID("6f1d8a52-3c4e-5b7a-9e21-d4c0b8a7e613")
+EVENTS_PER_APPEND = 500
+_SHORT_TEXT = 256
+_REMEMBERED_RESULTS = 1000
+_DOOR_COMMANDS: dict[str, DoorAction] = {
+    "open_door": "open",
+    "close_door": "close",
+    "always_open": "always_open",
+    "always_close": "always_close",
+}
+
+AppendLogs = Callable[[str, list[Log]], Awaitable[object]]
+ReportState = Callable[[DeviceState], Awaitable[object]]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS device_configs (
+    device_id TEXT PRIMARY KEY,
+    config BLOB NOT NULL  -- DeviceConfig as JSON, password included: kept nowhere else
+);
+CREATE TABLE IF NOT EXISTS device_cursors (
+    device_id TEXT PRIMARY KEY,
+    device_serial TEXT NOT NULL,
+    last_serial_no INTEGER NOT NULL
+);
+"""
+
+
+def device_event_id(device_serial: str, serial_no: int) -> uuid.UUID:
+    return uuid.uuid5(DEVICE_EVENT_NAMESPACE, f"{device_serial}:{serial_no}")
+
+
+def to_device_event(device_id: str, device_serial: str, event: AccessEvent) -> DeviceEvent:
+    def short(value: str | None) -> str | None:
+        return value[:_SHORT_TEXT] if value else None
+
+    return DeviceEvent(
+        id=device_event_id(device_serial, event.serial_no),
+        ts=event.time,
+        device_id=device_id,
+        serial_no=event.serial_no,
+        major=event.major,
+        minor=event.minor,
+        employee_no=short(event.employee_no),
+        card_no=short(event.card_no),
+        door=event.door if event.door is not None and event.door >= 0 else None,
+        verify_mode=short(event.verify_mode),
+    )
+
+
+class DeviceManager:
+    """Holds one adapter per enabled device; `run` polls them, `run_command` drives them."""
+
+    def __init__(
+        self,
+        db: apsw.Connection,
+        *,
+        poll_interval_s: float = 60.0,
+        event_interval_s: float = 10.0,
+        adapter_factory: AdapterFactory = create_adapter,
+        utcnow: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        self._db = db
+        self._poll_interval_s = poll_interval_s
+        self._event_interval_s = event_interval_s
+        self._adapter_factory = adapter_factory
+        self._utcnow = utcnow
+        self._configs: dict[str, DeviceConfig] = {}
+        self._adapters: dict[str, DeviceAdapter] = {}
+        self._setup_errors: dict[str, str] = {}
+        self._serials: dict[str, str] = {}
+        self._info_due: dict[str, float] = {}
+        self._results: OrderedDict[uuid.UUID, CommandResult] = OrderedDict()
+        self._wake = trio.Event()
+        db.execute(_SCHEMA)
+        for (blob,) in db.execute("SELECT config FROM device_configs").fetchall():
+            assert isinstance(blob, bytes)
+            self._install(msgspec.json.decode(blob, type=DeviceConfig))
+
+    def __repr__(self) -> str:
+        return f"DeviceManager(devices={sorted(self._configs)})"
+
+    @property
+    def device_ids(self) -> list[str]:
+        return sorted(self._configs)
+
+    # ---- configuration ------------------------------------------------------------------
+
+    def _install(self, cfg: DeviceConfig) -> None:
+        self._configs[cfg.device_id] = cfg
+        self._setup_errors.pop(cfg.device_id, None)
+        if not cfg.enabled:
+            return
+        try:
+            self._adapters[cfg.device_id] = self._adapter_factory(cfg)
+        except ValueError as exc:
+            self._setup_errors[cfg.device_id] = str(exc)
+        self._info_due[cfg.device_id] = 0.0
+
+    async def configure(self, cfg: DeviceConfig) -> None:
+        """Add, change, disable or delete (cfg.deleted) a device; persists the config."""
+        old = self._adapters.pop(cfg.device_id, None)
+        if old is not None:
+            await old.aclose()
+        self._configs.pop(cfg.device_id, None)
+        if cfg.deleted:
+            self._db.execute("DELETE FROM device_configs WHERE device_id = ?", (cfg.device_id,))
+            log.info("device.deleted", device_id=cfg.device_id)
+        else:
+            self._db.execute(
+                "INSERT INTO device_configs (device_id, config) VALUES (?, ?) "
+                "ON CONFLICT (device_id) DO UPDATE SET config = excluded.config",
+                (cfg.device_id, msgspec.json.encode(cfg)),
+            )
+            self._install(cfg)
+            log.info(
+                "device.configured",
+                device_id=cfg.device_id,
+                vendor=cfg.vendor,
+                host=cfg.host,
+                enabled=cfg.enabled,
+            )
+        self._wake.set()
+
+    async def aclose(self) -> None:
+        adapters, self._adapters = self._adapters, {}
+        for adapter in adapters.values():
+            await adapter.aclose()
+
+    # ---- commands -----------------------------------------------------------------------
+
+    async def run_command(self, cmd: Command) -> CommandResult:
+        """Run one device command; always returns a terminal result, never raises."""
+        seen = self._results.get(cmd.id)
+        if seen is not None:
+            return seen  # a redelivered command must not open the door twice
+        result = await self._run_command(cmd)
+        self._results[cmd.id] = result
+        while len(self._results) > _REMEMBERED_RESULTS:
+            self._results.popitem(last=False)
+        return result
+
+    async def _run_command(self, cmd: Command) -> CommandResult:
+        def failed(error: str, status: CommandStatus = CommandStatus.FAILED) -> CommandResult:
+            return CommandResult(command_id=cmd.id, status=status, error=error)
+
+        remaining = (cmd.expires_at - self._utcnow()).total_seconds()
+        if remaining <= 0:
+            return failed("the command expired before the gateway could run it",
+                          CommandStatus.TIMED_OUT)  # fmt: skip
+        if cmd.command_type not in DEVICE_COMMAND_TYPES:
+            known = ", ".join(DEVICE_COMMAND_TYPES)
+            return failed(f"unknown device command type {cmd.command_type!r}; known: {known}")
+        device_id = cmd.device_id or ""
+        cfg = self._configs.get(device_id)
+        if cfg is None:
+            return failed(f"no device {device_id!r} is configured on this gateway")
+        if device_id in self._setup_errors:
+            return failed(f"device {cfg.name!r} cannot be used: {self._setup_errors[device_id]}")
+        adapter = self._adapters.get(device_id)
+        if adapter is None:
+            return failed(f"device {cfg.name!r} is disabled")
+        try:
+            with trio.move_on_after(remaining) as scope:
+                result = await self._dispatch(adapter, cmd.command_type, cmd.payload)
+        except DeviceError as exc:
+            log.warning(
+                "device.command_failed",
+                device_id=device_id,
+                command_type=cmd.command_type,
+                kind=exc.kind.value,
+            )
+            return CommandResult(
+                command_id=cmd.id,
+                status=CommandStatus.FAILED,
+                error=f"device {cfg.name!r}: {exc}",
+                result=_error_details(exc),
+            )
+        except (msgspec.ValidationError, ValueError) as exc:
+            return failed(f"bad payload for {cmd.command_type}: {exc}")
+        if scope.cancelled_caught:
+            return failed(f"device {cfg.name!r} did not finish before the command expired",
+                          CommandStatus.TIMED_OUT)  # fmt: skip
+        if cmd.command_type in _DOOR_COMMANDS or cmd.command_type == "reboot":
+            self._wake.set()  # the device logged events: pick them up now
+        if cmd.command_type == "reboot":
+            self._info_due[device_id] = 0.0
+        return CommandResult(command_id=cmd.id, status=CommandStatus.SUCCESS, result=result)
+
+    async def _dispatch(
+        self, adapter: DeviceAdapter, command_type: str, payload: dict[str, Any]
+    ) -> dict[str, Any]:
+        if command_type in _DOOR_COMMANDS:
+            door = payload.get("door", 1)
+            if isinstance(door, bool) or not isinstance(door, int):
+                raise ValueError('"door" must be a door number (65535 = all doors)')
+            return await adapter.door(door, _DOOR_COMMANDS[command_type])
+        if command_type == "reboot":
+            return await adapter.reboot()
+        if command_type == "get_info":
+            return msgspec.structs.asdict(await adapter.device_info())
+        if command_type == "get_status":
+            return await adapter.status()
+        if command_type == "sync_time":
+            return await adapter.sync_time()
+        if command_type == "add_user":
+            return await adapter.add_user(msgspec.convert(payload, UserRecord))
+        if command_type == "delete_user":
+            employee_no = payload.get("employee_no")
+            if not isinstance(employee_no, str) or not employee_no:
+                raise ValueError('"employee_no" is required')
+            return await adapter.delete_user(employee_no)
+        raise AssertionError(f"{command_type} is in DEVICE_COMMAND_TYPES but not handled")
+
+    # ---- the long-running part ----------------------------------------------------------
+
+    async def run(
+        self,
+        *,
+        append_logs: AppendLogs,
+        report_state: ReportState,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Poll health every poll_interval_s and pull events every event_interval_s (or
+        right after a door command) until cancelled."""
+        task_status.started()
+        try:
+            while True:
+                async with trio.open_nursery() as nursery:
+                    for device_id in list(self._adapters):
+                        nursery.start_soon(self._cycle, device_id, append_logs, report_state)
+                with trio.move_on_after(self._event_interval_s):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+        finally:
+            with trio.move_on_after(5, shield=True):
+                await self.aclose()
+
+    async def _cycle(
+        self, device_id: str, append_logs: AppendLogs, report_state: ReportState
+    ) -> None:
+        adapter = self._adapters.get(device_id)
+        if adapter is None:
+            return
+        try:
+            if self._info_due.get(device_id, 0.0) <= trio.current_time():
+                self._info_due[device_id] = trio.current_time() + self._poll_interval_s
+                if not await self._poll_info(device_id, adapter, report_state):
+                    return
+            await self._pull_events(device_id, adapter, append_logs)
+        except DeviceError as exc:
+            log.warning("device.unavailable", device_id=device_id, error=str(exc))
+        except Exception:
+            # One device, or a failed append, must not stop the others; the cursor did not
+            # move, so the next cycle reads the same events again.
+            log.exception("device.cycle_failed", device_id=device_id)
+
+    async def _poll_info(
+        self, device_id: str, adapter: DeviceAdapter, report_state: ReportState
+    ) -> bool:
+        now = self._utcnow()
+        try:
+            info = await adapter.device_info()
+        except DeviceError as exc:
+            await report_state(
+                DeviceState(device_id=device_id, online=False, checked_at=now, error=str(exc))
+            )
+            return False
+        self._serials[device_id] = info.serial_number
+        await report_state(
+            DeviceState(
+                device_id=device_id,
+                online=True,
+                checked_at=now,
+                info=msgspec.structs.asdict(info),
+            )
+        )
+        return True
+
+    def _load_cursor(self, device_id: str) -> tuple[str, int] | None:
+        row = self._db.execute(
+            "SELECT device_serial, last_serial_no FROM device_cursors WHERE device_id = ?",
+            (device_id,),
+        ).fetchone()
+        return None if row is None else (str(row[0]), int(row[1]))
+
+    def _save_cursor(self, device_id: str, device_serial: str, last_serial_no: int) -> None:
+        self._db.execute(
+            "INSERT INTO device_cursors (device_id, device_serial, last_serial_no) "
+            "VALUES (?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET "
+            "device_serial = excluded.device_serial, last_serial_no = excluded.last_serial_no",
+            (device_id, device_serial, last_serial_no),
+        )
+
+    async def _pull_events(
+        self, device_id: str, adapter: DeviceAdapter, append_logs: AppendLogs
+    ) -> None:
+        serial = self._serials.get(device_id)
+        if serial is None:
+            serial = (await adapter.device_info()).serial_number
+            self._serials[device_id] = serial
+        cursor = self._load_cursor(device_id)
+        # A different terminal behind the same device id numbers its events from 1 again.
+        last = cursor[1] if cursor is not None and cursor[0] == serial else 0
+        while True:
+            events = await adapter.events_since(last, limit=EVENTS_PER_APPEND)
+            if not events:
+                return
+            logs: list[Log] = [to_device_event(device_id, serial, e) for e in events]
+            await append_logs(f"device:{device_id}", logs)
+            last = events[-1].serial_no
+            self._save_cursor(device_id, serial, last)
+            log.info("device.events_appended", device_id=device_id, count=len(logs), last=last)
+            if len(events) < EVENTS_PER_APPEND:
+                return
+
+
+def _error_details(exc: DeviceError) -> dict[str, Any]:
+    details: dict[str, Any] = {"error_kind": exc.kind.value}
+    for name in ("http_status", "status_code", "sub_status_code", "error_code", "unlock_in_s"):
+        value = getattr(exc, name)
+        if value is not None:
+            details[name] = value
+    return details

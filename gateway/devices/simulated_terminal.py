@@ -105,6 +105,8 @@ class SimulatedTerminal:
         self.booted_at: float | None = None
         self.busy_rate = config.busy_rate
         self._nonces: dict[str, int] = {}
+        # Worn-out nonces keep getting a 401 without a challenge, as on the real firmware.
+        self._worn_nonces: dict[str, None] = {}
         self._failures: dict[str, int] = {}
         self._locked_until: dict[str, float] = {}
 
@@ -145,6 +147,7 @@ class SimulatedTerminal:
         self.reboot_count += 1
         self.booted_at = self._clock()
         self._nonces.clear()  # a rebooted device forgets its nonces
+        self._worn_nonces.clear()
 
     # ---- the request path ---------------------------------------------------------------
 
@@ -182,6 +185,7 @@ class SimulatedTerminal:
     def _challenge(self) -> tuple[str, str]:
         nonce = secrets.token_hex(16)
         self._nonces[nonce] = 0
+        _trim(self._nonces)
         return (
             "WWW-Authenticate",
             f'Digest qop="auth", realm="{self.realm}", nonce="{nonce}", stale="FALSE"',
@@ -207,6 +211,8 @@ class SimulatedTerminal:
         if not params:
             return self._unauthorized(client)  # no credentials: does not count as a failure
         nonce = params.get("nonce", "")
+        if nonce in self._worn_nonces:
+            return self._unauthorized(client, challenge=False)
         if nonce not in self._nonces:
             return self._unauthorized(client)
         uses = self._nonces[nonce] + 1
@@ -215,6 +221,8 @@ class SimulatedTerminal:
             # The quirk: a 401 with no new challenge; only a request without credentials
             # gets the client a fresh nonce.
             del self._nonces[nonce]
+            self._worn_nonces[nonce] = None
+            _trim(self._worn_nonces)
             return self._unauthorized(client, challenge=False)
         expected = digest_response(
             username=self.config.user,
@@ -413,3 +421,10 @@ class SimulatedTerminal:
 
 
 _JSON = "application/json"
+_MAX_NONCES = 1024
+
+
+def _trim(nonces: dict[str, Any]) -> None:
+    """Forget the oldest nonces so a long-running simulator stays small."""
+    while len(nonces) > _MAX_NONCES:
+        del nonces[next(iter(nonces))]

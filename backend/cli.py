@@ -1,10 +1,122 @@
+"""`td-backend serve | migrate | create-org NAME | dburl`."""
+
 from __future__ import annotations
 
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
 import sys
+from collections.abc import Iterator
+from types import FrameType
+
+import asyncpg  # type: ignore[import-untyped]
+
+from backend.auth import create_organization
+from backend.config import Config, ConfigError, load_config
+from backend.crypto import load_or_create_key
+from backend.db import migrate
+from backend.embedded import embedded_postgres
+from backend.logging import configure_logging, get_logger
+
+log = get_logger("backend.cli")
 
 
-def main() -> int:
-    print(f"{sys.argv[0]}: not implemented yet", file=sys.stderr)
+@contextlib.contextmanager
+def database_url(config: Config, *, keep_running: bool = False) -> Iterator[str]:
+    """TD_DATABASE_URL, or the embedded server under <data-dir>/pgdata for as long as needed."""
+    if config.database_url:
+        yield config.database_url
+        return
+    with embedded_postgres(config.data_path, stop_on_exit=not keep_running) as url:
+        yield url
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # Turn SIGTERM into SystemExit so `finally` blocks stop the embedded database.
+    raise SystemExit(128 + signum)
+
+
+def serve(config: Config, host: str, port: int, workers: int) -> int:
+    from granian.constants import Interfaces, Loops
+    from granian.server import Server
+
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    with database_url(config) as url:
+        asyncio.run(migrate(url))
+        # Workers are separate processes that read their config from the environment.
+        os.environ["TD_DATABASE_URL"] = url
+        os.environ["TD_DATA_DIR"] = str(config.data_path.resolve())
+        if not config.secret_key:
+            # Created once here, so workers never race to create it.
+            load_or_create_key(config.data_path)
+        log.info("serving", host=host, port=port, workers=workers, embedded=not config.database_url)
+        Server(
+            "backend.app:create_app_from_env",
+            address=host,
+            port=port,
+            interface=Interfaces.ASGI,
+            workers=workers,
+            loop=Loops.auto,
+            factory=True,
+            log_enabled=False,
+            websockets=True,
+        ).serve()
+    return 0
+
+
+async def _create_org(url: str, name: str) -> dict[str, str]:
+    await migrate(url)
+    conn = await asyncpg.connect(url)
+    try:
+        org_id, token = await create_organization(conn, name)
+    finally:
+        await conn.close()
+    return {"org_id": str(org_id), "admin_token": token}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="td-backend", description=__doc__)
+    parser.add_argument("--data-dir", help="state directory (default .td, or TD_DATA_DIR)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = commands.add_parser("serve", help="run the HTTP API (applies migrations first)")
+    serve_cmd.add_argument("--host", default="127.0.0.1")
+    serve_cmd.add_argument("--port", type=int, default=8000)
+    serve_cmd.add_argument("--workers", type=int, default=1)
+    commands.add_parser("migrate", help="apply pending migrations and exit")
+    org_cmd = commands.add_parser("create-org", help='print {"org_id", "admin_token"}')
+    org_cmd.add_argument("name")
+    commands.add_parser("dburl", help="print the PostgreSQL URL in use")
+    # --data-dir is accepted after the subcommand too (`td-backend serve --data-dir x`).
+    for sub in commands.choices.values():
+        sub.add_argument("--data-dir", dest="sub_data_dir", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    try:
+        config = load_config(data_dir=getattr(args, "sub_data_dir", None) or args.data_dir)
+    except ConfigError as exc:
+        print(f"td-backend: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_level, config.log_format)
+
+    if args.command == "serve":
+        return serve(config, args.host, args.port, args.workers)
+    if args.command == "migrate":
+        with database_url(config) as url:
+            asyncio.run(migrate(url))
+        print("migrations applied")
+        return 0
+    if args.command == "create-org":
+        with database_url(config) as url:
+            print(json.dumps(asyncio.run(_create_org(url, args.name))))
+        return 0
+    if args.command == "dburl":
+        # Left running, so the printed URL stays usable after this command exits.
+        with database_url(config, keep_running=True) as url:
+            print(url)
+        return 0
     return 2
 
 

@@ -1,0 +1,168 @@
+"""The Litestar application factory: routes, one error mapping, lifespan of the pools/tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from litestar import Litestar, MediaType, Request, Response, Router
+from litestar.di import Provide
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+
+from backend.config import Config, load_config
+from backend.crypto import secret_box_for
+from backend.db import Database
+from backend.errors import BackendError
+from backend.logging import configure_logging, get_logger
+from backend.maintenance import maintenance_loop, run_maintenance
+from backend.routes import agents, devices, gateways, health, ingest, logs, policies
+from backend.routes.common import provide_org_id, provide_services, require_admin
+from backend.services import Services
+from protocol.codec import ProtocolError
+
+log = get_logger("backend.app")
+
+_HTTP_CODES = {
+    400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+    503: "unavailable",
+}
+
+
+def _error(
+    status: int, code: str, detail: str, headers: dict[str, str] | None = None
+) -> Response[Any]:
+    return Response(
+        {"error": code, "detail": detail},
+        status_code=status,
+        media_type=MediaType.JSON,
+        headers=headers,
+    )
+
+
+def _validation_detail(exc: ValidationException) -> str:
+    """'field: reason' for each problem Litestar found, so the client knows what to fix."""
+    problems = []
+    for item in exc.extra if isinstance(exc.extra, list) else []:
+        if isinstance(item, dict):
+            key = item.get("key") or item.get("source") or "body"
+            problems.append(f"{key}: {item.get('message', 'invalid')}")
+    return "; ".join(problems) or exc.detail
+
+
+def handle_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """Every error a client sees goes through here, as {"error": code, "detail": sentence}."""
+    match exc:
+        case BackendError():
+            headers = None
+            if retry_after := getattr(exc, "retry_after_s", None):
+                headers = {"Retry-After": str(retry_after)}
+            return _error(exc.status_code, exc.code, exc.detail, headers)
+        case ProtocolError():
+            return _error(400, "invalid_request", str(exc))
+        case ValidationException():
+            return _error(400, "invalid_request", _validation_detail(exc))
+        case HTTPException():
+            code = _HTTP_CODES.get(exc.status_code, "http_error")
+            return _error(exc.status_code, code, exc.detail, exc.headers)
+        case _:
+            log.error(
+                "unhandled error",
+                path=request.url.path,
+                method=request.method,
+                error_type=type(exc).__name__,
+                exc_info=exc,
+            )
+            return _error(500, "internal_error", "the server failed; the error is logged")
+
+
+def admin_router() -> Router:
+    return Router(
+        path="/",
+        guards=[require_admin],
+        dependencies={"org_id": Provide(provide_org_id)},
+        route_handlers=[
+            gateways.GatewayController,
+            agents.AgentController,
+            policies.PolicyController,
+            devices.DeviceController,
+            logs.LogController,
+        ],
+        security=[{"adminToken": []}],
+    )
+
+
+def create_app(config: Config) -> Litestar:
+    """The backend for `config`; its database must exist and be migrated."""
+    if not config.database_url:
+        raise ValueError("config.database_url is required (the CLI provides the embedded one)")
+    services = Services(
+        config=config,
+        db=Database(config.database_url, pool_size=config.db_pool_size),
+        secrets=secret_box_for(config.secret_key, config.data_path),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        await services.db.start()
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            await run_maintenance(services)
+            tasks.append(asyncio.create_task(maintenance_loop(services)))
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await services.db.close()
+
+    app = Litestar(
+        route_handlers=[
+            health.health,
+            health.ready,
+            health.metrics,
+            ingest.ingest_logs,
+            admin_router(),
+        ],
+        dependencies={"services": Provide(provide_services)},
+        exception_handlers={Exception: handle_error},
+        lifespan=[lifespan],
+        middleware=[DefineMiddleware(services.metrics.middleware)],
+        openapi_config=OpenAPIConfig(
+            title="TD backend",
+            version="2",
+            path="/schema",
+            components=Components(
+                security_schemes={
+                    "adminToken": SecurityScheme(type="http", scheme="bearer"),
+                    "gatewayKey": SecurityScheme(
+                        type="apiKey", name="X-API-Key", security_scheme_in="header"
+                    ),
+                }
+            ),
+        ),
+        request_max_body_size=config.ingest_max_bytes,
+        logging_config=None,
+        debug=False,
+    )
+    app.state.services = services
+    return app
+
+
+def create_app_from_env() -> Litestar:
+    """Factory for the ASGI server: config from TD_* variables."""
+    config = load_config()
+    configure_logging(config.log_level, config.log_format)
+    return create_app(config)

@@ -1,0 +1,68 @@
+"""Prometheus metrics, one registry per app so several apps can live in one test process."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.ingest_logs = Counter(
+            "td_ingest_logs_total", "Logs stored by ingest (new ones)", registry=self.registry
+        )
+        self.ingest_duplicates = Counter(
+            "td_ingest_duplicate_logs_total",
+            "Logs received again and dropped by per-log dedupe",
+            registry=self.registry,
+        )
+        self.ingest_batches = Counter(
+            "td_ingest_batches_total",
+            "Batches received, by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "td_http_request_duration_seconds",
+            "HTTP request latency by route template",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.control_connections = Counter(
+            "td_control_connections_total",
+            "Control channel connections accepted",
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def middleware(self, app: ASGIApp) -> ASGIApp:
+        """ASGI middleware timing every HTTP request by its route template."""
+
+        async def timed(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != ScopeType.HTTP:
+                await app(scope, receive, send)
+                return
+            started = time.perf_counter()
+            status = [500]
+
+            async def send_and_record(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    status[0] = message["status"]
+                await send(message)
+
+            try:
+                await app(scope, receive, send_and_record)
+            finally:
+                route: Any = scope.get("path_template") or "unmatched"
+                self.request_seconds.labels(
+                    scope.get("method", "GET"), route, str(status[0])
+                ).observe(time.perf_counter() - started)
+
+        return timed

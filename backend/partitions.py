@@ -1,0 +1,86 @@
+"""Monthly partitions of agent_logs: created ahead, on demand, and dropped past retention."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable
+from typing import Any
+
+_PARTITION_NAME = re.compile(r"^agent_logs_y(\d{4})m(\d{2})$")
+_CREATE_LOCK_ID = 0x7D_70_61_72
+
+
+def month_of(ts: dt.datetime) -> dt.date:
+    utc = ts.astimezone(dt.UTC)
+    return dt.date(utc.year, utc.month, 1)
+
+
+def next_month(month: dt.date) -> dt.date:
+    return dt.date(month.year + month.month // 12, month.month % 12 + 1, 1)
+
+
+def partition_name(month: dt.date) -> str:
+    return f"agent_logs_y{month.year:04d}m{month.month:02d}"
+
+
+class LogPartitions:
+    """Knows which months have a partition, so the ingest path checks a set, not the catalog."""
+
+    def __init__(self) -> None:
+        self._known: set[dt.date] = set()
+
+    async def refresh(self, conn: Any) -> None:
+        rows = await conn.fetch(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = 'agent_logs'::regclass"
+        )
+        known = set()
+        for row in rows:
+            match = _PARTITION_NAME.match(row["relname"])
+            if match:
+                known.add(dt.date(int(match[1]), int(match[2]), 1))
+        self._known = known
+
+    def forget(self) -> None:
+        """Drop the cache, e.g. after another instance dropped a partition."""
+        self._known.clear()
+
+    async def ensure(self, pool: Any, months: Iterable[dt.date]) -> None:
+        missing = set(months) - self._known
+        if not missing:
+            return
+        async with pool.acquire() as conn, conn.transaction():
+            # Two instances creating the same month at once would race in the catalog.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _CREATE_LOCK_ID)
+            for month in sorted(missing):
+                await conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {partition_name(month)} PARTITION OF agent_logs"
+                    f" FOR VALUES FROM ('{month.isoformat()} 00:00:00+00')"
+                    f" TO ('{next_month(month).isoformat()} 00:00:00+00')"
+                )
+        self._known |= missing
+
+    async def ensure_ahead(self, pool: Any, today: dt.date, months_ahead: int = 2) -> None:
+        """The current month and the next `months_ahead`, so the usual case never waits."""
+        month = dt.date(today.year, today.month, 1)
+        wanted = [month]
+        for _ in range(months_ahead):
+            month = next_month(month)
+            wanted.append(month)
+        async with pool.acquire() as conn:
+            await self.refresh(conn)
+        await self.ensure(pool, wanted)
+
+    async def drop_older_than(self, pool: Any, cutoff: dt.datetime) -> list[str]:
+        """Drop every partition whose whole month ends before `cutoff`; returns their names."""
+        async with pool.acquire() as conn:
+            await self.refresh(conn)
+            dropped = []
+            for month in sorted(self._known):
+                month_end = next_month(month)
+                if dt.datetime(month_end.year, month_end.month, 1, tzinfo=dt.UTC) <= cutoff:
+                    await conn.execute(f"DROP TABLE IF EXISTS {partition_name(month)}")
+                    dropped.append(partition_name(month))
+            await self.refresh(conn)
+        return dropped

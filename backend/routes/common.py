@@ -1,0 +1,114 @@
+"""Pieces every route module uses: auth guard, org dependency, cursors, error docs."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import uuid
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request
+from litestar.connection import ASGIConnection
+from litestar.di import NamedDependency
+from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import QueryParameter
+
+from backend.auth import authenticate_admin
+from backend.errors import InvalidRequest
+from backend.services import Services
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+
+# Handler parameters filled by the dependencies of backend.app.
+OrgId = NamedDependency[uuid.UUID]
+ServicesDep = NamedDependency[Services]
+
+Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT, description="page size")]
+
+
+class ErrorBody(msgspec.Struct):
+    error: str
+    detail: str
+
+
+def error_responses(*codes: int) -> dict[int, ResponseSpec]:
+    """OpenAPI entries for the error statuses a route can answer."""
+    return {
+        code: ResponseSpec(data_container=ErrorBody, description="error", generate_examples=False)
+        for code in codes
+    }
+
+
+ADMIN_ERRORS = error_responses(400, 401, 404)
+
+
+def services_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Services:
+    services: Services = connection.app.state.services
+    return services
+
+
+async def provide_services(request: Request[Any, Any, Any]) -> Services:
+    return services_of(request)
+
+
+async def require_admin(
+    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+) -> None:
+    """Guard on every admin route: a valid admin token, whose org is kept for `org_id`."""
+    services = services_of(connection)
+    async with services.pool.acquire() as conn:
+        org_id = await authenticate_admin(conn, connection.headers.get("authorization"))
+    connection.state.org_id = org_id
+
+
+async def provide_org_id(request: Request[Any, Any, Any]) -> uuid.UUID:
+    org_id: uuid.UUID = request.state.org_id
+    return org_id
+
+
+class Cursor(msgspec.Struct, array_like=True):
+    """The last row of a page, by the (time, id) key the list is ordered on."""
+
+    at: dt.datetime
+    id: str
+
+
+_cursor_json = msgspec.json.Decoder(Cursor)
+
+
+def encode_cursor(at: dt.datetime, id_: Any) -> str:
+    raw = msgspec.json.encode(Cursor(at=at, id=str(id_)))
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> Cursor:
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        return _cursor_json.decode(raw)
+    except (ValueError, msgspec.DecodeError):
+        raise InvalidRequest(
+            "cursor: not a cursor from this API; pass next_cursor as given"
+        ) from None
+
+
+def next_cursor(rows: list[Any], limit: int, at_key: str, id_key: str = "id") -> str | None:
+    """Cursor after the page when a row past `limit` exists (callers fetch limit + 1)."""
+    if len(rows) <= limit:
+        return None
+    last = rows[limit - 1]
+    return encode_cursor(last[at_key], last[id_key])
+
+
+def after(at_column: Any, id_column: Any, cursor: str | None) -> Any:
+    """A Piccolo where-clause for rows after `cursor` in (at, id) order; None without one."""
+    if cursor is None:
+        return None
+    position = decode_cursor(cursor)
+    try:
+        last_id = uuid.UUID(position.id)
+    except ValueError:
+        raise InvalidRequest("cursor: not a cursor from this API") from None
+    return (at_column > position.at) | ((at_column == position.at) & (id_column > last_id))

@@ -1,0 +1,210 @@
+"""Devices (access terminals) driven by a gateway; the password is stored encrypted, never shown."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Annotated, Any, Literal
+
+import msgspec
+from litestar import Controller, delete, get, patch, post
+from litestar.params import FromPath, FromQuery, JSONBody
+from msgspec import Meta
+
+from backend.errors import InvalidRequest, NotFound
+from backend.routes.common import (
+    ADMIN_ERRORS,
+    DEFAULT_LIMIT,
+    Limit,
+    OrgId,
+    ServicesDep,
+    after,
+    next_cursor,
+)
+from backend.services import Services
+from backend.tables import Device, GatewayInstance
+
+ShortText = Annotated[str, Meta(min_length=1, max_length=256)]
+Port = Annotated[int, Meta(ge=1, le=65535)]
+Vendor = Literal["hikvision"]
+Scheme = Literal["http", "https"]
+
+
+class DeviceCreate(msgspec.Struct, kw_only=True):
+    gateway_id: uuid.UUID
+    vendor: Vendor
+    name: ShortText
+    host: ShortText
+    port: Port = 80
+    username: ShortText
+    password: Annotated[str, Meta(max_length=256)]
+    scheme: Scheme = "http"
+    enabled: bool = True
+
+    def __repr__(self) -> str:  # never print the password, even in a traceback
+        return f"DeviceCreate(name={self.name!r}, host={self.host!r})"
+
+
+class DeviceChange(msgspec.Struct, kw_only=True):
+    name: ShortText | None = None
+    host: ShortText | None = None
+    port: Port | None = None
+    username: ShortText | None = None
+    password: Annotated[str, Meta(max_length=256)] | None = None
+    scheme: Scheme | None = None
+    enabled: bool | None = None
+
+    def __repr__(self) -> str:
+        return "DeviceChange(...)"
+
+
+class DeviceOut(msgspec.Struct, kw_only=True):
+    id: uuid.UUID
+    gateway_id: uuid.UUID
+    vendor: str
+    name: str
+    host: str
+    port: int
+    scheme: str
+    username: str
+    enabled: bool
+    status: str
+    status_checked_at: dt.datetime | None
+    status_info: dict[str, Any] | None
+    status_error: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class DevicePage(msgspec.Struct):
+    items: list[DeviceOut]
+    next_cursor: str | None
+
+
+# The password column is left out on purpose: nothing that answers a client reads it.
+_COLUMNS = (
+    Device.id,
+    Device.gateway_id,
+    Device.vendor,
+    Device.name,
+    Device.host,
+    Device.port,
+    Device.scheme,
+    Device.username,
+    Device.enabled,
+    Device.status,
+    Device.status_checked_at,
+    Device.status_info,
+    Device.status_error,
+    Device.created_at,
+    Device.updated_at,
+)
+
+
+async def device_out(org_id: uuid.UUID, device_id: uuid.UUID) -> DeviceOut:
+    row = (
+        await Device.select(*_COLUMNS)
+        .where((Device.id == device_id) & (Device.org_id == org_id))
+        .output(load_json=True)
+        .first()
+    )
+    if row is None:
+        raise NotFound(f"no device {device_id} in this organisation")
+    return msgspec.convert(row, DeviceOut)
+
+
+async def _push(services: Services, device_id: uuid.UUID, gateway_id: uuid.UUID) -> None:
+    if services.control is not None:
+        await services.control.device_changed(gateway_id, device_id)
+
+
+class DeviceController(Controller):
+    path = "/v2/devices"
+    tags = ["devices"]
+
+    @post("/", status_code=201, responses=ADMIN_ERRORS)
+    async def create_device(
+        self, org_id: OrgId, services: ServicesDep, data: JSONBody[DeviceCreate]
+    ) -> DeviceOut:
+        if not await GatewayInstance.exists().where(
+            (GatewayInstance.id == data.gateway_id) & (GatewayInstance.org_id == org_id)
+        ):
+            raise InvalidRequest(f"gateway_id: no gateway {data.gateway_id} in this organisation")
+        device_id = uuid.uuid4()
+        await Device.insert(
+            Device(
+                id=device_id,
+                org_id=org_id,
+                gateway_id=data.gateway_id,
+                vendor=data.vendor,
+                name=data.name,
+                host=data.host,
+                port=data.port,
+                scheme=data.scheme,
+                username=data.username,
+                password_encrypted=services.secrets.encrypt(data.password),
+                enabled=data.enabled,
+            )
+        )
+        await _push(services, device_id, data.gateway_id)
+        return await device_out(org_id, device_id)
+
+    @get("/", responses=ADMIN_ERRORS)
+    async def list_devices(
+        self,
+        org_id: OrgId,
+        gateway_id: FromQuery[uuid.UUID | None] = None,
+        cursor: FromQuery[str | None] = None,
+        limit: Limit = DEFAULT_LIMIT,
+    ) -> DevicePage:
+        query = Device.select(*_COLUMNS).where(Device.org_id == org_id)
+        if gateway_id is not None:
+            query = query.where(Device.gateway_id == gateway_id)
+        if (position := after(Device.created_at, Device.id, cursor)) is not None:
+            query = query.where(position)
+        rows = (
+            await query.order_by(Device.created_at, Device.id)
+            .limit(limit + 1)
+            .output(load_json=True)
+        )
+        return DevicePage(
+            items=[msgspec.convert(row, DeviceOut) for row in rows[:limit]],
+            next_cursor=next_cursor(rows, limit, "created_at"),
+        )
+
+    @get("/{device_id:uuid}", responses=ADMIN_ERRORS)
+    async def get_device(self, org_id: OrgId, device_id: FromPath[uuid.UUID]) -> DeviceOut:
+        return await device_out(org_id, device_id)
+
+    @patch("/{device_id:uuid}", responses=ADMIN_ERRORS)
+    async def change_device(
+        self,
+        org_id: OrgId,
+        services: ServicesDep,
+        device_id: FromPath[uuid.UUID],
+        data: JSONBody[DeviceChange],
+    ) -> DeviceOut:
+        current = await device_out(org_id, device_id)
+        changes: dict[Any, Any] = {Device.updated_at: dt.datetime.now(dt.UTC)}
+        for column in (Device.name, Device.host, Device.port, Device.username):
+            value = getattr(data, column._meta.name)
+            if value is not None:
+                changes[column] = value
+        if data.scheme is not None:
+            changes[Device.scheme] = data.scheme
+        if data.enabled is not None:
+            changes[Device.enabled] = data.enabled
+        if data.password is not None:
+            changes[Device.password_encrypted] = services.secrets.encrypt(data.password)
+        await Device.update(changes).where(Device.id == device_id)
+        await _push(services, device_id, current.gateway_id)
+        return await device_out(org_id, device_id)
+
+    @delete("/{device_id:uuid}", status_code=204, responses=ADMIN_ERRORS)
+    async def delete_device(
+        self, org_id: OrgId, services: ServicesDep, device_id: FromPath[uuid.UUID]
+    ) -> None:
+        current = await device_out(org_id, device_id)
+        await Device.delete().where(Device.id == device_id)
+        if services.control is not None:
+            await services.control.device_deleted(current.gateway_id, device_id)

@@ -1,0 +1,234 @@
+"""Gateways: create (keys shown once), list with live status, disable, rotate the API key."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, get, post
+from litestar.params import FromPath, FromQuery, JSONBody
+from msgspec import Meta
+
+from backend.auth import ENROLLMENT_KEY, GATEWAY_API_KEY, new_secret
+from backend.errors import InvalidRequest, NotFound
+from backend.routes.common import (
+    ADMIN_ERRORS,
+    DEFAULT_LIMIT,
+    Limit,
+    OrgId,
+    ServicesDep,
+    after,
+    next_cursor,
+)
+from backend.tables import GatewayInstance, GatewayStatusSnapshot
+
+Name = Annotated[str, Meta(min_length=1, max_length=200)]
+
+
+class GatewayCreate(msgspec.Struct):
+    name: Name
+
+
+class GatewayCreated(msgspec.Struct):
+    id: uuid.UUID
+    name: str
+    api_key: str
+    enrollment_key: str
+
+
+class KeyRotated(msgspec.Struct):
+    id: uuid.UUID
+    api_key: str
+
+
+class GatewayOut(msgspec.Struct):
+    id: uuid.UUID
+    name: str
+    status: str
+    disabled: bool
+    last_seen_at: dt.datetime | None
+    hostname: str | None
+    version: str | None
+    created_at: dt.datetime
+    # Figures from the latest status report; None before the first one.
+    queue_depth: int | None
+    queue_bytes: int | None
+    oldest_age_s: float | None
+    dropped_total: int | None
+    dead_letter_total: int | None
+    fault: str | None
+    last_status: dict[str, Any] | None
+
+
+class GatewayPage(msgspec.Struct):
+    items: list[GatewayOut]
+    next_cursor: str | None
+
+
+class SnapshotOut(msgspec.Struct):
+    id: int
+    ts: dt.datetime
+    received_at: dt.datetime
+    data: dict[str, Any]
+
+
+class SnapshotPage(msgspec.Struct):
+    items: list[SnapshotOut]
+    next_cursor: str | None
+
+
+def gateway_out(row: dict[str, Any]) -> GatewayOut:
+    status = row["last_status"] or {}
+    buffer = status.get("buffer") or {}
+    return GatewayOut(
+        id=row["id"],
+        name=row["name"],
+        status=row["status"],
+        disabled=row["disabled_at"] is not None,
+        last_seen_at=row["last_seen_at"],
+        hostname=row["hostname"],
+        version=row["version"],
+        created_at=row["created_at"],
+        queue_depth=buffer.get("queue_depth"),
+        queue_bytes=buffer.get("queue_bytes"),
+        oldest_age_s=buffer.get("oldest_age_s"),
+        dropped_total=buffer.get("dropped_total"),
+        dead_letter_total=buffer.get("dead_letter_total"),
+        fault=status.get("fault"),
+        last_status=row["last_status"],
+    )
+
+
+async def gateway_row(org_id: uuid.UUID, gateway_id: uuid.UUID) -> dict[str, Any]:
+    """The org's gateway, or NotFound (also for another org's gateway)."""
+    row: dict[str, Any] | None = (
+        await GatewayInstance.select()
+        .where((GatewayInstance.id == gateway_id) & (GatewayInstance.org_id == org_id))
+        .output(load_json=True)
+        .first()
+    )
+    if row is None:
+        raise NotFound(f"no gateway {gateway_id} in this organisation")
+    return row
+
+
+class GatewayController(Controller):
+    path = "/v2/gateways"
+    tags = ["gateways"]
+
+    @post("/", status_code=201, responses=ADMIN_ERRORS)
+    async def create_gateway(
+        self, org_id: OrgId, services: ServicesDep, data: JSONBody[GatewayCreate]
+    ) -> GatewayCreated:
+        """Create a gateway; its API key and enrollment key are shown only in this answer."""
+        api_key = new_secret(GATEWAY_API_KEY)
+        enrollment_key = new_secret(ENROLLMENT_KEY)
+        gateway_id = uuid.uuid4()
+        await GatewayInstance.insert(
+            GatewayInstance(
+                id=gateway_id,
+                org_id=org_id,
+                name=data.name,
+                api_key_prefix=api_key.lookup_prefix,
+                api_key_hash=api_key.hash,
+                enrollment_key_encrypted=services.secrets.encrypt(enrollment_key.value),
+            )
+        )
+        return GatewayCreated(
+            id=gateway_id,
+            name=data.name,
+            api_key=api_key.value,
+            enrollment_key=enrollment_key.value,
+        )
+
+    @get("/", responses=ADMIN_ERRORS)
+    async def list_gateways(
+        self,
+        org_id: OrgId,
+        status: FromQuery[str | None] = None,
+        cursor: FromQuery[str | None] = None,
+        limit: Limit = DEFAULT_LIMIT,
+    ) -> GatewayPage:
+        query = GatewayInstance.select().where(GatewayInstance.org_id == org_id)
+        if status is not None:
+            query = query.where(GatewayInstance.status == status.upper())
+        if (position := after(GatewayInstance.created_at, GatewayInstance.id, cursor)) is not None:
+            query = query.where(position)
+        rows = (
+            await query.order_by(GatewayInstance.created_at, GatewayInstance.id)
+            .limit(limit + 1)
+            .output(load_json=True)
+        )
+        return GatewayPage(
+            items=[gateway_out(row) for row in rows[:limit]],
+            next_cursor=next_cursor(rows, limit, "created_at"),
+        )
+
+    @get("/{gateway_id:uuid}", responses=ADMIN_ERRORS)
+    async def get_gateway(self, org_id: OrgId, gateway_id: FromPath[uuid.UUID]) -> GatewayOut:
+        return gateway_out(await gateway_row(org_id, gateway_id))
+
+    @post("/{gateway_id:uuid}/disable", status_code=200, responses=ADMIN_ERRORS)
+    async def disable_gateway(
+        self, org_id: OrgId, services: ServicesDep, gateway_id: FromPath[uuid.UUID]
+    ) -> GatewayOut:
+        """Revoke the gateway: its key stops working at once and its control channel closes."""
+        await gateway_row(org_id, gateway_id)
+        await GatewayInstance.update({GatewayInstance.disabled_at: dt.datetime.now(dt.UTC)}).where(
+            (GatewayInstance.id == gateway_id) & (GatewayInstance.disabled_at.is_null())
+        )
+        if services.control is not None:
+            await services.control.gateway_revoked(gateway_id)
+        return gateway_out(await gateway_row(org_id, gateway_id))
+
+    @post("/{gateway_id:uuid}/rotate-key", status_code=200, responses=ADMIN_ERRORS)
+    async def rotate_key(
+        self, org_id: OrgId, services: ServicesDep, gateway_id: FromPath[uuid.UUID]
+    ) -> KeyRotated:
+        """A new API key, shown once; the old one stops working at once."""
+        await gateway_row(org_id, gateway_id)
+        api_key = new_secret(GATEWAY_API_KEY)
+        await GatewayInstance.update(
+            {
+                GatewayInstance.api_key_prefix: api_key.lookup_prefix,
+                GatewayInstance.api_key_hash: api_key.hash,
+            }
+        ).where((GatewayInstance.id == gateway_id) & (GatewayInstance.org_id == org_id))
+        if services.control is not None:
+            await services.control.gateway_revoked(gateway_id)
+        return KeyRotated(id=gateway_id, api_key=api_key.value)
+
+    @get("/{gateway_id:uuid}/snapshots", responses=ADMIN_ERRORS)
+    async def list_snapshots(
+        self,
+        org_id: OrgId,
+        gateway_id: FromPath[uuid.UUID],
+        cursor: FromQuery[str | None] = None,
+        limit: Limit = DEFAULT_LIMIT,
+    ) -> SnapshotPage:
+        """Status reports, newest first."""
+        await gateway_row(org_id, gateway_id)
+        query = GatewayStatusSnapshot.select().where(GatewayStatusSnapshot.gateway_id == gateway_id)
+        if cursor is not None:
+            query = query.where(GatewayStatusSnapshot.id < _snapshot_cursor(cursor))
+        rows = (
+            await query.order_by(GatewayStatusSnapshot.id, ascending=False)
+            .limit(limit + 1)
+            .output(load_json=True)
+        )
+        items = [
+            SnapshotOut(id=r["id"], ts=r["ts"], received_at=r["received_at"], data=r["data"])
+            for r in rows[:limit]
+        ]
+        return SnapshotPage(
+            items=items, next_cursor=str(items[-1].id) if len(rows) > limit else None
+        )
+
+
+def _snapshot_cursor(cursor: str) -> int:
+    try:
+        return int(cursor)
+    except ValueError:
+        raise InvalidRequest("cursor: pass next_cursor as given") from None

@@ -1,0 +1,1 @@
+"""Helpers tests share: real processes started and always cleaned up."""

@@ -18,7 +18,7 @@ from collections.abc import Generator
 import httpx
 import msgspec
 
-from gateway.devices.isapi import parse_user_check
+from gateway.devices.isapi_status import parse_user_check
 
 
 class DigestChallenge(msgspec.Struct, frozen=True, kw_only=True):

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import trio
 
-from gateway.devices import isapi
+from gateway.devices import isapi, isapi_status
 from gateway.devices.base import (
     DOOR_ACTIONS,
     AccessEvent,
@@ -119,14 +119,14 @@ class HikvisionAdapter:
     async def _get_ok(self, path: str, what: str) -> bytes:
         status, content = await self._send("GET", path, what)
         if status != 200:
-            raise isapi.error_for_response(status, content, what)
+            raise isapi_status.error_for_response(status, content, what)
         return content
 
     async def _call(
         self, method: str, path: str, what: str, body: bytes, headers: dict[str, str]
     ) -> dict[str, Any]:
         status, content = await self._send(method, path, what, body, headers)
-        answer = isapi.check_ok(status, content, what)
+        answer = isapi_status.check_ok(status, content, what)
         result: dict[str, Any] = {}
         if answer is not None and answer.status_code == 7:
             result["reboot_required"] = True
@@ -210,7 +210,7 @@ class HikvisionAdapter:
             status, content = await self._send(
                 "POST", isapi.USER_SEARCH, "user search", body, _JSON
             )
-            isapi.check_ok(status, content, "user search")
+            isapi_status.check_ok(status, content, "user search")
             page = isapi.parse_user_page(content)
             users += page.users
             if page.status != "MORE" or not page.users:
@@ -227,7 +227,7 @@ class HikvisionAdapter:
         for _ in range(MAX_PAGES):
             body = isapi.build_event_search(search_id, position, EVENT_PAGE_SIZE, serial_no + 1)
             status, content = await self._send("POST", isapi.ACS_EVENT, "event search", body, _JSON)
-            isapi.check_ok(status, content, "event search")
+            isapi_status.check_ok(status, content, "event search")
             page = isapi.parse_event_page(content)
             # Firmware that ignores beginSerialNo still returns older events: drop them here.
             events.update((e.serial_no, e) for e in page.events if e.serial_no > serial_no)

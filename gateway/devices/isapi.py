@@ -1,26 +1,27 @@
-"""Hikvision ISAPI bodies without I/O: build what we send, parse what terminals answer.
+"""Hikvision ISAPI documents without I/O: the paths, what we send, what terminals answer.
 
 XML is read by local element name because one device mixes namespaces (ver10, ver20,
-std-cgi, isapi.org, psia) across documents. Every parse error becomes a DeviceError of kind
-PROTOCOL, so callers handle exactly one error type.
+std-cgi, isapi.org, psia) across documents. Status answers and errors live in
+`isapi_status`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
-import xml.etree.ElementTree as ET
 from typing import Any
 
 import msgspec
 
-from gateway.devices.base import (
-    AccessEvent,
-    DeviceError,
-    DeviceErrorKind,
-    DeviceInfo,
-    DoorAction,
-    UserRecord,
+from gateway.devices.base import AccessEvent, DeviceInfo, DoorAction, UserRecord
+from gateway.devices.isapi_status import (
+    as_int,
+    as_str,
+    child_text,
+    parse_device_time,
+    parse_json,
+    parse_xml,
+    protocol_error,
 )
 
 DEVICE_INFO = "/ISAPI/System/deviceInfo"
@@ -48,24 +49,6 @@ DOOR_CMDS: dict[DoorAction, str] = {
 DOOR_STATUS_NAMES = {1: "sleep", 2: "always_open", 3: "always_closed", 4: "normal"}
 LOCK_STATUS_NAMES = {0: "closed", 1: "open"}
 
-# statusCode 7 ("Reboot Required") is a success that asks for a reboot to take effect.
-_OK_STATUS_CODES = (1, 7)
-
-
-class IsapiStatus(msgspec.Struct, kw_only=True):
-    status_code: int
-    status_string: str = ""
-    sub_status_code: str = ""
-    error_code: int | None = None
-    error_msg: str | None = None
-    request_url: str | None = None
-
-
-class UserCheck(msgspec.Struct, kw_only=True):
-    locked: bool
-    unlock_in_s: int | None = None
-    retries_left: int | None = None
-
 
 class EventPage(msgspec.Struct, kw_only=True):
     search_id: str
@@ -81,201 +64,6 @@ class UserPage(msgspec.Struct, kw_only=True):
     users: list[UserRecord]
 
 
-def _protocol_error(what: str, detail: str) -> DeviceError:
-    return DeviceError(
-        DeviceErrorKind.PROTOCOL, f"{what}: the device sent an answer we cannot read ({detail})"
-    )
-
-
-# ---- generic readers ------------------------------------------------------------------------
-
-
-def local_name(tag: str) -> str:
-    return tag.rsplit("}", 1)[-1]
-
-
-def parse_xml(body: bytes, what: str) -> ET.Element:
-    try:
-        return ET.fromstring(body)
-    except ET.ParseError as exc:
-        raise _protocol_error(what, f"invalid XML: {exc}") from None
-
-
-def child_text(elem: ET.Element, name: str) -> str | None:
-    """Text of the first descendant called `name`, whatever its namespace."""
-    for node in elem.iter():
-        if node is not elem and local_name(node.tag) == name:
-            return (node.text or "").strip()
-    return None
-
-
-def parse_json(body: bytes, what: str) -> dict[str, Any]:
-    try:
-        value = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        raise _protocol_error(what, f"invalid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise _protocol_error(what, "JSON is not an object")
-    return value
-
-
-def _int(value: object, default: int | None = None) -> int | None:
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip():
-        text = value.strip()
-        try:
-            return int(text, 16) if text.lower().startswith("0x") else int(text)
-        except ValueError:
-            return default
-    return default
-
-
-def _str(value: object) -> str | None:
-    if value is None or value == "":
-        return None
-    return str(value)
-
-
-def parse_device_time(text: str) -> dt.datetime:
-    """ISAPI timestamps; a few firmwares omit the offset, which we then read as UTC."""
-    value = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
-# ---- status and errors ----------------------------------------------------------------------
-
-
-def parse_status(body: bytes) -> IsapiStatus | None:
-    """A ResponseStatus (XML) or JSON status; None when the body is neither."""
-    text = body.lstrip()
-    if text.startswith(b"{"):
-        try:
-            data = parse_json(text, "status")
-        except DeviceError:
-            return None
-        code = _int(data.get("statusCode"))
-        if code is None:
-            return None
-        return IsapiStatus(
-            status_code=code,
-            status_string=str(data.get("statusString", "")),
-            sub_status_code=str(data.get("subStatusCode", "")),
-            error_code=_int(data.get("errorCode")),
-            error_msg=_str(data.get("errorMsg")),
-            request_url=_str(data.get("requestURL")),
-        )
-    if text.startswith(b"<"):
-        try:
-            root = parse_xml(text, "status")
-        except DeviceError:
-            return None
-        if local_name(root.tag) != "ResponseStatus":
-            return None
-        code = _int(child_text(root, "statusCode"))
-        if code is None:
-            return None
-        return IsapiStatus(
-            status_code=code,
-            status_string=child_text(root, "statusString") or "",
-            sub_status_code=child_text(root, "subStatusCode") or "",
-            error_code=_int(child_text(root, "errorCode")),
-            error_msg=_str(child_text(root, "errorMsg")),
-            request_url=_str(child_text(root, "requestURL")),
-        )
-    return None
-
-
-def parse_user_check(body: bytes) -> UserCheck | None:
-    """The body of a 401: whether the account is locked and for how long."""
-    if not body.lstrip().startswith(b"<"):
-        return None
-    try:
-        root = parse_xml(body.lstrip(), "401")
-    except DeviceError:
-        return None
-    if local_name(root.tag) != "userCheck":
-        return None
-    return UserCheck(
-        locked=(child_text(root, "lockStatus") or "").lower() == "lock",
-        unlock_in_s=_int(child_text(root, "unlockTime")),
-        retries_left=_int(child_text(root, "retryLoginTime")),
-    )
-
-
-def auth_error(body: bytes, what: str) -> DeviceError:
-    check = parse_user_check(body)
-    if check is not None and check.locked:
-        wait = f"retry after {check.unlock_in_s} s" if check.unlock_in_s else "retry later"
-        return DeviceError(
-            DeviceErrorKind.LOCKED,
-            f"{what}: the device locked this login after repeated bad passwords; "
-            f"even the right password fails until it unlocks ({wait})",
-            http_status=401,
-            unlock_in_s=check.unlock_in_s,
-        )
-    left = ""
-    if check is not None and check.retries_left is not None:
-        left = f" ({check.retries_left} attempts left before the device locks the login)"
-    return DeviceError(
-        DeviceErrorKind.AUTH_FAILED,
-        f"{what}: authentication failed: wrong user name or password{left}; "
-        "fix the device credentials",
-        http_status=401,
-        retries_left=check.retries_left if check else None,
-    )
-
-
-def error_for_response(http_status: int, body: bytes, what: str) -> DeviceError:
-    """The DeviceError for a non-successful answer, named by its cause."""
-    if http_status == 401:
-        return auth_error(body, what)
-    status = parse_status(body)
-    if status is None:
-        kind = {
-            400: DeviceErrorKind.BAD_REQUEST,
-            403: DeviceErrorKind.NOT_SUPPORTED,
-            404: DeviceErrorKind.NOT_SUPPORTED,
-            405: DeviceErrorKind.NOT_SUPPORTED,
-            503: DeviceErrorKind.BUSY,
-        }.get(http_status)
-        if kind is None:
-            kind = DeviceErrorKind.DEVICE_FAULT if http_status >= 500 else DeviceErrorKind.PROTOCOL
-        return DeviceError(
-            kind, f"{what}: the device answered HTTP {http_status}", http_status=http_status
-        )
-    detail = status.sub_status_code or status.status_string or "no detail"
-    if status.error_code is not None:
-        detail += f", errorCode 0x{status.error_code:08x}"
-    if status.error_msg:
-        detail += f", {status.error_msg}"
-    kind, sentence = {
-        2: (DeviceErrorKind.BUSY, "the device is busy; try again later"),
-        3: (DeviceErrorKind.DEVICE_FAULT, "the device reported an internal error"),
-        4: (DeviceErrorKind.NOT_SUPPORTED, "the device refused: operation not supported here"),
-        5: (DeviceErrorKind.BAD_REQUEST, "the device could not parse the request"),
-        6: (DeviceErrorKind.BAD_REQUEST, "the device rejected the request content"),
-    }.get(status.status_code, (DeviceErrorKind.PROTOCOL, "unexpected device status"))
-    return DeviceError(
-        kind,
-        f"{what}: {sentence} ({detail})",
-        http_status=http_status,
-        status_code=status.status_code,
-        sub_status_code=status.sub_status_code or None,
-        error_code=status.error_code,
-    )
-
-
-def check_ok(http_status: int, body: bytes, what: str) -> IsapiStatus | None:
-    """Raise DeviceError unless the answer is a success; returns its status if it has one."""
-    status = parse_status(body)
-    if 200 <= http_status < 300 and (status is None or status.status_code in _OK_STATUS_CODES):
-        return status
-    raise error_for_response(http_status, body, what)
-
-
 # ---- system ---------------------------------------------------------------------------------
 
 
@@ -283,7 +71,7 @@ def parse_device_info(body: bytes) -> DeviceInfo:
     root = parse_xml(body, "device info")
     serial = child_text(root, "serialNumber")
     if not serial:
-        raise _protocol_error("device info", "no serialNumber")
+        raise protocol_error("device info", "no serialNumber")
 
     def text(name: str) -> str:
         return child_text(root, name) or ""
@@ -298,7 +86,7 @@ def parse_device_info(body: bytes) -> DeviceInfo:
         firmware_release_date=text("firmwareReleasedDate"),
         device_type=text("deviceType"),
         sub_device_type=text("subDeviceType"),
-        door_count=_int(child_text(root, "electroLockNum")),
+        door_count=as_int(child_text(root, "electroLockNum")),
     )
 
 
@@ -307,11 +95,11 @@ def parse_device_status(body: bytes) -> dict[str, Any]:
     device_time = child_text(root, "currentDeviceTime")
     return {
         "device_time": device_time or None,
-        "uptime_s": _int(child_text(root, "deviceUpTime")),
-        "total_reboot_count": _int(child_text(root, "totalRebootCount")),
-        "cpu_percent": _int(child_text(root, "cpuUtilization")),
-        "memory_used_mb": _int(child_text(root, "memoryUsage")),
-        "memory_available_mb": _int(child_text(root, "memoryAvailable")),
+        "uptime_s": as_int(child_text(root, "deviceUpTime")),
+        "total_reboot_count": as_int(child_text(root, "totalRebootCount")),
+        "cpu_percent": as_int(child_text(root, "cpuUtilization")),
+        "memory_used_mb": as_int(child_text(root, "memoryUsage")),
+        "memory_available_mb": as_int(child_text(root, "memoryAvailable")),
     }
 
 
@@ -319,15 +107,15 @@ def parse_work_status(body: bytes) -> list[dict[str, Any]]:
     """One entry per door from AcsWorkStatus; door numbers start at 1."""
     data = parse_json(body, "door status").get("AcsWorkStatus")
     if not isinstance(data, dict):
-        raise _protocol_error("door status", "no AcsWorkStatus")
+        raise protocol_error("door status", "no AcsWorkStatus")
     locks = data.get("doorLockStatus") or []
     states = data.get("doorStatus") or []
     magnets = data.get("magneticStatus") or []
     doors = []
     for index in range(max(len(locks), len(states))):
-        lock = _int(locks[index]) if index < len(locks) else None
-        state = _int(states[index]) if index < len(states) else None
-        magnet = _int(magnets[index]) if index < len(magnets) else None
+        lock = as_int(locks[index]) if index < len(locks) else None
+        state = as_int(states[index]) if index < len(states) else None
+        magnet = as_int(magnets[index]) if index < len(magnets) else None
         doors.append(
             {
                 "door": index + 1,
@@ -346,7 +134,7 @@ def posix_tz_offset(zone: str) -> dt.timedelta:
     """UTC offset of a POSIX zone string; POSIX inverts the sign: `CST-8:00:00` is UTC+8."""
     match = _POSIX_TZ.match(zone.strip())
     if match is None:
-        raise _protocol_error("time", f"unknown time zone {zone!r}")
+        raise protocol_error("time", f"unknown time zone {zone!r}")
     sign, hours, minutes, seconds = match.groups()
     offset = dt.timedelta(hours=int(hours), minutes=int(minutes or 0), seconds=int(seconds or 0))
     return offset if sign == "-" else -offset
@@ -364,12 +152,12 @@ def parse_time(body: bytes) -> dict[str, Any]:
     local_time = child_text(root, "localTime")
     zone = child_text(root, "timeZone") or "UTC+0:00:00"
     if not local_time:
-        raise _protocol_error("time", "no localTime")
+        raise protocol_error("time", "no localTime")
     offset = posix_tz_offset(zone)
     try:
         when = dt.datetime.fromisoformat(local_time.replace("Z", "+00:00"))
     except ValueError:
-        raise _protocol_error("time", f"localTime {local_time!r}") from None
+        raise protocol_error("time", f"localTime {local_time!r}") from None
     if when.tzinfo is None:
         # No offset on the wire: the time is local to the device's own zone.
         when = when.replace(tzinfo=dt.timezone(offset))
@@ -419,7 +207,7 @@ def build_event_search(
 
 
 def _access_event(item: dict[str, Any]) -> AccessEvent | None:
-    serial_no = _int(item.get("serialNo"))
+    serial_no = as_int(item.get("serialNo"))
     when = item.get("time")
     if serial_no is None or not isinstance(when, str):
         return None
@@ -429,31 +217,31 @@ def _access_event(item: dict[str, Any]) -> AccessEvent | None:
         return None
     return AccessEvent(
         serial_no=serial_no,
-        major=_int(item.get("major"), 0) or 0,
-        minor=_int(item.get("minor"), 0) or 0,
+        major=as_int(item.get("major"), 0) or 0,
+        minor=as_int(item.get("minor"), 0) or 0,
         time=time,
-        name=_str(item.get("name")),
-        employee_no=_str(item.get("employeeNoString") or item.get("employeeNo")),
-        card_no=_str(item.get("cardNo")),
-        door=_int(item.get("doorNo")),
-        verify_mode=_str(item.get("currentVerifyMode")),
+        name=as_str(item.get("name")),
+        employee_no=as_str(item.get("employeeNoString") or item.get("employeeNo")),
+        card_no=as_str(item.get("cardNo")),
+        door=as_int(item.get("doorNo")),
+        verify_mode=as_str(item.get("currentVerifyMode")),
     )
 
 
 def parse_event_page(body: bytes) -> EventPage:
     data = parse_json(body, "event search").get("AcsEvent")
     if not isinstance(data, dict):
-        raise _protocol_error("event search", "no AcsEvent")
+        raise protocol_error("event search", "no AcsEvent")
     status = str(data.get("responseStatusStrg", "")).upper()
     if status not in ("MORE", "OK", "NO MATCH"):
-        raise _protocol_error("event search", f"responseStatusStrg {status!r}")
+        raise protocol_error("event search", f"responseStatusStrg {status!r}")
     # InfoList is absent when the page is empty; entries we cannot read are skipped.
     items = data.get("InfoList") or []
     events = [e for e in (_access_event(i) for i in items if isinstance(i, dict)) if e]
     return EventPage(
         search_id=str(data.get("searchID", "")),
         status=status,
-        total_matches=_int(data.get("totalMatches"), 0) or 0,
+        total_matches=as_int(data.get("totalMatches"), 0) or 0,
         num_of_matches=len(items),
         events=events,
     )
@@ -498,14 +286,14 @@ def build_user_search(
 
 
 def _user(item: dict[str, Any]) -> UserRecord | None:
-    employee_no = _str(item.get("employeeNo"))
+    employee_no = as_str(item.get("employeeNo"))
     if employee_no is None:
         return None
     valid = item.get("Valid")
     if not isinstance(valid, dict):
         valid = {}
     plans = [p for p in item.get("RightPlan") or [] if isinstance(p, dict)]
-    doors = [d for d in (_int(p.get("doorNo")) for p in plans) if d]
+    doors = [d for d in (as_int(p.get("doorNo")) for p in plans) if d]
     return UserRecord(
         employee_no=employee_no,
         name=str(item.get("name", "")),
@@ -520,10 +308,10 @@ def _user(item: dict[str, Any]) -> UserRecord | None:
 def parse_user_page(body: bytes) -> UserPage:
     data = parse_json(body, "user search").get("UserInfoSearch")
     if not isinstance(data, dict):
-        raise _protocol_error("user search", "no UserInfoSearch")
+        raise protocol_error("user search", "no UserInfoSearch")
     items = data.get("UserInfo") or []
     return UserPage(
         status=str(data.get("responseStatusStrg", "")).upper(),
-        total_matches=_int(data.get("totalMatches"), 0) or 0,
+        total_matches=as_int(data.get("totalMatches"), 0) or 0,
         users=[u for u in (_user(i) for i in items if isinstance(i, dict)) if u],
     )

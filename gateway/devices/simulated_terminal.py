@@ -18,7 +18,8 @@ import trio
 
 from gateway.devices.base import DeviceError
 from gateway.devices.digest import digest_response, parse_digest_params
-from gateway.devices.isapi import local_name, parse_xml, posix_tz_offset
+from gateway.devices.isapi import posix_tz_offset
+from gateway.devices.isapi_status import local_name, parse_xml
 from gateway.devices.simulated_bodies import (
     PSIA_NS,
     device_info_xml,

@@ -8,7 +8,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from gateway.devices import isapi
+from gateway.devices import isapi, isapi_status
 from gateway.devices.base import DeviceError, DeviceErrorKind, UserRecord
 from gateway.devices.digest import parse_challenge, parse_digest_params
 
@@ -97,12 +97,12 @@ def test_time_body_keeps_the_device_zone() -> None:
 
 
 def test_status_xml_and_json() -> None:
-    ok = isapi.parse_status(fixture("response_status_ok_psia.xml"))
+    ok = isapi_status.parse_status(fixture("response_status_ok_psia.xml"))
     assert ok is not None and ok.status_code == 1
-    assert isapi.check_ok(200, fixture("status_ok.json"), "x") is not None
-    reboot = isapi.check_ok(200, fixture("response_status_reboot_required.xml"), "x")
+    assert isapi_status.check_ok(200, fixture("status_ok.json"), "x") is not None
+    reboot = isapi_status.check_ok(200, fixture("response_status_reboot_required.xml"), "x")
     assert reboot is not None and reboot.status_code == 7
-    assert isapi.parse_status(b"") is None
+    assert isapi_status.parse_status(b"") is None
 
 
 @pytest.mark.parametrize(
@@ -115,7 +115,7 @@ def test_status_xml_and_json() -> None:
 )
 def test_errors_are_named_by_cause(http: int, name: str, kind: DeviceErrorKind, sub: str) -> None:
     with pytest.raises(DeviceError) as caught:
-        isapi.check_ok(http, fixture(name), "door 1 open")
+        isapi_status.check_ok(http, fixture(name), "door 1 open")
     error = caught.value
     assert error.kind is kind
     assert error.sub_status_code == sub
@@ -125,18 +125,20 @@ def test_errors_are_named_by_cause(http: int, name: str, kind: DeviceErrorKind, 
 
 
 def test_not_support_carries_the_error_code() -> None:
-    error = isapi.error_for_response(403, fixture("response_status_not_support.xml"), "x")
+    error = isapi_status.error_for_response(403, fixture("response_status_not_support.xml"), "x")
     assert error.error_code == 0x40000001
     assert "0x40000001" in str(error)
 
 
 def test_http_error_without_a_status_body() -> None:
-    assert isapi.error_for_response(404, b"", "x").kind is DeviceErrorKind.NOT_SUPPORTED
-    assert isapi.error_for_response(500, b"oops", "x").kind is DeviceErrorKind.DEVICE_FAULT
+    assert isapi_status.error_for_response(404, b"", "x").kind is DeviceErrorKind.NOT_SUPPORTED
+    assert isapi_status.error_for_response(500, b"oops", "x").kind is DeviceErrorKind.DEVICE_FAULT
 
 
 def test_wrong_password_says_how_many_tries_are_left() -> None:
-    error = isapi.error_for_response(401, fixture("user_check_wrong_password.xml"), "device info")
+    error = isapi_status.error_for_response(
+        401, fixture("user_check_wrong_password.xml"), "device info"
+    )
     assert error.kind is DeviceErrorKind.AUTH_FAILED
     assert error.retries_left == 3
     assert "authentication failed" in str(error)
@@ -144,7 +146,7 @@ def test_wrong_password_says_how_many_tries_are_left() -> None:
 
 
 def test_locked_says_when_to_retry() -> None:
-    error = isapi.error_for_response(401, fixture("user_check_locked.xml"), "device info")
+    error = isapi_status.error_for_response(401, fixture("user_check_locked.xml"), "device info")
     assert error.kind is DeviceErrorKind.LOCKED
     assert error.unlock_in_s == 1800
     assert "retry after 1800 s" in str(error)
@@ -201,8 +203,8 @@ def test_users() -> None:
 
 def test_door_body() -> None:
     body = isapi.build_door_body("always_open")
-    root = isapi.parse_xml(body, "door")
-    assert isapi.child_text(root, "cmd") == "alwaysOpen"
+    root = isapi_status.parse_xml(body, "door")
+    assert isapi_status.child_text(root, "cmd") == "alwaysOpen"
 
 
 def test_digest_challenge_as_devices_send_it() -> None:

@@ -121,7 +121,13 @@ async def _serve_connection(
                 return
             if config.latency_ms:
                 await trio.sleep(config.latency_ms / 1000)
-            response = terminal.handle(request)
+            try:
+                response = terminal.handle(request)
+            except Exception:
+                # A simulator bug answers 500 for this request instead of taking the whole
+                # terminal down.
+                log.exception("simulator.handler_failed", target=request.target)
+                response = SimResponse(status=500, content_type="text/plain")
             await _send_response(stream, conn, response)
         except h11.RemoteProtocolError as exc:
             if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):

@@ -1,11 +1,85 @@
+"""`td-gateway run`: settings from --flags, TD_* environment variables and --config FILE.
+
+Exit codes: 0 after SIGTERM/SIGINT, 75 (EXIT_RESTART) when the backend asked for a restart,
+2 for a bad setting (one line saying which and what it accepts), 1 when storage fails.
+"""
+
 from __future__ import annotations
 
+import argparse
+import os
+import signal
 import sys
+from collections.abc import Sequence
+
+import structlog
+import trio
+
+from gateway import config as settings
+from gateway import logsetup
+from gateway.app import Gateway
+from gateway.errors import ConfigError, StorageError
+
+log = structlog.get_logger("gateway.cli")
+
+EXIT_BAD_CONFIG = 2
+EXIT_STORAGE = 1
 
 
-def main() -> int:
-    print(f"{sys.argv[0]}: not implemented yet", file=sys.stderr)
-    return 2
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="td-gateway", description="TD on-site gateway")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="serve agents and upload their logs")
+    run.add_argument("--config", metavar="TD_CONFIG", help="TOML file with settings")
+    settings.add_flags(run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    namespace, _ = _parser().parse_known_args(args)  # --help and the subcommand
+    config_file = namespace.config or os.environ.get("TD_CONFIG")
+    flags = _without_config_flag(args[1:])
+    try:
+        config = settings.load(flags, os.environ, config_file)
+    except ConfigError as exc:
+        print(f"td-gateway: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    logsetup.configure(config.log_level)
+    try:
+        return trio.run(_serve, config)
+    except StorageError as exc:
+        log.error("storage_failed", error=str(exc))
+        return EXIT_STORAGE
+
+
+def _without_config_flag(args: list[str]) -> list[str]:
+    kept: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--config":
+            skip = True
+        elif not arg.startswith("--config="):
+            kept.append(arg)
+    return kept
+
+
+async def _serve(config: settings.GatewayConfig) -> int:
+    gateway = Gateway(config)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def stop_on_signal() -> None:
+                async for signum in signals:
+                    log.info("shutdown_requested", signal=signal.Signals(signum).name)
+                    gateway.request_stop()
+
+            nursery.start_soon(stop_on_signal)
+            code = await gateway.run()
+            nursery.cancel_scope.cancel()
+    return code
 
 
 if __name__ == "__main__":

@@ -1,0 +1,159 @@
+"""The gateway as one Trio program: one nursery, each part started with `nursery.start` so
+nothing serves before what it needs is ready (state, then buffer, then uplink, then HTTP).
+
+Shutdown: `request_stop()` (SIGTERM/SIGINT in the CLI, the `restart` command) stops the
+HTTP listener, lets in-flight requests finish their commits for a moment, then cancels the
+rest. An upload cut short stays buffered under its batch id and is resent after restart.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import hypercorn.config
+import hypercorn.trio
+import structlog
+import trio
+
+from gateway.api import AgentApi
+from gateway.buffer import Buffer
+from gateway.config import GatewayConfig
+from gateway.health import Health
+from gateway.health import build as build_health
+from gateway.metrics import LiveFigures, Metrics
+from gateway.state import State
+from gateway.uplink import Uplink
+from protocol.agent import Log
+
+log = structlog.get_logger("gateway")
+
+EXIT_OK = 0
+# The `restart` command ends the process with this code so the container restarts it.
+EXIT_RESTART = 75
+ADDRESS_FILE = "gateway.addr"
+# In-flight requests get this long to finish after the listener closes; all stays < 5 s.
+HTTP_GRACE_S = 2.0
+SHUTDOWN_DEADLINE_S = 4.0
+
+
+class Gateway:
+    """Run with `address = await nursery.start(gateway.run)`; stop with `request_stop()`."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        data = config.data_path
+        self.metrics = Metrics()
+        self.state = State(data)
+        self.buffer = Buffer(
+            data,
+            max_bytes=config.buffer_max_bytes,
+            overflow=config.buffer_overflow,
+            durability=config.durability,
+        )
+        self.uplink = Uplink(config, self.buffer, self.metrics, gateway_id=self.gateway_id)
+        self.api = AgentApi(config, self.buffer, self.state, self.metrics, self.health)
+        self.metrics.watch(self._live_figures)
+        self.control_connected = False
+        self.exit_code = EXIT_OK
+        self._stop = trio.Event()
+
+    # ---- the interface other parts (devices, control) use ----------------------------------
+
+    async def append(self, agent_uid: str, logs: list[Log]) -> None:
+        """Buffer logs that did not come over HTTP (device events use `device:<id>`);
+        returns once committed."""
+        await self.buffer.append(agent_uid, logs)
+
+    def gateway_id(self) -> str:
+        return self.state.setting("gateway_id") or ""
+
+    def request_stop(self, exit_code: int = EXIT_OK) -> None:
+        self.exit_code = exit_code
+        self._stop.set()
+
+    def health(self) -> Health:
+        uplink = self.uplink.health
+        return build_health(
+            self.buffer.stats,
+            corrupt_files=self.buffer.corrupt_files,
+            last_upload_at=uplink.last_upload_at,
+            backend_connected=uplink.backend_connected,
+            connected_agents=self.state.connected_agents(),
+            error_streak=uplink.error_streak,
+            control_connected=self.control_connected,
+        )
+
+    def _live_figures(self) -> LiveFigures:
+        return LiveFigures(
+            buffer=self.buffer.stats,
+            connected_agents=self.state.connected_agents(),
+            backend_connected=self.uplink.health.backend_connected,
+        )
+
+    # ---- running ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> int:
+        """Serve until `request_stop()`; reports the bound `host:port` once listening."""
+        http_stopped = trio.Event()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.state.run)
+            await nursery.start(self.buffer.run)
+            await nursery.start(self.uplink.run)
+            address = await nursery.start(self._serve_agents, http_stopped)
+            _write_address(self.config.data_path, address)
+            log.info(
+                "listening",
+                address=address,
+                data_dir=str(self.config.data_path),
+                uploads_to=self.config.backend_url or None,
+            )
+            task_status.started(address)
+            await self._stop.wait()
+            with trio.move_on_after(SHUTDOWN_DEADLINE_S):
+                await http_stopped.wait()
+            nursery.cancel_scope.cancel()
+        log.info("stopped", exit_code=self.exit_code)
+        return self.exit_code
+
+    async def _serve_agents(
+        self, stopped: trio.Event, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        config = hypercorn.config.Config()
+        config.bind = [self.config.listen]
+        config.graceful_timeout = HTTP_GRACE_S
+        config.accesslog = None
+        # Our own "listening" line says where we are; hypercorn speaks up only about problems.
+        config.loglevel = "WARNING"
+        if self.config.tls_cert:
+            config.certfile = self.config.tls_cert
+            config.keyfile = self.config.tls_key
+
+        try:
+            await hypercorn.trio.serve(
+                self.api,  # type: ignore[arg-type]
+                config,
+                shutdown_trigger=self._stop.wait,
+                task_status=_FirstBind(task_status),
+            )
+        finally:
+            stopped.set()
+
+
+class _FirstBind:
+    """Turns hypercorn's `started(["http://host:port", ...])` into `started("host:port")`."""
+
+    def __init__(self, task_status: trio.TaskStatus[str]) -> None:
+        self._task_status = task_status
+
+    def started(self, value: list[str] | None = None) -> None:
+        first = (value or ["?://?"])[0]
+        self._task_status.started(first.split("://", 1)[1])
+
+
+def _write_address(data_dir: Path, address: str) -> None:
+    # Written atomically: tools polling for the file never read half an address.
+    target = data_dir / ADDRESS_FILE
+    temporary = target.with_suffix(".tmp")
+    temporary.write_text(address + "\n")
+    os.replace(temporary, target)

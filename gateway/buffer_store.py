@@ -1,0 +1,355 @@
+"""The buffer's SQLite layout and every statement run on it; blocking, no Trio.
+
+One row per agent request, holding the msgpack bytes of its validated logs. Rows are
+uploaded oldest first: an upload batch is formed by stamping the oldest unassigned rows with
+a batch id (stored, so a retry after a restart sends the same rows under the same
+Idempotency-Key), and the rows are deleted only once the backend acknowledged that batch.
+
+Everything the file holds (queued rows and dead letters) counts against the byte cap.
+Running totals live in a small table updated in the same transaction as the rows, so
+start-up reads a handful of rows however long the backlog is.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import apsw
+
+from gateway.errors import BufferFull, BufferTooLarge
+from gateway.sqlite import query
+
+# Per-row bookkeeping (rowid, sizes, timestamps, index entry) on top of the payload bytes.
+ROW_OVERHEAD = 64
+# Keeps one upload POST well under the backend's body limit even before compression.
+UPLOAD_MAX_BYTES = 16 * 1024 * 1024
+# Reclaim disk space once the queue has drained and this many pages are free.
+VACUUM_MIN_FREE_PAGES = 256
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS rows (
+    rowid INTEGER PRIMARY KEY,
+    agent_uid TEXT NOT NULL,
+    n_logs INTEGER NOT NULL,
+    nbytes INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    upload_id BLOB,
+    payload BLOB NOT NULL  -- last, so reading the other columns skips its overflow pages
+);
+CREATE INDEX IF NOT EXISTS rows_by_upload ON rows(upload_id) WHERE upload_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS uploads (
+    id BLOB PRIMARY KEY,
+    created_at REAL NOT NULL,
+    first_rowid INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    rowid INTEGER PRIMARY KEY,
+    upload_id BLOB NOT NULL,
+    agent_uid TEXT NOT NULL,
+    n_logs INTEGER NOT NULL,
+    nbytes INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    failed_at REAL NOT NULL,
+    status INTEGER NOT NULL,
+    detail TEXT NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS totals (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+TOTALS = (
+    "queue_logs",
+    "queue_rows",
+    "queue_bytes",
+    "dead_bytes",
+    "dropped_total",
+    "dead_letter_total",
+    "dead_letter_batches",
+)
+
+
+@dataclass(frozen=True)
+class BufferStats:
+    """The buffer's figures right after the last commit."""
+
+    queue_depth: int
+    queue_rows: int
+    queue_bytes: int
+    dead_bytes: int
+    max_bytes: int
+    dropped_total: int
+    dead_letter_total: int
+    dead_letter_batches: int
+    oldest_created_at: float | None
+
+    def oldest_age_s(self, now: float | None = None) -> float:
+        if self.oldest_created_at is None:
+            return 0.0
+        return max(0.0, (now or time.time()) - self.oldest_created_at)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """An upload batch: the rows under one batch id, ready to send."""
+
+    batch_id: uuid.UUID
+    created_at: dt.datetime
+    groups: list[tuple[str, bytes]]  # (agent_uid, msgpack of list[Log]) in row order
+    n_logs: int
+    nbytes: int
+
+
+@dataclass
+class TxEffects:
+    """What a transaction did that the async side must learn about after the commit."""
+
+    appended: bool = False
+    dropped_uploads: set[uuid.UUID] = field(default_factory=set)
+
+
+class BufferStore:
+    """Blocking operations on one APSW connection; the caller runs them in transactions."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        max_bytes: int,
+        overflow: Literal["drop_oldest", "reject"],
+        durability: Literal["normal", "full"],
+    ) -> None:
+        self.max_bytes = max_bytes
+        self.overflow = overflow
+        self.conn = apsw.Connection(path)
+        self.conn.setbusytimeout(5000)
+        # auto_vacuum only takes effect before the first table exists, so set it first.
+        self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute(f"PRAGMA synchronous={durability.upper()}")
+        with self.conn:
+            self.conn.execute(_SCHEMA)
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO totals(name, value) VALUES (?, 0)",
+                [(name,) for name in TOTALS],
+            )
+        self.totals = self._read_totals()
+        # Batches handed to an uploader and not yet acked; lives as long as this process.
+        self.claimed: set[bytes] = set()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # ---- transactions ----------------------------------------------------------------------
+
+    def begin(self) -> dict[str, int]:
+        """Start a write transaction; returns the totals to restore if it rolls back."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        return dict(self.totals)
+
+    def commit(self) -> None:
+        self.conn.executemany(
+            "UPDATE totals SET value = ? WHERE name = ?",
+            [(value, name) for name, value in self.totals.items()],
+        )
+        self.conn.execute("COMMIT")
+
+    def rollback(self, saved: dict[str, int]) -> None:
+        if not self.conn.get_autocommit():  # SQLite may already have rolled back on its own
+            self.conn.execute("ROLLBACK")
+        self.totals = saved
+
+    # ---- operations, each run inside a transaction -----------------------------------------
+
+    def append(
+        self, fx: TxEffects, agent_uid: str, n_logs: int, payload: bytes, now: float
+    ) -> None:
+        nbytes = len(payload) + len(agent_uid) + ROW_OVERHEAD
+        if nbytes > self.max_bytes:
+            raise BufferTooLarge(
+                f"this request needs {nbytes} bytes and the whole buffer holds {self.max_bytes}"
+            )
+        excess = self._used() + nbytes - self.max_bytes
+        if excess > 0:
+            if self.overflow == "reject":
+                raise BufferFull(retry_after_s=5)
+            self._drop_oldest(fx, excess)
+        self.conn.execute(
+            "INSERT INTO rows(agent_uid, n_logs, nbytes, created_at, payload)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (agent_uid, n_logs, nbytes, now, payload),
+        )
+        self._add(queue_logs=n_logs, queue_rows=1, queue_bytes=nbytes)
+        fx.appended = True
+
+    def claim(self, max_logs: int, now: float) -> Claim | None:
+        """The oldest upload batch not already claimed; else one formed from unassigned rows."""
+        for upload_id, created_at in query(
+            self.conn, "SELECT id, created_at FROM uploads ORDER BY first_rowid"
+        ):
+            if upload_id not in self.claimed:
+                self.claimed.add(upload_id)
+                return self._load_claim(upload_id, created_at)
+        picked: list[tuple[Any, ...]] = []
+        n_logs = nbytes = 0
+        for row in self.conn.execute(
+            "SELECT rowid, agent_uid, n_logs, nbytes, payload FROM rows"
+            " WHERE upload_id IS NULL ORDER BY rowid"
+        ):  # a cursor, not `query`: it stops reading at the batch limit
+            if picked and (n_logs + row[2] > max_logs or nbytes + row[3] > UPLOAD_MAX_BYTES):
+                break
+            picked.append(row)
+            n_logs += row[2]
+            nbytes += row[3]
+        if not picked:
+            return None
+        batch_id = uuid.uuid4()
+        self.conn.execute(
+            "INSERT INTO uploads(id, created_at, first_rowid) VALUES (?, ?, ?)",
+            (batch_id.bytes, now, picked[0][0]),
+        )
+        self.conn.execute(
+            "UPDATE rows SET upload_id = ? WHERE upload_id IS NULL AND rowid <= ?",
+            (batch_id.bytes, picked[-1][0]),
+        )
+        self.claimed.add(batch_id.bytes)
+        return Claim(
+            batch_id=batch_id,
+            created_at=_utc(now),
+            groups=[(row[1], row[4]) for row in picked],
+            n_logs=n_logs,
+            nbytes=nbytes,
+        )
+
+    def ack(self, batch_id: uuid.UUID) -> int:
+        """Delete an uploaded batch; returns how many logs it still held (0 if dropped)."""
+        return self._delete_upload(batch_id.bytes)
+
+    def release(self, batch_id: uuid.UUID) -> None:
+        """Forget a claim without sending it: the batch is handed out again later."""
+        self.claimed.discard(batch_id.bytes)
+
+    def dead_letter(self, batch_id: uuid.UUID, status: int, detail: str, now: float) -> int:
+        """Move a batch the backend refused into dead_letters; returns its log count."""
+        self.conn.execute(
+            "INSERT INTO dead_letters(upload_id, agent_uid, n_logs, nbytes, created_at,"
+            " failed_at, status, detail, payload)"
+            " SELECT upload_id, agent_uid, n_logs, nbytes, created_at, ?, ?, ?, payload"
+            " FROM rows WHERE upload_id = ? ORDER BY rowid",
+            (now, status, detail[:2000], batch_id.bytes),
+        )
+        n_logs = self._delete_upload(batch_id.bytes)
+        if n_logs:
+            moved = query(
+                self.conn,
+                "SELECT COALESCE(SUM(nbytes), 0) FROM dead_letters WHERE upload_id = ?",
+                (batch_id.bytes,),
+            )[0][0]
+            self._add(dead_bytes=moved, dead_letter_total=n_logs, dead_letter_batches=1)
+        return n_logs
+
+    # ---- after the commit ------------------------------------------------------------------
+
+    def stats(self) -> BufferStats:
+        oldest = query(self.conn, "SELECT created_at FROM rows ORDER BY rowid LIMIT 1")
+        t = self.totals
+        return BufferStats(
+            queue_depth=t["queue_logs"],
+            queue_rows=t["queue_rows"],
+            queue_bytes=t["queue_bytes"],
+            dead_bytes=t["dead_bytes"],
+            max_bytes=self.max_bytes,
+            dropped_total=t["dropped_total"],
+            dead_letter_total=t["dead_letter_total"],
+            dead_letter_batches=t["dead_letter_batches"],
+            oldest_created_at=oldest[0][0] if oldest else None,
+        )
+
+    def reclaim_space(self) -> None:
+        """Give disk space back once the queue is empty (outside any transaction)."""
+        if self.totals["queue_rows"]:
+            return
+        free = query(self.conn, "PRAGMA freelist_count")[0][0]
+        if free >= VACUUM_MIN_FREE_PAGES:
+            query(self.conn, "PRAGMA incremental_vacuum")
+            query(self.conn, "PRAGMA wal_checkpoint(TRUNCATE)")
+
+    # ---- internals -------------------------------------------------------------------------
+
+    def _used(self) -> int:
+        return self.totals["queue_bytes"] + self.totals["dead_bytes"]
+
+    def _add(self, **deltas: int) -> None:
+        for name, delta in deltas.items():
+            self.totals[name] += delta
+
+    def _drop_oldest(self, fx: TxEffects, excess: int) -> None:
+        # Whole upload batches go together: a batch id must always name the same rows.
+        while excess > 0:
+            head = query(
+                self.conn,
+                "SELECT rowid, upload_id, n_logs, nbytes FROM rows ORDER BY rowid LIMIT 1",
+            )
+            if head:
+                rowid, upload_id, n_logs, nbytes = head[0]
+                if upload_id is not None:
+                    freed_logs, freed = self._delete_upload_sized(upload_id)
+                    fx.dropped_uploads.add(uuid.UUID(bytes=upload_id))
+                else:
+                    self.conn.execute("DELETE FROM rows WHERE rowid = ?", (rowid,))
+                    self._add(queue_logs=-n_logs, queue_rows=-1, queue_bytes=-nbytes)
+                    freed_logs, freed = n_logs, nbytes
+                self._add(dropped_total=freed_logs)
+            else:
+                freed = self._drop_oldest_dead_letter()
+            excess -= freed
+
+    def _drop_oldest_dead_letter(self) -> int:
+        head = query(self.conn, "SELECT rowid, nbytes FROM dead_letters ORDER BY rowid LIMIT 1")
+        if not head:
+            raise AssertionError("buffer totals disagree with its rows")
+        self.conn.execute("DELETE FROM dead_letters WHERE rowid = ?", (head[0][0],))
+        self._add(dead_bytes=-head[0][1])
+        return int(head[0][1])
+
+    def _delete_upload(self, upload_id: bytes) -> int:
+        return self._delete_upload_sized(upload_id)[0]
+
+    def _delete_upload_sized(self, upload_id: bytes) -> tuple[int, int]:
+        n_rows, n_logs, nbytes = query(
+            self.conn,
+            "SELECT COUNT(*), COALESCE(SUM(n_logs), 0), COALESCE(SUM(nbytes), 0)"
+            " FROM rows WHERE upload_id = ?",
+            (upload_id,),
+        )[0]
+        self.conn.execute("DELETE FROM rows WHERE upload_id = ?", (upload_id,))
+        self.conn.execute("DELETE FROM uploads WHERE id = ?", (upload_id,))
+        self.claimed.discard(upload_id)
+        self._add(queue_logs=-n_logs, queue_rows=-n_rows, queue_bytes=-nbytes)
+        return int(n_logs), int(nbytes)
+
+    def _load_claim(self, upload_id: bytes, created_at: float) -> Claim:
+        rows = query(
+            self.conn,
+            "SELECT agent_uid, n_logs, nbytes, payload FROM rows WHERE upload_id = ?"
+            " ORDER BY rowid",
+            (upload_id,),
+        )
+        return Claim(
+            batch_id=uuid.UUID(bytes=upload_id),
+            created_at=_utc(created_at),
+            groups=[(row[0], row[3]) for row in rows],
+            n_logs=sum(row[1] for row in rows),
+            nbytes=sum(row[2] for row in rows),
+        )
+
+    def _read_totals(self) -> dict[str, int]:
+        found = dict(query(self.conn, "SELECT name, value FROM totals"))
+        return {name: int(found.get(name, 0)) for name in TOTALS}
+
+
+def _utc(timestamp: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC)

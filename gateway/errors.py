@@ -1,0 +1,37 @@
+"""The gateway's errors, named by cause.
+
+    GatewayError
+     ├── ConfigError       a setting has a value the gateway cannot use (start-up fails)
+     ├── BufferFull        the buffer is at its byte cap in `reject` mode (agents get 503)
+     ├── BufferTooLarge    one request is bigger than the whole buffer cap (agents get 413)
+     └── StorageError      SQLite failed underneath the buffer or the state store
+
+APSW and httpx errors are translated into these (or handled) where they are raised:
+gateway/buffer.py and gateway/state.py for APSW, gateway/uplink.py for httpx.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Root of every error the gateway raises on purpose."""
+
+
+class ConfigError(GatewayError):
+    """A setting is missing or has a value outside what it accepts."""
+
+
+class BufferFull(GatewayError):
+    """The buffer is at its cap and the overflow policy is `reject`."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__("the gateway buffer is full; retry later")
+        self.retry_after_s = retry_after_s
+
+
+class BufferTooLarge(GatewayError):
+    """One request is bigger than the buffer's whole byte cap: it can never fit."""
+
+
+class StorageError(GatewayError):
+    """SQLite failed (disk full, I/O error, corruption found while running)."""

@@ -1,0 +1,76 @@
+"""The /health document: what an operator or a container probe needs at a glance."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import msgspec
+
+from gateway.buffer_store import BufferStats
+
+# Past this share of the cap the gateway reports a fault upstream and "degraded" here.
+NEAR_CAP = 0.8
+# Consecutive failed upload attempts before uploads count as failing.
+FAILING_STREAK = 3
+
+
+class Health(msgspec.Struct, kw_only=True):
+    status: str
+    queue_depth: int
+    queue_bytes: int
+    oldest_age_s: float
+    dropped_total: int
+    last_upload_at: dt.datetime | None
+    backend_connected: bool
+    connected_agents: int
+    dead_letter_total: int
+    dead_letter_batches: int
+    buffer_max_bytes: int
+    upload_error_streak: int
+    control_connected: bool
+    # Buffer files found unreadable and renamed aside; empty when all is well.
+    buffer_corrupt_files: list[str]
+
+
+def fault(stats: BufferStats | None, error_streak: int) -> str | None:
+    """Why the gateway needs attention, or None."""
+    if stats is None:
+        return "the buffer is not open"
+    used = stats.queue_bytes + stats.dead_bytes
+    if used > NEAR_CAP * stats.max_bytes:
+        return f"buffer at {used * 100 // stats.max_bytes}% of its cap"
+    if error_streak >= FAILING_STREAK:
+        return f"uploads failing ({error_streak} attempts in a row)"
+    return None
+
+
+def build(
+    stats: BufferStats | None,
+    *,
+    corrupt_files: list[str],
+    last_upload_at: dt.datetime | None,
+    backend_connected: bool,
+    connected_agents: int,
+    error_streak: int,
+    control_connected: bool,
+) -> Health:
+    problem = fault(stats, error_streak)
+    if stats is None:
+        stats = BufferStats(0, 0, 0, 0, 0, 0, 0, 0, None)
+    return Health(
+        status="degraded" if problem or corrupt_files else "ok",
+        queue_depth=stats.queue_depth,
+        queue_bytes=stats.queue_bytes,
+        oldest_age_s=round(stats.oldest_age_s(time.time()), 3),
+        dropped_total=stats.dropped_total,
+        last_upload_at=last_upload_at,
+        backend_connected=backend_connected,
+        connected_agents=connected_agents,
+        dead_letter_total=stats.dead_letter_total,
+        dead_letter_batches=stats.dead_letter_batches,
+        buffer_max_bytes=stats.max_bytes,
+        upload_error_streak=error_streak,
+        control_connected=control_connected,
+        buffer_corrupt_files=corrupt_files,
+    )

@@ -1,0 +1,334 @@
+"""What the gateway must remember apart from logs: registered agents (tokens hashed),
+policies and assignments, settings learnt from the backend, executed command results.
+
+Its own SQLite file, so a buffer file moved aside as corrupt never takes registrations with
+it. Reads are served from memory (loaded at start; there are thousands of agents, not
+millions); writes go through to SQLite in a worker thread before memory changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import apsw
+import msgspec
+import trio
+
+from gateway.errors import StorageError
+from gateway.sqlite import query
+from protocol import codec
+from protocol.agent import AgentPolicy, PolicyBody, RegisterRequest
+from protocol.control import CommandResult, DeviceConfig, PolicyUpdate
+
+T = TypeVar("T")
+STATE_FILE = "state.db"
+BUILTIN_POLICY_ID = "builtin-default"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS agents (
+    agent_id TEXT PRIMARY KEY,
+    agent_uid TEXT NOT NULL UNIQUE,
+    hostname TEXT NOT NULL,
+    os TEXT,
+    version TEXT,
+    token_hash BLOB NOT NULL,
+    registered_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS policies (
+    policy_id TEXT PRIMARY KEY,
+    revision INTEGER NOT NULL,
+    checksum TEXT NOT NULL,
+    is_default INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS assignments (agent_uid TEXT PRIMARY KEY, policy_id TEXT);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS command_results (
+    command_id TEXT PRIMARY KEY,
+    finished_at REAL NOT NULL,
+    result BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS devices (device_id TEXT PRIMARY KEY, config BLOB NOT NULL);
+"""
+
+
+@dataclass
+class Agent:
+    agent_id: str
+    agent_uid: str
+    hostname: str
+    os: str | None
+    version: str | None
+    token_hash: bytes
+    last_seen_at: float
+
+
+def _hash(secret: str) -> bytes:
+    # Tokens are 256 random bits, so one fast hash is enough: there is nothing to brute-force.
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def builtin_policy() -> AgentPolicy:
+    body = PolicyBody()
+    return AgentPolicy(
+        policy_id=BUILTIN_POLICY_ID, revision=0, checksum=codec.policy_checksum(body), body=body
+    )
+
+
+def etag(policy: AgentPolicy) -> str:
+    return f'"{policy.policy_id}:{policy.revision}:{policy.checksum[:16]}"'
+
+
+class State:
+    """Start with `await nursery.start(state.run)`; closed when that task ends."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / STATE_FILE
+        self._conn: apsw.Connection | None = None
+        self._limiter = trio.CapacityLimiter(1)
+        self._agents: dict[str, Agent] = {}
+        self._by_uid: dict[str, str] = {}
+        self._policies: dict[str, PolicyUpdate] = {}
+        self._assignments: dict[str, str | None] = {}
+        self._settings: dict[str, str] = {}
+        self._policy_changed = trio.Event()
+        # Agents seen since the control channel last reported them (agent_id set).
+        self.seen_since_report: set[str] = set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        await trio.to_thread.run_sync(self._load, limiter=self._limiter)
+        try:
+            task_status.started()
+            await trio.sleep_forever()
+        finally:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _load(self) -> None:
+        try:
+            conn = apsw.Connection(str(self.path))
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            with conn:
+                conn.execute(_SCHEMA)
+            for agent_id, uid, hostname, os_name, version, token_hash in query(
+                conn, "SELECT agent_id, agent_uid, hostname, os, version, token_hash FROM agents"
+            ):
+                # Not seen since this start: nothing counts an agent connected until it asks.
+                self._remember(Agent(agent_id, uid, hostname, os_name, version, token_hash, 0.0))
+            for (body,) in query(conn, "SELECT body FROM policies"):
+                update = msgspec.msgpack.decode(body, type=PolicyUpdate)
+                self._policies[update.policy_id] = update
+            self._assignments = dict(query(conn, "SELECT agent_uid, policy_id FROM assignments"))
+            self._settings = dict(query(conn, "SELECT key, value FROM settings"))
+        except apsw.Error as exc:
+            raise StorageError(f"cannot open the gateway state at {self.path}: {exc}") from exc
+        self._conn = conn
+
+    async def _write(self, fn: Callable[[apsw.Connection], T]) -> T:
+        conn = self._conn
+        if conn is None:
+            raise StorageError("the gateway state is not open")
+
+        def in_transaction() -> T:
+            with conn:
+                result = fn(conn)
+            return result
+
+        try:
+            return await trio.to_thread.run_sync(in_transaction, limiter=self._limiter)
+        except apsw.Error as exc:
+            raise StorageError(f"the gateway state could not be saved: {exc}") from exc
+
+    # ---- agents ----------------------------------------------------------------------------
+
+    def _remember(self, agent: Agent) -> None:
+        self._agents[agent.agent_id] = agent
+        self._by_uid[agent.agent_uid] = agent.agent_id
+
+    async def register(self, request: RegisterRequest) -> tuple[Agent, str]:
+        """Register (or re-register, which rotates the token) an agent; returns its token."""
+        agent_id = self._by_uid.get(request.agent_uid) or str(uuid.uuid4())
+        secret = secrets.token_urlsafe(32)
+        agent = Agent(
+            agent_id=agent_id,
+            agent_uid=request.agent_uid,
+            hostname=request.hostname,
+            os=request.os,
+            version=request.version,
+            token_hash=_hash(secret),
+            last_seen_at=time.time(),
+        )
+        await self._write(
+            lambda conn: conn.execute(
+                "INSERT INTO agents(agent_id, agent_uid, hostname, os, version, token_hash,"
+                " registered_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(agent_uid) DO UPDATE SET hostname = excluded.hostname,"
+                " os = excluded.os, version = excluded.version,"
+                " token_hash = excluded.token_hash",
+                (
+                    agent_id,
+                    agent.agent_uid,
+                    agent.hostname,
+                    agent.os,
+                    agent.version,
+                    agent.token_hash,
+                    agent.last_seen_at,
+                ),
+            )
+        )
+        self._remember(agent)
+        self.seen_since_report.add(agent_id)
+        return agent, f"{agent_id}.{secret}"
+
+    def authenticate(self, token: str) -> Agent | None:
+        """The agent a bearer token belongs to, or None; compares in constant time."""
+        agent_id, _, secret = token.partition(".")
+        agent = self._agents.get(agent_id)
+        if agent is None or not secret:
+            return None
+        if not hmac.compare_digest(agent.token_hash, _hash(secret)):
+            return None
+        agent.last_seen_at = time.time()
+        self.seen_since_report.add(agent_id)
+        return agent
+
+    def agent(self, agent_id: str) -> Agent | None:
+        return self._agents.get(agent_id)
+
+    def connected_agents(self, within_s: float = 120.0) -> int:
+        since = time.time() - within_s
+        return sum(1 for agent in self._agents.values() if agent.last_seen_at >= since)
+
+    # ---- policies --------------------------------------------------------------------------
+
+    def policy_for(self, agent_uid: str) -> AgentPolicy:
+        """The agent's assigned policy, else the organisation default, else the built-in."""
+        chosen = self._policies.get(self._assignments.get(agent_uid) or "")
+        if chosen is None:
+            chosen = next((p for p in self._policies.values() if p.is_default), None)
+        if chosen is None:
+            return builtin_policy()
+        return AgentPolicy(
+            policy_id=chosen.policy_id,
+            revision=chosen.revision,
+            checksum=chosen.checksum,
+            body=chosen.body,
+        )
+
+    def policy_revisions(self) -> dict[str, int]:
+        return {pid: update.revision for pid, update in self._policies.items()}
+
+    def policy_change_event(self) -> trio.Event:
+        """Set at the next policy or assignment change; take it before reading the policy."""
+        return self._policy_changed
+
+    def _policies_changed(self) -> None:
+        self._policy_changed.set()
+        self._policy_changed = trio.Event()
+
+    async def apply_policy(self, update: PolicyUpdate) -> None:
+        def save(conn: apsw.Connection) -> None:
+            if update.is_default:
+                conn.execute("UPDATE policies SET is_default = 0")
+            conn.execute(
+                "INSERT OR REPLACE INTO policies(policy_id, revision, checksum, is_default, body)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (
+                    update.policy_id,
+                    update.revision,
+                    update.checksum,
+                    int(update.is_default),
+                    codec.msgpack_encoder.encode(update),
+                ),
+            )
+
+        await self._write(save)
+        if update.is_default:
+            for pid, known in list(self._policies.items()):
+                if known.is_default:
+                    self._policies[pid] = msgspec.structs.replace(known, is_default=False)
+        self._policies[update.policy_id] = update
+        self._policies_changed()
+
+    async def assign(self, agent_uid: str, policy_id: str | None) -> None:
+        await self._write(
+            lambda conn: conn.execute(
+                "INSERT OR REPLACE INTO assignments(agent_uid, policy_id) VALUES (?, ?)",
+                (agent_uid, policy_id),
+            )
+        )
+        self._assignments[agent_uid] = policy_id
+        self._policies_changed()
+
+    # ---- settings learnt from the backend --------------------------------------------------
+
+    def setting(self, key: str) -> str | None:
+        return self._settings.get(key)
+
+    async def set_setting(self, key: str, value: str) -> None:
+        if self._settings.get(key) == value:
+            return
+        await self._write(
+            lambda conn: conn.execute(
+                "INSERT OR REPLACE INTO settings(key, value) VALUES (?, ?)", (key, value)
+            )
+        )
+        self._settings[key] = value
+
+    # ---- commands and devices --------------------------------------------------------------
+
+    async def command_result(self, command_id: uuid.UUID) -> CommandResult | None:
+        def read(conn: apsw.Connection) -> bytes | None:
+            rows = query(
+                conn, "SELECT result FROM command_results WHERE command_id = ?", (str(command_id),)
+            )
+            return rows[0][0] if rows else None
+
+        raw = await self._write(read)
+        return None if raw is None else msgspec.msgpack.decode(raw, type=CommandResult)
+
+    async def save_command_result(self, result: CommandResult) -> None:
+        await self._write(
+            lambda conn: conn.execute(
+                "INSERT OR REPLACE INTO command_results(command_id, finished_at, result)"
+                " VALUES (?, ?, ?)",
+                (str(result.command_id), time.time(), codec.msgpack_encoder.encode(result)),
+            )
+        )
+
+    async def known_command_ids(self, limit: int = 1000) -> list[uuid.UUID]:
+        rows = await self._write(
+            lambda conn: query(
+                conn,
+                "SELECT command_id FROM command_results ORDER BY finished_at DESC LIMIT ?",
+                (limit,),
+            )
+        )
+        return [uuid.UUID(row[0]) for row in rows]
+
+    async def save_device(self, config: DeviceConfig) -> None:
+        def save(conn: apsw.Connection) -> None:
+            if config.deleted:
+                conn.execute("DELETE FROM devices WHERE device_id = ?", (config.device_id,))
+            else:
+                conn.execute(
+                    "INSERT OR REPLACE INTO devices(device_id, config) VALUES (?, ?)",
+                    (config.device_id, codec.msgpack_encoder.encode(config)),
+                )
+
+        await self._write(save)
+
+    async def devices(self) -> list[DeviceConfig]:
+        rows = await self._write(lambda conn: query(conn, "SELECT config FROM devices"))
+        return [msgspec.msgpack.decode(row[0], type=DeviceConfig) for row in rows]

@@ -1,0 +1,215 @@
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+import trio
+
+from gateway.buffer import BUFFER_FILE, Buffer
+from gateway.buffer_store import ROW_OVERHEAD
+from gateway.errors import BufferFull, BufferTooLarge
+from protocol import codec
+from protocol.agent import Log
+from tests.gateway.helpers import make_logs
+
+LogList = msgspec.msgpack.Decoder(list[Log])
+
+
+@asynccontextmanager
+async def open_buffer(path: Path, **options: Any) -> AsyncIterator[Buffer]:
+    options.setdefault("max_bytes", 1 << 30)
+    buffer = Buffer(path, **options)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(buffer.run)
+        yield buffer
+        nursery.cancel_scope.cancel()
+
+
+def row_size(agent_uid: str, logs: list[Log]) -> int:
+    return len(codec.msgpack_encoder.encode(logs)) + len(agent_uid) + ROW_OVERHEAD
+
+
+@pytest.mark.trio
+async def test_concurrent_appends_share_transactions(tmp_path: Path) -> None:
+    async with open_buffer(tmp_path) as buffer:
+        before = buffer.transactions
+        async with trio.open_nursery() as nursery:
+            for i in range(200):
+                nursery.start_soon(buffer.append, f"agent-{i % 7}", make_logs(10))
+        assert buffer.stats is not None
+        assert buffer.stats.queue_depth == 2000
+        assert buffer.transactions - before < 200
+
+
+@pytest.mark.trio
+async def test_logs_come_back_oldest_first_and_leave_only_after_ack(tmp_path: Path) -> None:
+    first, second = make_logs(3), make_logs(4)
+    async with open_buffer(tmp_path) as buffer:
+        await buffer.append("a", first)
+        await buffer.append("b", second)
+        claim = await buffer.claim(max_logs=100)
+        assert claim is not None
+        assert [uid for uid, _ in claim.groups] == ["a", "b"]
+        assert LogList.decode(claim.groups[0][1]) == first
+        assert LogList.decode(claim.groups[1][1]) == second
+        assert await buffer.claim(max_logs=100) is None  # in flight: not handed out twice
+        assert buffer.stats is not None and buffer.stats.queue_depth == 7
+        assert await buffer.ack(claim.batch_id) == 7
+        assert buffer.stats.queue_depth == 0
+        assert buffer.stats.queue_bytes == 0
+
+
+@pytest.mark.trio
+async def test_batches_respect_max_logs_but_never_split_a_request(tmp_path: Path) -> None:
+    async with open_buffer(tmp_path) as buffer:
+        for _ in range(5):
+            await buffer.append("a", make_logs(40))
+        sizes = []
+        while (claim := await buffer.claim(max_logs=100)) is not None:
+            sizes.append(claim.n_logs)
+            await buffer.ack(claim.batch_id)
+        assert sizes == [80, 80, 40]
+
+
+@pytest.mark.trio
+async def test_a_claimed_batch_keeps_its_id_and_rows_across_a_restart(tmp_path: Path) -> None:
+    async with open_buffer(tmp_path) as buffer:
+        await buffer.append("a", make_logs(5))
+        claim = await buffer.claim(max_logs=100)
+        assert claim is not None
+        await buffer.append("a", make_logs(5))  # arrives after the batch was formed
+    async with open_buffer(tmp_path) as buffer:
+        again = await buffer.claim(max_logs=100)
+        assert again is not None
+        assert again.batch_id == claim.batch_id
+        assert again.groups == claim.groups
+        assert again.created_at == claim.created_at
+        later = await buffer.claim(max_logs=100)
+        assert later is not None and later.n_logs == 5
+
+
+@pytest.mark.trio
+async def test_drop_oldest_keeps_under_the_cap_and_counts_the_dropped_logs(
+    tmp_path: Path,
+) -> None:
+    logs = make_logs(50)
+    size = row_size("agent", logs)
+    cap = size * 10 + size // 2
+    async with open_buffer(tmp_path, max_bytes=cap, overflow="drop_oldest") as buffer:
+        for _ in range(25):
+            await buffer.append("agent", make_logs(50))
+            assert buffer.stats is not None
+            assert buffer.stats.queue_bytes <= cap
+        assert buffer.stats is not None
+        assert buffer.stats.queue_depth == 10 * 50
+        assert buffer.stats.dropped_total == 15 * 50
+
+
+@pytest.mark.trio
+async def test_drop_oldest_drops_a_formed_batch_whole(tmp_path: Path) -> None:
+    logs = make_logs(50)
+    size = row_size("agent", logs)
+    async with open_buffer(tmp_path, max_bytes=size * 3, overflow="drop_oldest") as buffer:
+        for _ in range(3):
+            await buffer.append("agent", make_logs(50))
+        claim = await buffer.claim(max_logs=100)  # the two oldest rows
+        assert claim is not None and claim.n_logs == 100
+        await buffer.append("agent", make_logs(50))
+        assert not buffer.still_claimed(claim.batch_id)
+        assert buffer.stats is not None
+        assert buffer.stats.dropped_total == 100
+        assert buffer.stats.queue_depth == 100
+        assert await buffer.ack(claim.batch_id) == 0
+
+
+@pytest.mark.trio
+async def test_reject_mode_refuses_when_full_and_keeps_what_it_has(tmp_path: Path) -> None:
+    size = row_size("agent", make_logs(50))
+    async with open_buffer(tmp_path, max_bytes=size * 2, overflow="reject") as buffer:
+        await buffer.append("agent", make_logs(50))
+        await buffer.append("agent", make_logs(50))
+        with pytest.raises(BufferFull):
+            await buffer.append("agent", make_logs(50))
+        assert buffer.stats is not None
+        assert buffer.stats.queue_depth == 100
+        assert buffer.stats.dropped_total == 0
+        claim = await buffer.claim(max_logs=50)
+        assert claim is not None
+        await buffer.ack(claim.batch_id)
+        await buffer.append("agent", make_logs(50))  # room again
+
+
+@pytest.mark.trio
+async def test_a_request_bigger_than_the_whole_cap_is_refused(tmp_path: Path) -> None:
+    async with open_buffer(tmp_path, max_bytes=64 * 1024) as buffer:
+        with pytest.raises(BufferTooLarge):
+            await buffer.append("agent", make_logs(1000))
+
+
+@pytest.mark.trio
+async def test_dead_letter_moves_the_batch_out_of_the_queue(tmp_path: Path) -> None:
+    async with open_buffer(tmp_path) as buffer:
+        await buffer.append("a", make_logs(5))
+        bad = await buffer.claim(max_logs=5)
+        await buffer.append("a", make_logs(3))
+        assert bad is not None
+        assert await buffer.dead_letter(bad.batch_id, 400, "invalid") == 5
+        assert buffer.stats is not None
+        assert buffer.stats.dead_letter_total == 5
+        assert buffer.stats.dead_letter_batches == 1
+        nxt = await buffer.claim(max_logs=100)
+        assert nxt is not None and nxt.n_logs == 3
+    async with open_buffer(tmp_path) as buffer:  # totals survive a restart
+        assert buffer.stats is not None
+        assert buffer.stats.dead_letter_total == 5
+        assert buffer.stats.queue_depth == 3
+
+
+@pytest.mark.trio
+async def test_a_corrupt_file_is_moved_aside_and_a_fresh_buffer_used(tmp_path: Path) -> None:
+    (tmp_path / BUFFER_FILE).write_bytes(os.urandom(64 * 1024))
+    async with open_buffer(tmp_path) as buffer:
+        assert len(buffer.corrupt_moved_to) == 1
+        assert buffer.corrupt_files == buffer.corrupt_moved_to
+        await buffer.append("a", make_logs(2))
+        assert buffer.stats is not None and buffer.stats.queue_depth == 2
+    async with open_buffer(tmp_path) as buffer:  # still reported after a clean restart
+        assert len(buffer.corrupt_files) == 1
+        assert buffer.stats is not None and buffer.stats.queue_depth == 2
+
+
+@pytest.mark.trio
+async def test_disk_space_comes_back_after_a_drain(tmp_path: Path) -> None:
+    def on_disk() -> int:
+        return sum(p.stat().st_size for p in tmp_path.glob(BUFFER_FILE + "*"))
+
+    async with open_buffer(tmp_path) as buffer:
+        for _ in range(300):
+            await buffer.append("agent", make_logs(100, kind="activity"))
+        full = on_disk()
+        while (claim := await buffer.claim(max_logs=5000)) is not None:
+            await buffer.ack(claim.batch_id)
+        assert on_disk() < full / 4
+
+
+@pytest.mark.trio
+async def test_concurrent_claims_never_share_a_batch(tmp_path: Path) -> None:
+    async with open_buffer(tmp_path) as buffer:
+        for _ in range(6):
+            await buffer.append("a", make_logs(10))
+        claims = []
+
+        async def claim_one() -> None:
+            claims.append(await buffer.claim(max_logs=10))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(8):
+                nursery.start_soon(claim_one)
+        found = [claim.batch_id for claim in claims if claim is not None]
+        assert len(found) == 6
+        assert len(set(found)) == 6

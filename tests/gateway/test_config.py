@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway import config
+from gateway.errors import ConfigError
+
+
+def test_defaults_follow_the_contract() -> None:
+    loaded = config.load([], {})
+    assert loaded.listen == "0.0.0.0:8080"
+    assert loaded.buffer_overflow == "drop_oldest"
+    assert loaded.buffer_max_bytes == 1024**3
+    assert loaded.max_request_bytes == 4 * 1024**2
+    assert loaded.upload_max_logs == 5000
+    assert loaded.upload_concurrency == 2
+
+
+def test_flags_beat_environment_which_beats_the_file(tmp_path: Path) -> None:
+    file = tmp_path / "gateway.toml"
+    file.write_text(
+        '[gateway]\nbackend_url = "http://file"\nlisten = "127.0.0.1:1"\ndurability = "full"\n'
+    )
+    env = {"TD_BACKEND_URL": "http://env", "TD_LISTEN": "127.0.0.1:2", "TD_GATEWAY_API_KEY": "k"}
+    loaded = config.load(["--listen", "127.0.0.1:3"], env, str(file))
+    assert loaded.backend_url == "http://env"
+    assert loaded.listen == "127.0.0.1:3"
+    assert loaded.durability == "full"
+    assert loaded.api_key == "k"
+
+
+def test_sizes_accept_units() -> None:
+    loaded = config.load(["--buffer-max-bytes", "64MiB"], {"TD_MAX_REQUEST_BYTES": "2M"})
+    assert loaded.buffer_max_bytes == 64 * 1024**2
+    assert loaded.max_request_bytes == 2 * 1024**2
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        (
+            ["--buffer-overflow", "ring"],
+            {},
+            "TD_BUFFER_OVERFLOW (--buffer-overflow): got 'ring'; accepted: drop_oldest, reject",
+        ),
+        ([], {"TD_DURABILITY": "extra"}, "TD_DURABILITY (--durability): got 'extra'; accepted"),
+        ([], {"TD_UPLOAD_CONCURRENCY": "0"}, "an integer >= 1 and <= 16"),
+        (["--listen", "8080"], {}, "TD_LISTEN (--listen): got '8080'; accepted: host:port"),
+        (["--bufer-max-bytes", "1"], {}, "unknown argument '--bufer-max-bytes'"),
+        (["--tls-cert", "cert.pem"], {}, "set both or neither"),
+    ],
+)
+def test_a_bad_value_is_one_line_naming_the_setting(
+    argv: list[str], env: dict[str, str], expected: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        config.load(argv, env)
+    message = str(caught.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_an_unknown_key_in_the_file_is_refused(tmp_path: Path) -> None:
+    file = tmp_path / "gateway.toml"
+    file.write_text("buffer_max_byte = 10\n")
+    with pytest.raises(ConfigError, match="unknown setting 'buffer_max_byte'"):
+        config.load([], {}, str(file))

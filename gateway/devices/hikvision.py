@@ -79,6 +79,12 @@ class HikvisionAdapter:
         body: bytes | None = None,
         headers: dict[str, str] | None = None,
     ) -> tuple[int, bytes]:
+        if self._client.is_closed:
+            raise DeviceError(
+                DeviceErrorKind.UNREACHABLE,
+                f"{what}: the connection to {self._where} was closed because the device was "
+                "reconfigured or removed; retry",
+            )
         try:
             response = await self._client.request(method, path, content=body, headers=headers)
         except httpx.TimeoutException:

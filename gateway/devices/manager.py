@@ -176,7 +176,16 @@ class DeviceManager:
         seen = self._results.get(cmd.id)
         if seen is not None:
             return seen  # a redelivered command must not open the door twice
-        result = await self._run_command(cmd)
+        try:
+            result = await self._run_command(cmd)
+        except Exception as exc:
+            # Every command must end in a terminal state, even on a bug of ours.
+            log.exception("device.command_crashed", command_type=cmd.command_type)
+            result = CommandResult(
+                command_id=cmd.id,
+                status=CommandStatus.FAILED,
+                error=f"the gateway failed to run the command ({type(exc).__name__})",
+            )
         self._results[cmd.id] = result
         while len(self._results) > _REMEMBERED_RESULTS:
             self._results.popitem(last=False)

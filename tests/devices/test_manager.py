@@ -150,6 +150,10 @@ async def test_command_failures_say_why(db: apsw.Connection) -> None:
             "sub_status_code": "deviceBusy",
         }
 
+        await manager.configure(msgspec.structs.replace(sim.config(), vendor="acme"))
+        no_vendor = await manager.run_command(command("get_info"))
+        assert no_vendor.error is not None and "unknown device vendor 'acme'" in no_vendor.error
+
         await manager.configure(msgspec.structs.replace(sim.config(), enabled=False))
         disabled = await manager.run_command(command("get_info"))
         assert disabled.error is not None and "disabled" in disabled.error

@@ -15,7 +15,9 @@ import msgspec
 
 from gateway.devices.base import AccessEvent, DeviceInfo, DoorAction, UserRecord
 from gateway.devices.isapi_status import (
+    as_dict,
     as_int,
+    as_list,
     as_str,
     child_text,
     parse_device_time,
@@ -103,14 +105,20 @@ def parse_device_status(body: bytes) -> dict[str, Any]:
     }
 
 
+def _code_name(names: dict[int, str], code: int | None) -> str:
+    if code is None:
+        return "unknown"
+    return names.get(code, str(code))
+
+
 def parse_work_status(body: bytes) -> list[dict[str, Any]]:
     """One entry per door from AcsWorkStatus; door numbers start at 1."""
     data = parse_json(body, "door status").get("AcsWorkStatus")
     if not isinstance(data, dict):
         raise protocol_error("door status", "no AcsWorkStatus")
-    locks = data.get("doorLockStatus") or []
-    states = data.get("doorStatus") or []
-    magnets = data.get("magneticStatus") or []
+    locks = as_list(data.get("doorLockStatus"))
+    states = as_list(data.get("doorStatus"))
+    magnets = as_list(data.get("magneticStatus"))
     doors = []
     for index in range(max(len(locks), len(states))):
         lock = as_int(locks[index]) if index < len(locks) else None
@@ -119,9 +127,9 @@ def parse_work_status(body: bytes) -> list[dict[str, Any]]:
         doors.append(
             {
                 "door": index + 1,
-                "lock": LOCK_STATUS_NAMES.get(lock or 0, str(lock)),
-                "status": DOOR_STATUS_NAMES.get(state or 0, str(state)),
-                "magnetic": LOCK_STATUS_NAMES.get(magnet or 0, str(magnet)),
+                "lock": _code_name(LOCK_STATUS_NAMES, lock),
+                "status": _code_name(DOOR_STATUS_NAMES, state),
+                "magnetic": _code_name(LOCK_STATUS_NAMES, magnet),
             }
         )
     return doors
@@ -137,6 +145,8 @@ def posix_tz_offset(zone: str) -> dt.timedelta:
         raise protocol_error("time", f"unknown time zone {zone!r}")
     sign, hours, minutes, seconds = match.groups()
     offset = dt.timedelta(hours=int(hours), minutes=int(minutes or 0), seconds=int(seconds or 0))
+    if offset >= dt.timedelta(hours=24):
+        raise protocol_error("time", f"time zone {zone!r} is a day or more away from UTC")
     return offset if sign == "-" else -offset
 
 
@@ -236,7 +246,7 @@ def parse_event_page(body: bytes) -> EventPage:
     if status not in ("MORE", "OK", "NO MATCH"):
         raise protocol_error("event search", f"responseStatusStrg {status!r}")
     # InfoList is absent when the page is empty; entries we cannot read are skipped.
-    items = data.get("InfoList") or []
+    items = as_list(data.get("InfoList"))
     events = [e for e in (_access_event(i) for i in items if isinstance(i, dict)) if e]
     return EventPage(
         search_id=str(data.get("searchID", "")),
@@ -289,10 +299,8 @@ def _user(item: dict[str, Any]) -> UserRecord | None:
     employee_no = as_str(item.get("employeeNo"))
     if employee_no is None:
         return None
-    valid = item.get("Valid")
-    if not isinstance(valid, dict):
-        valid = {}
-    plans = [p for p in item.get("RightPlan") or [] if isinstance(p, dict)]
+    valid = as_dict(item.get("Valid"))
+    plans = [p for p in as_list(item.get("RightPlan")) if isinstance(p, dict)]
     doors = [d for d in (as_int(p.get("doorNo")) for p in plans) if d]
     return UserRecord(
         employee_no=employee_no,
@@ -309,7 +317,7 @@ def parse_user_page(body: bytes) -> UserPage:
     data = parse_json(body, "user search").get("UserInfoSearch")
     if not isinstance(data, dict):
         raise protocol_error("user search", "no UserInfoSearch")
-    items = data.get("UserInfo") or []
+    items = as_list(data.get("UserInfo"))
     return UserPage(
         status=str(data.get("responseStatusStrg", "")).upper(),
         total_matches=as_int(data.get("totalMatches"), 0) or 0,

@@ -50,7 +50,7 @@ def local_name(tag: str) -> str:
 def parse_xml(body: bytes, what: str) -> ET.Element:
     try:
         return ET.fromstring(body)
-    except ET.ParseError as exc:
+    except (ET.ParseError, LookupError, ValueError) as exc:  # LookupError: bad encoding
         raise protocol_error(what, f"invalid XML: {exc}") from None
 
 
@@ -60,6 +60,14 @@ def child_text(elem: ET.Element, name: str) -> str | None:
         if node is not elem and local_name(node.tag) == name:
             return (node.text or "").strip()
     return None
+
+
+def as_list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def as_dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def parse_json(body: bytes, what: str) -> dict[str, Any]:

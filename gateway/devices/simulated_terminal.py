@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -17,9 +16,9 @@ import msgspec
 import trio
 
 from gateway.devices.base import DeviceError
-from gateway.devices.digest import digest_response, parse_digest_params
 from gateway.devices.isapi import posix_tz_offset
 from gateway.devices.isapi_status import local_name, parse_xml
+from gateway.devices.simulated_auth import DigestGate
 from gateway.devices.simulated_bodies import (
     PSIA_NS,
     device_info_xml,
@@ -28,7 +27,6 @@ from gateway.devices.simulated_bodies import (
     door_param_xml,
     response_status,
     time_xml,
-    user_check_xml,
 )
 
 # Event codes (major, minor) the terminal logs.
@@ -105,11 +103,15 @@ class SimulatedTerminal:
         self.reboot_count = 0
         self.booted_at: float | None = None
         self.busy_rate = config.busy_rate
-        self._nonces: dict[str, int] = {}
-        # Worn-out nonces keep getting a 401 without a challenge, as on the real firmware.
-        self._worn_nonces: dict[str, None] = {}
-        self._failures: dict[str, int] = {}
-        self._locked_until: dict[str, float] = {}
+        self.auth = DigestGate(
+            user=config.user,
+            password=config.password,
+            realm=self.realm,
+            lockout_after=config.lockout_after,
+            unlock_s=config.unlock_s,
+            nonce_max_uses=config.nonce_max_uses,
+            clock=clock,
+        )
 
     # ---- state a test or the shell may drive ---------------------------------------------
 
@@ -147,8 +149,7 @@ class SimulatedTerminal:
     def finish_reboot(self) -> None:
         self.reboot_count += 1
         self.booted_at = self._clock()
-        self._nonces.clear()  # a rebooted device forgets its nonces
-        self._worn_nonces.clear()
+        self.auth.forget_nonces()  # a rebooted device forgets its nonces
 
     # ---- the request path ---------------------------------------------------------------
 
@@ -157,9 +158,12 @@ class SimulatedTerminal:
             self.booted_at = self._clock()
         path, _, query = request.target.partition("?")
         as_json = "format=json" in query.lower()
-        denied = self._authenticate(request, path)
+        denied = self.auth.check(
+            request.method.upper(), path, request.headers.get("authorization", ""), request.client
+        )
         if denied is not None:
-            return denied
+            headers = [("WWW-Authenticate", denied.challenge)] if denied.challenge else []
+            return SimResponse(status=401, body=denied.body, headers=headers)
         if self.busy_rate and self._rng.random() < self.busy_rate:
             return self._status(503, path, as_json, 2, "Device Busy", "deviceBusy")
         try:
@@ -180,77 +184,6 @@ class SimulatedTerminal:
     ) -> SimResponse:
         body, content_type = response_status(path, as_json, code, text, sub, error_code)
         return SimResponse(status=http, body=body, content_type=content_type)
-
-    # ---- Digest authentication with lock-out --------------------------------------------
-
-    def _challenge(self) -> tuple[str, str]:
-        nonce = secrets.token_hex(16)
-        self._nonces[nonce] = 0
-        _trim(self._nonces)
-        return (
-            "WWW-Authenticate",
-            f'Digest qop="auth", realm="{self.realm}", nonce="{nonce}", stale="FALSE"',
-        )
-
-    def _unauthorized(self, client: str, *, challenge: bool = True) -> SimResponse:
-        now = self._clock()
-        locked_for = max(0, round(self._locked_until.get(client, now) - now))
-        retries = max(0, self.config.lockout_after - self._failures.get(client, 0))
-        return SimResponse(
-            status=401,
-            body=user_check_xml(locked_for > 0, locked_for, retries),
-            headers=[self._challenge()] if challenge else [],
-        )
-
-    def _authenticate(self, request: SimRequest, path: str) -> SimResponse | None:
-        client = request.client
-        if self._locked_until.get(client, 0.0) <= self._clock():
-            self._locked_until.pop(client, None)
-        else:
-            return self._unauthorized(client)
-        params = parse_digest_params(request.headers.get("authorization", ""))
-        if not params:
-            return self._unauthorized(client)  # no credentials: does not count as a failure
-        nonce = params.get("nonce", "")
-        if nonce in self._worn_nonces:
-            return self._unauthorized(client, challenge=False)
-        if nonce not in self._nonces:
-            return self._unauthorized(client)
-        uses = self._nonces[nonce] + 1
-        max_uses = self.config.nonce_max_uses
-        if max_uses and uses >= max_uses:
-            # The quirk: a 401 with no new challenge; only a request without credentials
-            # gets the client a fresh nonce.
-            del self._nonces[nonce]
-            self._worn_nonces[nonce] = None
-            _trim(self._worn_nonces)
-            return self._unauthorized(client, challenge=False)
-        expected = digest_response(
-            username=self.config.user,
-            password=self.config.password,
-            realm=self.realm,
-            method=request.method.upper(),
-            uri=params.get("uri", ""),
-            nonce=nonce,
-            nc=params.get("nc", ""),
-            cnonce=params.get("cnonce", ""),
-            qop=params.get("qop"),
-        )
-        ok = (
-            params.get("username") == self.config.user
-            and secrets.compare_digest(params.get("response", ""), expected)
-            and params.get("uri", "").split("?")[0].lower() == path.lower()
-        )
-        if not ok:
-            failures = self._failures.get(client, 0) + 1
-            self._failures[client] = failures
-            if self.config.lockout_after and failures >= self.config.lockout_after:
-                self._locked_until[client] = self._clock() + self.config.unlock_s
-                self._failures[client] = 0
-            return self._unauthorized(client)
-        self._nonces[nonce] = uses
-        self._failures.pop(client, None)
-        return None
 
     # ---- endpoints ----------------------------------------------------------------------
 
@@ -422,10 +355,3 @@ class SimulatedTerminal:
 
 
 _JSON = "application/json"
-_MAX_NONCES = 1024
-
-
-def _trim(nonces: dict[str, Any]) -> None:
-    """Forget the oldest nonces so a long-running simulator stays small."""
-    while len(nonces) > _MAX_NONCES:
-        del nonces[next(iter(nonces))]

@@ -38,12 +38,15 @@ def free_port() -> int:
 
 
 class BackendProcess:
-    """One `td-backend serve` on 127.0.0.1; `url`, `admin_token` and `org_id` once started."""
+    """One `td-backend serve` on 127.0.0.1; `url`, `admin_token` and `org_id` once started.
+
+    `database_url=None` runs it on its embedded PostgreSQL under `data_dir/pgdata`.
+    """
 
     def __init__(
         self,
         data_dir: Path,
-        database_url: str,
+        database_url: str | None,
         *,
         env: dict[str, str] | None = None,
         port: int | None = None,
@@ -53,12 +56,14 @@ class BackendProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = data_dir / "backend.log"
         self.env = {
-            **os.environ,
-            "TD_DATABASE_URL": database_url,
+            **{k: v for k, v in os.environ.items() if k != "TD_DATABASE_URL"},
             "TD_DATA_DIR": str(data_dir),
             "TD_LOG_FORMAT": "json",
             **(env or {}),
         }
+        # None: the backend runs its embedded PostgreSQL under <data_dir>/pgdata.
+        if database_url is not None:
+            self.env["TD_DATABASE_URL"] = database_url
         self.admin_token = ""
         self.org_id = ""
         self._process: subprocess.Popen[bytes] | None = None

@@ -113,6 +113,7 @@ class DeviceManager:
         self._serials: dict[str, str] = {}
         self._info_due: dict[str, float] = {}
         self._results: OrderedDict[uuid.UUID, CommandResult] = OrderedDict()
+        self._running: dict[uuid.UUID, trio.Event] = {}
         self._wake = trio.Event()
         db.execute(_SCHEMA)
         for (blob,) in db.execute("SELECT config FROM device_configs").fetchall():
@@ -176,6 +177,11 @@ class DeviceManager:
         seen = self._results.get(cmd.id)
         if seen is not None:
             return seen  # a redelivered command must not open the door twice
+        running = self._running.get(cmd.id)
+        if running is not None:
+            await running.wait()
+            return self._results[cmd.id]
+        self._running[cmd.id] = done = trio.Event()
         try:
             result = await self._run_command(cmd)
         except Exception as exc:
@@ -186,6 +192,9 @@ class DeviceManager:
                 status=CommandStatus.FAILED,
                 error=f"the gateway failed to run the command ({type(exc).__name__})",
             )
+        finally:
+            del self._running[cmd.id]
+            done.set()
         self._results[cmd.id] = result
         while len(self._results) > _REMEMBERED_RESULTS:
             self._results.popitem(last=False)
@@ -202,6 +211,10 @@ class DeviceManager:
         if cmd.command_type not in DEVICE_COMMAND_TYPES:
             known = ", ".join(DEVICE_COMMAND_TYPES)
             return failed(f"unknown device command type {cmd.command_type!r}; known: {known}")
+        try:
+            call = _device_call(cmd.command_type, cmd.payload)
+        except (msgspec.ValidationError, ValueError) as exc:
+            return failed(f"bad payload for {cmd.command_type}: {exc}")
         device_id = cmd.device_id or ""
         cfg = self._configs.get(device_id)
         if cfg is None:
@@ -213,7 +226,7 @@ class DeviceManager:
             return failed(f"device {cfg.name!r} is disabled")
         try:
             with trio.move_on_after(remaining) as scope:
-                result = await self._dispatch(adapter, cmd.command_type, cmd.payload)
+                result = await call(adapter)
         except DeviceError as exc:
             log.warning(
                 "device.command_failed",
@@ -227,8 +240,6 @@ class DeviceManager:
                 error=f"device {cfg.name!r}: {exc}",
                 result=_error_details(exc),
             )
-        except (msgspec.ValidationError, ValueError) as exc:
-            return failed(f"bad payload for {cmd.command_type}: {exc}")
         if scope.cancelled_caught:
             return failed(f"device {cfg.name!r} did not finish before the command expired",
                           CommandStatus.TIMED_OUT)  # fmt: skip
@@ -237,31 +248,6 @@ class DeviceManager:
         if cmd.command_type == "reboot":
             self._info_due[device_id] = 0.0
         return CommandResult(command_id=cmd.id, status=CommandStatus.SUCCESS, result=result)
-
-    async def _dispatch(
-        self, adapter: DeviceAdapter, command_type: str, payload: dict[str, Any]
-    ) -> dict[str, Any]:
-        if command_type in _DOOR_COMMANDS:
-            door = payload.get("door", 1)
-            if isinstance(door, bool) or not isinstance(door, int):
-                raise ValueError('"door" must be a door number (65535 = all doors)')
-            return await adapter.door(door, _DOOR_COMMANDS[command_type])
-        if command_type == "reboot":
-            return await adapter.reboot()
-        if command_type == "get_info":
-            return msgspec.structs.asdict(await adapter.device_info())
-        if command_type == "get_status":
-            return await adapter.status()
-        if command_type == "sync_time":
-            return await adapter.sync_time()
-        if command_type == "add_user":
-            return await adapter.add_user(msgspec.convert(payload, UserRecord))
-        if command_type == "delete_user":
-            employee_no = payload.get("employee_no")
-            if not isinstance(employee_no, str) or not employee_no:
-                raise ValueError('"employee_no" is required')
-            return await adapter.delete_user(employee_no)
-        raise AssertionError(f"{command_type} is in DEVICE_COMMAND_TYPES but not handled")
 
     # ---- the long-running part ----------------------------------------------------------
 
@@ -364,6 +350,40 @@ class DeviceManager:
             log.info("device.events_appended", device_id=device_id, count=len(logs), last=last)
             if len(events) < EVENTS_PER_APPEND:
                 return
+
+
+DeviceCall = Callable[[DeviceAdapter], Awaitable[dict[str, Any]]]
+
+
+def _device_call(command_type: str, payload: dict[str, Any]) -> DeviceCall:
+    """Check the payload before touching the device; ValueError says what is wrong."""
+    if command_type in _DOOR_COMMANDS:
+        door = payload.get("door", 1)
+        if isinstance(door, bool) or not isinstance(door, int):
+            raise ValueError('"door" must be a door number (65535 = all doors)')
+        action = _DOOR_COMMANDS[command_type]
+        return lambda adapter: adapter.door(door, action)
+    if command_type == "reboot":
+        return lambda adapter: adapter.reboot()
+    if command_type == "get_info":
+
+        async def info(adapter: DeviceAdapter) -> dict[str, Any]:
+            return msgspec.structs.asdict(await adapter.device_info())
+
+        return info
+    if command_type == "get_status":
+        return lambda adapter: adapter.status()
+    if command_type == "sync_time":
+        return lambda adapter: adapter.sync_time()
+    if command_type == "add_user":
+        user = msgspec.convert(payload, UserRecord)
+        return lambda adapter: adapter.add_user(user)
+    if command_type == "delete_user":
+        employee_no = payload.get("employee_no")
+        if not isinstance(employee_no, str) or not employee_no:
+            raise ValueError('"employee_no" is required')
+        return lambda adapter: adapter.delete_user(employee_no)
+    raise AssertionError(f"{command_type} is in DEVICE_COMMAND_TYPES but not handled")
 
 
 def _error_details(exc: DeviceError) -> dict[str, Any]:

@@ -196,6 +196,26 @@ async def test_a_redelivered_command_runs_once(db: apsw.Connection) -> None:
         await manager.aclose()
 
 
+@pytest.mark.trio
+async def test_a_command_redelivered_while_running_runs_once(
+    db: apsw.Connection, clock: trio.testing.MockClock
+) -> None:
+    async with simulator(latency_ms=2_000) as sim:
+        manager = await manager_for(sim, db)
+        cmd = command("open_door", {"door": 1})
+        results: list[CommandResult] = []
+
+        async def deliver() -> None:
+            results.append(await manager.run_command(cmd))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(deliver)
+            nursery.start_soon(deliver)
+        assert [r.status for r in results] == [CommandStatus.SUCCESS] * 2
+        assert len(sim.terminal.events) == 2
+        await manager.aclose()
+
+
 def expected_id(sim: Running, serial_no: int) -> uuid.UUID:
     return uuid.uuid5(DEVICE_EVENT_NAMESPACE, f"{sim.terminal.config.serial}:{serial_no}")
 

@@ -1,0 +1,19 @@
+"""Access-control terminals: the adapter seam, Hikvision ISAPI, the gateway-side manager.
+
+    base.py                 DeviceAdapter Protocol, DeviceError, vendor registry
+    isapi.py, isapi_status  ISAPI bodies and answers without I/O (byte-fixture tested)
+    digest.py               HTTP Digest for both ends, with the terminals' quirks
+    hikvision.py            the adapter: httpx on trio, one client per terminal
+    manager.py              DeviceManager: configs, commands, health polling, events -> logs
+    simulated_*.py          a terminal without I/O; simulator.py puts it on a socket;
+    simulator_cli.py        `td-devsim hikvision ...`
+
+Wiring in the gateway (one nursery):
+
+    manager = DeviceManager(apsw.Connection(str(data_dir / "devices.db")),
+                            poll_interval_s=config.device_poll_s)
+    await nursery.start(partial(manager.run, append_logs=gateway.append,
+                                report_state=control.send))
+    # on DeviceConfig from the backend:  await manager.configure(cfg)
+    # on Command(target="device"):       result = await manager.run_command(cmd)
+"""

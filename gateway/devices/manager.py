@@ -9,6 +9,7 @@ the gateway does after its durable commit: a crash or a failed append re-reads, 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,7 @@ from gateway.devices.base import (
     AdapterFactory,
     DeviceAdapter,
     DeviceError,
+    DeviceErrorKind,
     DoorAction,
     UserRecord,
     create_adapter,
@@ -43,6 +45,8 @@ log = structlog.get_logger(__name__)
 # Fixed forever: changing it would give every already-uploaded event a second id.
 DEVICE_EVENT_NAMESPACE = uuid.UUID("6f1d8a52-3c4e-5b7a-9e21-d4c0b8a7e613")
 EVENTS_PER_APPEND = 500
+# How long terminals lock a login out when their 401 does not say (1800 s seen).
+DEFAULT_UNLOCK_S = 1800
 _SHORT_TEXT = 256
 _REMEMBERED_RESULTS = 1000
 _DOOR_COMMANDS: dict[str, DoorAction] = {
@@ -112,6 +116,9 @@ class DeviceManager:
         self._setup_errors: dict[str, str] = {}
         self._serials: dict[str, str] = {}
         self._info_due: dict[str, float] = {}
+        # Polling with bad credentials would lock the gateway's address out of the terminal
+        # (and everyone behind the same address): after a 401 we stop until it can work.
+        self._paused_until: dict[str, float] = {}
         self._results: OrderedDict[uuid.UUID, CommandResult] = OrderedDict()
         self._running: dict[uuid.UUID, trio.Event] = {}
         self._wake = trio.Event()
@@ -139,6 +146,7 @@ class DeviceManager:
         except ValueError as exc:
             self._setup_errors[cfg.device_id] = str(exc)
         self._info_due[cfg.device_id] = 0.0
+        self._paused_until.pop(cfg.device_id, None)
 
     async def configure(self, cfg: DeviceConfig) -> None:
         """Add, change, disable or delete (cfg.deleted) a device; persists the config."""
@@ -247,6 +255,7 @@ class DeviceManager:
             self._wake.set()  # the device logged events: pick them up now
         if cmd.command_type == "reboot":
             self._info_due[device_id] = 0.0
+        self._paused_until.pop(device_id, None)  # the credentials work (again)
         return CommandResult(command_id=cmd.id, status=CommandStatus.SUCCESS, result=result)
 
     # ---- the long-running part ----------------------------------------------------------
@@ -277,7 +286,7 @@ class DeviceManager:
         self, device_id: str, append_logs: AppendLogs, report_state: ReportState
     ) -> None:
         adapter = self._adapters.get(device_id)
-        if adapter is None:
+        if adapter is None or self._paused_until.get(device_id, 0.0) > trio.current_time():
             return
         try:
             if self._info_due.get(device_id, 0.0) <= trio.current_time():
@@ -286,6 +295,7 @@ class DeviceManager:
                     return
             await self._pull_events(device_id, adapter, append_logs)
         except DeviceError as exc:
+            self._pause_after_login_failure(device_id, exc)
             log.warning("device.unavailable", device_id=device_id, error=str(exc))
         except Exception:
             # One device, or a failed append, must not stop the others; the cursor did not
@@ -299,8 +309,9 @@ class DeviceManager:
         try:
             info = await adapter.device_info()
         except DeviceError as exc:
+            error = str(exc) + self._pause_after_login_failure(device_id, exc)
             await report_state(
-                DeviceState(device_id=device_id, online=False, checked_at=now, error=str(exc))
+                DeviceState(device_id=device_id, online=False, checked_at=now, error=error)
             )
             return False
         self._serials[device_id] = info.serial_number
@@ -313,6 +324,17 @@ class DeviceManager:
             )
         )
         return True
+
+    def _pause_after_login_failure(self, device_id: str, exc: DeviceError) -> str:
+        """Stop polling after a login failure; returns what to tell the operator."""
+        if exc.kind is DeviceErrorKind.AUTH_FAILED:
+            self._paused_until[device_id] = math.inf
+            return "; polling paused until the device credentials are changed"
+        if exc.kind is DeviceErrorKind.LOCKED:
+            wait_s = exc.unlock_in_s or DEFAULT_UNLOCK_S
+            self._paused_until[device_id] = trio.current_time() + wait_s
+            return f"; polling paused for {wait_s} s"
+        return ""
 
     def _load_cursor(self, device_id: str) -> tuple[str, int] | None:
         row = self._db.execute(

@@ -314,16 +314,36 @@ async def test_events_are_not_skipped_when_an_append_fails(
 
 
 @pytest.mark.trio
-async def test_health_reports_offline_with_the_reason(
+async def test_bad_credentials_stop_polling_before_the_device_locks_us_out(
     db: apsw.Connection, clock: trio.testing.MockClock
 ) -> None:
     sink = Sink()
-    async with simulator() as sim:
-        manager = await manager_for(sim, db, password="wrong")
-        await run_until(manager, sink, lambda: bool(sink.states))
-    state = sink.states[0]
-    assert state.online is False
-    assert state.error is not None and "authentication failed" in state.error
+    async with simulator(lockout_after=2) as sim:
+        manager = DeviceManager(db, poll_interval_s=60, event_interval_s=10)
+        await manager.configure(sim.config(password="wrong"))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                lambda task_status: manager.run(
+                    append_logs=sink.append_logs,
+                    report_state=sink.report_state,
+                    task_status=task_status,
+                )
+            )
+            await wait_until(lambda: bool(sink.states))
+            await trio.sleep(600)  # ten poll intervals
+            state = sink.states[0]
+            assert state.online is False
+            assert state.error is not None
+            assert "authentication failed" in state.error
+            assert "polling paused" in state.error
+            # Had it kept polling, the second bad login would have locked this address.
+            right = sim.adapter()
+            assert (await right.device_info()).serial_number
+            await right.aclose()
+
+            await manager.configure(sim.config())  # the operator fixes the password
+            await wait_until(lambda: sink.states[-1].online)
+            nursery.cancel_scope.cancel()
 
 
 @pytest.mark.trio

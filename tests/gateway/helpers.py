@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ def make_logs(n: int, kind: str = "idle") -> list[Log]:
     return [Idle(id=uuid.uuid4(), ts=now, duration_ms=i) for i in range(n)]
 
 
-def logs_json(logs: list[Log]) -> bytes:
+def logs_json(logs: Sequence[Log]) -> bytes:
     return msgspec.json.encode({"logs": logs})
 
 

@@ -27,7 +27,7 @@ import trio
 import zstandard
 
 from gateway.buffer import Buffer
-from gateway.buffer_store import Claim
+from gateway.buffer_store import Claim, unpack
 from gateway.config import GatewayConfig
 from gateway.metrics import Metrics
 from protocol import codec
@@ -61,7 +61,10 @@ def encode_batch(claim: Claim, gateway_id: str) -> bytes:
         batch_id=claim.batch_id,
         gateway_id=gateway_id,
         created_at=claim.created_at,
-        groups=[_RawAgentLogs(agent_uid=uid, logs=msgspec.Raw(logs)) for uid, logs in claim.groups],
+        groups=[
+            _RawAgentLogs(agent_uid=uid, logs=msgspec.Raw(unpack(packed)))
+            for uid, packed in claim.groups
+        ],
     )
     return codec.msgpack_encoder.encode(batch)
 

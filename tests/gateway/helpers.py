@@ -4,6 +4,7 @@ log factories."""
 from __future__ import annotations
 
 import datetime as dt
+import random
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -16,7 +17,7 @@ import trio
 
 from gateway.app import Gateway
 from gateway.config import GatewayConfig
-from protocol.agent import Activity, Idle, Log
+from protocol.agent import ActiveWindow, Activity, Idle, Log
 
 ENROLLMENT_KEY = "test-enrollment-key"
 
@@ -76,3 +77,56 @@ async def wait_until(predicate: Any, within_s: float = 10.0, interval: float = 0
         # Polling on purpose: the condition lives in another component with no event to await.
         while not predicate():  # noqa: ASYNC110
             await trio.sleep(interval)
+
+
+_APPS = ("chrome.exe", "outlook.exe", "excel.exe", "code.exe", "teams.exe", "explorer.exe")
+_WORDS = (
+    "report",
+    "budget",
+    "meeting",
+    "invoice",
+    "draft",
+    "review",
+    "quarterly",
+    "plan",
+    "customer",
+    "inbox",
+    "project",
+    "sprint",
+)
+
+
+def varied_logs(n: int, rng: random.Random | None = None) -> list[Log]:
+    """Logs that look like a working day (mixed kinds, varied titles): for benchmarks, where
+    identical logs would compress unrealistically well."""
+    rng = rng or random.Random()
+    start = dt.datetime.now(dt.UTC)
+    logs: list[Log] = []
+    for i in range(n):
+        ts = start + dt.timedelta(seconds=7 * i)
+        roll = rng.random()
+        if roll < 0.6:
+            title = " - ".join(rng.sample(_WORDS, 3)) + f" ({rng.randint(1, 999)})"
+            logs.append(
+                ActiveWindow(
+                    id=uuid.uuid4(),
+                    ts=ts,
+                    app=rng.choice(_APPS),
+                    title=title,
+                    duration_ms=rng.randint(100, 600_000),
+                )
+            )
+        elif roll < 0.9:
+            logs.append(
+                Activity(
+                    id=uuid.uuid4(),
+                    ts=ts,
+                    keys=rng.randint(0, 500),
+                    clicks=rng.randint(0, 100),
+                    mouse_px=rng.randint(0, 90_000),
+                    period_s=60,
+                )
+            )
+        else:
+            logs.append(Idle(id=uuid.uuid4(), ts=ts, duration_ms=rng.randint(1000, 900_000)))
+    return logs

@@ -19,6 +19,7 @@ from tests.gateway.helpers import (
     make_logs,
     register,
     running_gateway,
+    varied_logs,
     wait_until,
 )
 
@@ -167,9 +168,9 @@ async def test_reject_mode_answers_503_with_retry_after(tmp_path: Path) -> None:
     async with running_gateway(config) as (_, url), httpx.AsyncClient(base_url=url) as client:
         token = await register(client)
         statuses = []
-        for _ in range(20):
+        for _ in range(100):
             response = await client.post(
-                "/v1/logs", content=logs_json(make_logs(100)), headers=bearer(token)
+                "/v1/logs", content=logs_json(varied_logs(100)), headers=bearer(token)
             )
             statuses.append(response.status_code)
             if response.status_code == 503:

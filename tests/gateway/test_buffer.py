@@ -9,13 +9,14 @@ from typing import Any
 import msgspec
 import pytest
 import trio
+import zstandard
 
 from gateway.buffer import BUFFER_FILE, Buffer
-from gateway.buffer_store import ROW_OVERHEAD
+from gateway.buffer_store import ROW_OVERHEAD, unpack
 from gateway.errors import BufferFull, BufferTooLarge
 from protocol import codec
 from protocol.agent import Log
-from tests.gateway.helpers import make_logs
+from tests.gateway.helpers import make_logs, varied_logs
 
 LogList = msgspec.msgpack.Decoder(list[Log])
 
@@ -31,7 +32,8 @@ async def open_buffer(path: Path, **options: Any) -> AsyncIterator[Buffer]:
 
 
 def row_size(agent_uid: str, logs: list[Log]) -> int:
-    return len(codec.msgpack_encoder.encode(logs)) + len(agent_uid) + ROW_OVERHEAD
+    packed = zstandard.ZstdCompressor(level=1).compress(codec.msgpack_encoder.encode(logs))
+    return len(packed) + len(agent_uid) + ROW_OVERHEAD
 
 
 @pytest.mark.trio
@@ -55,8 +57,8 @@ async def test_logs_come_back_oldest_first_and_leave_only_after_ack(tmp_path: Pa
         claim = await buffer.claim(max_logs=100)
         assert claim is not None
         assert [uid for uid, _ in claim.groups] == ["a", "b"]
-        assert LogList.decode(claim.groups[0][1]) == first
-        assert LogList.decode(claim.groups[1][1]) == second
+        assert LogList.decode(unpack(claim.groups[0][1])) == first
+        assert LogList.decode(unpack(claim.groups[1][1])) == second
         assert await buffer.claim(max_logs=100) is None  # in flight: not handed out twice
         assert buffer.stats is not None and buffer.stats.queue_depth == 7
         assert await buffer.ack(claim.batch_id) == 7
@@ -102,7 +104,7 @@ async def test_drop_oldest_keeps_under_the_cap_and_counts_the_dropped_logs(
     cap = size * 10 + size // 2
     async with open_buffer(tmp_path, max_bytes=cap, overflow="drop_oldest") as buffer:
         for _ in range(25):
-            await buffer.append("agent", make_logs(50))
+            await buffer.append("agent", logs)
             assert buffer.stats is not None
             assert buffer.stats.queue_bytes <= cap
         assert buffer.stats is not None
@@ -116,10 +118,10 @@ async def test_drop_oldest_drops_a_formed_batch_whole(tmp_path: Path) -> None:
     size = row_size("agent", logs)
     async with open_buffer(tmp_path, max_bytes=size * 3, overflow="drop_oldest") as buffer:
         for _ in range(3):
-            await buffer.append("agent", make_logs(50))
+            await buffer.append("agent", logs)
         claim = await buffer.claim(max_logs=100)  # the two oldest rows
         assert claim is not None and claim.n_logs == 100
-        await buffer.append("agent", make_logs(50))
+        await buffer.append("agent", logs)
         assert not buffer.still_claimed(claim.batch_id)
         assert buffer.stats is not None
         assert buffer.stats.dropped_total == 100
@@ -129,26 +131,27 @@ async def test_drop_oldest_drops_a_formed_batch_whole(tmp_path: Path) -> None:
 
 @pytest.mark.trio
 async def test_reject_mode_refuses_when_full_and_keeps_what_it_has(tmp_path: Path) -> None:
-    size = row_size("agent", make_logs(50))
+    logs = make_logs(50)
+    size = row_size("agent", logs)
     async with open_buffer(tmp_path, max_bytes=size * 2, overflow="reject") as buffer:
-        await buffer.append("agent", make_logs(50))
-        await buffer.append("agent", make_logs(50))
+        await buffer.append("agent", logs)
+        await buffer.append("agent", logs)
         with pytest.raises(BufferFull):
-            await buffer.append("agent", make_logs(50))
+            await buffer.append("agent", logs)
         assert buffer.stats is not None
         assert buffer.stats.queue_depth == 100
         assert buffer.stats.dropped_total == 0
         claim = await buffer.claim(max_logs=50)
         assert claim is not None
         await buffer.ack(claim.batch_id)
-        await buffer.append("agent", make_logs(50))  # room again
+        await buffer.append("agent", logs)  # room again
 
 
 @pytest.mark.trio
 async def test_a_request_bigger_than_the_whole_cap_is_refused(tmp_path: Path) -> None:
-    async with open_buffer(tmp_path, max_bytes=64 * 1024) as buffer:
+    async with open_buffer(tmp_path, max_bytes=8 * 1024) as buffer:
         with pytest.raises(BufferTooLarge):
-            await buffer.append("agent", make_logs(1000))
+            await buffer.append("agent", varied_logs(1000))
 
 
 @pytest.mark.trio

@@ -10,6 +10,7 @@ import httpx
 import pytest
 import trio
 import trio.testing
+import zstandard
 
 from gateway.buffer import Buffer
 from gateway.buffer_store import Claim
@@ -69,10 +70,14 @@ def test_retry_after_accepts_seconds_and_dates() -> None:
 def test_spliced_batch_is_byte_identical_to_the_protocol_struct() -> None:
     first, second = make_logs(3), make_logs(2, kind="activity")
     enc = codec.msgpack_encoder.encode
+
+    def pack(logs: list[Log]) -> bytes:
+        return zstandard.ZstdCompressor(level=1).compress(enc(logs))
+
     claim = Claim(
         batch_id=uuid.uuid4(),
         created_at=first[0].ts,
-        groups=[("a", enc(first)), ("b", enc(second))],
+        groups=[("a", pack(first)), ("b", pack(second))],
         n_logs=5,
         nbytes=0,
     )

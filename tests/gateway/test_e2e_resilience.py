@@ -12,7 +12,7 @@ import pytest
 
 from protocol.agent import ActiveWindow
 from tests.gateway.e2e import health, poll, post_logs, register, start_gateway, stored_ids
-from tests.gateway.helpers import make_logs
+from tests.gateway.helpers import make_logs, varied_logs
 from tests.support.backend import running_backend
 
 pytestmark = pytest.mark.slow
@@ -31,8 +31,8 @@ def test_drop_oldest_keeps_the_newest_logs_and_counts_the_rest(
             sent: list[str] = []
             with httpx.Client(base_url=gateway.url, timeout=30) as client:
                 token = register(client, enrollment_key)
-                for _ in range(40):
-                    logs = make_logs(50)
+                for _ in range(60):
+                    logs = varied_logs(50)
                     assert post_logs(client, token, logs).status_code == 202
                     sent += [str(log.id) for log in logs]
             figures = health(gateway)
@@ -65,8 +65,8 @@ def test_reject_mode_answers_503_and_loses_nothing_it_accepted(
             accepted: list[str] = []
             with httpx.Client(base_url=gateway.url, timeout=30) as client:
                 token = register(client, enrollment_key)
-                for _ in range(40):
-                    logs = make_logs(50)
+                for _ in range(60):
+                    logs = varied_logs(50)
                     response = post_logs(client, token, logs)
                     if response.status_code == 503:
                         assert int(response.headers["Retry-After"]) > 0

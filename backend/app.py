@@ -7,20 +7,24 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from litestar import Litestar, MediaType, Request, Response, Router
+from litestar import Litestar, MediaType, Request, Response, Router, asgi
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.types import Receive, Scope, Send
 
 from backend.config import Config, load_config
+from backend.control.hub import ControlHub
+from backend.control.session import control_endpoint
+from backend.control.sweeper import sweep_forever
 from backend.crypto import secret_box_for
 from backend.db import Database
 from backend.errors import BackendError
 from backend.logging import configure_logging, get_logger
 from backend.maintenance import maintenance_loop, run_maintenance
-from backend.routes import agents, devices, gateways, health, ingest, logs, policies
+from backend.routes import agents, commands, devices, gateways, health, ingest, logs, policies
 from backend.routes.common import provide_org_id, provide_services, require_admin
 from backend.services import Services
 from protocol.codec import ProtocolError
@@ -88,6 +92,12 @@ def handle_error(request: Request[Any, Any, Any], exc: Exception) -> Response[An
             return _error(500, "internal_error", "the server failed; the error is logged")
 
 
+@asgi("/v2/gateways/control", is_mount=False, copy_scope=False, tags=["control"])
+async def gateway_control(scope: Scope, receive: Receive, send: Send) -> None:
+    """The gateway's control WebSocket (X-API-Key); JSON text frames of protocol.control."""
+    await control_endpoint(scope, receive, send)
+
+
 def admin_router() -> Router:
     return Router(
         path="/",
@@ -95,6 +105,8 @@ def admin_router() -> Router:
         dependencies={"org_id": Provide(provide_org_id)},
         route_handlers=[
             gateways.GatewayController,
+            commands.GatewayCommandController,
+            commands.DeviceCommandController,
             agents.AgentController,
             policies.PolicyController,
             devices.DeviceController,
@@ -117,15 +129,21 @@ def create_app(config: Config) -> Litestar:
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         await services.db.start()
+        hub = ControlHub(services)
         tasks: list[asyncio.Task[None]] = []
         try:
             await run_maintenance(services)
+            await hub.start()
+            services.control = hub
             tasks.append(asyncio.create_task(maintenance_loop(services)))
+            tasks.append(asyncio.create_task(sweep_forever(hub)))
             yield
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            services.control = None
+            await hub.stop()
             await services.db.close()
 
     app = Litestar(
@@ -134,6 +152,7 @@ def create_app(config: Config) -> Litestar:
             health.ready,
             health.metrics,
             ingest.ingest_logs,
+            gateway_control,
             admin_router(),
         ],
         dependencies={"services": Provide(provide_services)},

@@ -1,0 +1,234 @@
+"""Which gateways are connected to this instance, and the LISTEN/NOTIFY that links instances.
+
+Every change an operator makes (a policy revision, a command, a device) is announced with
+NOTIFY on one channel, carrying ids only. Every instance LISTENs; the one holding the
+gateway's socket reads the rows and sends. Changes made through this very instance take
+the same path, so there is one delivery mechanism to get right.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import asyncpg  # type: ignore[import-untyped]
+import msgspec
+
+from backend.control import state
+from backend.logging import get_logger
+from protocol.control import CancelCommand
+
+if TYPE_CHECKING:
+    from backend.control.session import GatewaySession
+    from backend.services import Services
+
+log = get_logger("backend.control")
+
+CHANNEL = "td_control"
+
+
+class Notice(msgspec.Struct, omit_defaults=True):
+    """A NOTIFY payload: what changed, by id."""
+
+    kind: str
+    gateway_id: str | None = None
+    org_id: str | None = None
+    id: str | None = None
+    connection_id: str | None = None
+
+
+_notice = msgspec.json.Decoder(Notice)
+
+
+class ControlHub:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.sessions: dict[uuid.UUID, GatewaySession] = {}
+        self._listener: Any = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._supervisor: asyncio.Task[None] | None = None
+        self._command_waiters: dict[uuid.UUID, asyncio.Event] = {}
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._listen()
+        self._supervisor = asyncio.create_task(self._keep_listening())
+
+    async def stop(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        for session in list(self.sessions.values()):
+            await session.close(1001, "backend shutting down")
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close()
+
+    async def _listen(self) -> None:
+        self._listener = await asyncpg.connect(self.services.config.database_url)
+        await self._listener.add_listener(CHANNEL, self._on_notify)
+
+    async def _keep_listening(self) -> None:
+        """Reconnect the LISTEN connection when it drops, then resend what may have been missed."""
+        while True:
+            await asyncio.sleep(1.0)
+            if self._listener is not None and not self._listener.is_closed():
+                continue
+            try:
+                await self._listen()
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("control listener reconnect failed", error=str(exc))
+                continue
+            log.info("control listener reconnected", sessions=len(self.sessions))
+            for session in list(self.sessions.values()):
+                self._spawn(session.resync())
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        async def run() -> None:
+            try:
+                await work
+            except Exception:
+                log.exception("control notification failed")
+
+        task = asyncio.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- announcing changes (any instance) ---------------------------------------------
+
+    async def _notify(self, notice: Notice) -> None:
+        async with self.services.pool.acquire() as conn:
+            await conn.execute(
+                "SELECT pg_notify($1, $2)", CHANNEL, msgspec.json.encode(notice).decode()
+            )
+
+    async def policy_changed(self, org_id: uuid.UUID, policy_id: uuid.UUID) -> None:
+        await self._notify(Notice("policy", org_id=str(org_id), id=str(policy_id)))
+
+    async def agent_assigned(self, gateway_id: uuid.UUID, agent_id: uuid.UUID) -> None:
+        await self._notify(Notice("assignment", gateway_id=str(gateway_id), id=str(agent_id)))
+
+    async def device_changed(self, gateway_id: uuid.UUID, device_id: uuid.UUID) -> None:
+        await self._notify(Notice("device", gateway_id=str(gateway_id), id=str(device_id)))
+
+    async def device_deleted(self, gateway_id: uuid.UUID, device_id: uuid.UUID) -> None:
+        await self._notify(Notice("device_deleted", gateway_id=str(gateway_id), id=str(device_id)))
+
+    async def gateway_revoked(self, gateway_id: uuid.UUID) -> None:
+        await self._notify(Notice("revoked", gateway_id=str(gateway_id)))
+
+    async def command_created(self, gateway_id: uuid.UUID, command_id: uuid.UUID) -> None:
+        await self._notify(Notice("command", gateway_id=str(gateway_id), id=str(command_id)))
+
+    async def command_canceled(self, gateway_id: uuid.UUID, command_id: uuid.UUID) -> None:
+        await self._notify(Notice("cancel", gateway_id=str(gateway_id), id=str(command_id)))
+
+    async def command_finished(self, command_id: uuid.UUID) -> None:
+        await self._notify(Notice("command_done", id=str(command_id)))
+
+    async def session_started(self, gateway_id: uuid.UUID, connection_id: str) -> None:
+        await self._notify(
+            Notice("connected", gateway_id=str(gateway_id), connection_id=connection_id)
+        )
+
+    # ---- waiting for commands ----------------------------------------------------------
+
+    async def wait_for_command(
+        self, command_id: uuid.UUID, wait_s: float, is_done: Callable[[], Awaitable[bool]]
+    ) -> None:
+        """Return once `is_done()` holds or `wait_s` passes, waking on command_done notices."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while not await is_done():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            event = self._command_waiters.setdefault(command_id, asyncio.Event())
+            # Re-check after registering: a notice may have landed in between.
+            if await is_done():
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await event.wait()
+            if self._command_waiters.get(command_id) is event and event.is_set():
+                del self._command_waiters[command_id]
+
+    # ---- sessions on this instance -----------------------------------------------------
+
+    async def register(self, session: GatewaySession) -> None:
+        """Make `session` the gateway's connection; any older one, here or elsewhere, closes."""
+        previous = self.sessions.get(session.gateway_id)
+        self.sessions[session.gateway_id] = session
+        if previous is not None and previous is not session:
+            await previous.close(4409, "replaced by a newer connection of the same gateway")
+        await self.session_started(session.gateway_id, session.connection_id)
+
+    def unregister(self, session: GatewaySession) -> None:
+        if self.sessions.get(session.gateway_id) is session:
+            del self.sessions[session.gateway_id]
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            notice = _notice.decode(payload)
+        except msgspec.DecodeError:
+            log.warning("unreadable control notice", payload=payload[:200])
+            return
+        self._spawn(self._dispatch(notice))
+
+    async def _dispatch(self, notice: Notice) -> None:
+        if notice.kind == "command_done":
+            event = self._command_waiters.get(uuid.UUID(notice.id))
+            if event is not None:
+                event.set()
+            return
+        if notice.kind == "policy":
+            org_id = uuid.UUID(notice.org_id)
+            targets = [s for s in self.sessions.values() if s.org_id == org_id]
+            if not targets:
+                return
+            async with self.services.pool.acquire() as conn:
+                update = await state.policy(conn, org_id, uuid.UUID(notice.id))
+            if update is not None:
+                for session in targets:
+                    await session.send(update)
+            return
+        found = self.sessions.get(uuid.UUID(notice.gateway_id)) if notice.gateway_id else None
+        if found is None:
+            return
+        session = found
+        await session.ready.wait()
+        match notice.kind:
+            case "connected" if notice.connection_id != session.connection_id:
+                await session.close(4409, "replaced by a newer connection of the same gateway")
+            case "revoked":
+                await session.close(4401, "the API key was rotated or the gateway disabled")
+            case "assignment":
+                async with self.services.pool.acquire() as conn:
+                    assigned = await state.assignments(
+                        conn, session.gateway_id, uuid.UUID(notice.id)
+                    )
+                await self._send_all(session, assigned)
+            case "device":
+                async with self.services.pool.acquire() as conn:
+                    configs = await state.devices(
+                        conn, session.gateway_id, self.services.secrets, uuid.UUID(notice.id)
+                    )
+                await self._send_all(session, configs)
+            case "device_deleted":
+                await session.send(state.deleted_device(uuid.UUID(notice.id)))
+            case "command":
+                await session.deliver_commands(uuid.UUID(notice.id))
+            case "cancel":
+                await session.send(CancelCommand(id=uuid.UUID(notice.id)))
+
+    async def _send_all(self, session: GatewaySession, messages: list[Any]) -> None:
+        for message in messages:
+            await session.send(message)

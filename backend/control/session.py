@@ -1,0 +1,275 @@
+"""One gateway's control connection: refuse or accept, handshake, then messages both ways.
+
+Wire format: every message is one JSON text frame, a `protocol.control` struct tagged on
+`type` (the gateway may also send the same JSON in binary frames).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import uuid
+from typing import Any
+
+from litestar.enums import ScopeType
+from litestar.types import Receive, Scope, Send
+
+from backend.auth import GatewayIdentity, authenticate_gateway
+from backend.control import state
+from backend.control.hub import ControlHub
+from backend.errors import Unauthorized
+from backend.logging import get_logger
+from backend.services import Services
+from protocol import codec
+from protocol.codec import ProtocolError
+from protocol.control import (
+    AgentsSeen,
+    BackendMessage,
+    CommandResult,
+    DeviceState,
+    Hello,
+    PolicyAck,
+    Status,
+    Welcome,
+)
+
+log = get_logger("backend.control")
+
+CLOSE_NORMAL = 1000
+CLOSE_PROTOCOL = 4400
+CLOSE_TIMEOUT = 4408
+
+
+class SessionClosed(Exception):
+    """The peer went away or the session was closed here."""
+
+
+class GatewaySession:
+    def __init__(
+        self, hub: ControlHub, identity: GatewayIdentity, receive: Receive, send: Send
+    ) -> None:
+        self.hub = hub
+        self.gateway_id = identity.gateway_id
+        self.org_id = identity.org_id
+        self.connection_id = f"{hub.services.config.instance_name}:{uuid.uuid4()}"
+        self.ready = asyncio.Event()
+        self._receive = receive
+        # Raw ASGI events; typed loosely because server extensions are not in the TypedDicts.
+        self._send: Any = send
+        self._send_lock = asyncio.Lock()
+        self._closed = asyncio.Event()
+        self._close_code = CLOSE_NORMAL
+
+    # ---- I/O ---------------------------------------------------------------------------
+
+    async def send(self, message: BackendMessage) -> None:
+        if self._closed.is_set():
+            return
+        text = codec.json_encoder.encode(message).decode()
+        async with self._send_lock:
+            try:
+                await self._send({"type": "websocket.send", "text": text})
+            except (OSError, RuntimeError):
+                self._closed.set()
+
+    async def close(self, code: int, reason: str) -> None:
+        if self._closed.is_set():
+            return
+        self._close_code = code
+        self._closed.set()
+        async with self._send_lock:
+            with contextlib.suppress(OSError, RuntimeError):
+                await self._send({"type": "websocket.close", "code": code, "reason": reason})
+        log.info("control closed", gateway_id=str(self.gateway_id), code=code, reason=reason)
+
+    async def _next_message(self, silence_s: float) -> Any:
+        """The next decoded gateway message, or SessionClosed on disconnect/close/timeout."""
+        receive_task = asyncio.ensure_future(self._receive())
+        closed_task = asyncio.ensure_future(self._closed.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {receive_task, closed_task}, timeout=silence_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            closed_task.cancel()
+        if receive_task not in done:
+            receive_task.cancel()
+            if not self._closed.is_set():
+                await self.close(CLOSE_TIMEOUT, f"nothing received for {silence_s:g} s")
+            raise SessionClosed
+        event = receive_task.result()
+        if event["type"] == "websocket.disconnect":
+            self._closed.set()
+            raise SessionClosed
+        data: Any = event.get("text")
+        if data is None:
+            data = event.get("bytes") or b""
+        return codec.gateway_message.decode_json(data)
+
+    # ---- the conversation --------------------------------------------------------------
+
+    async def run(self) -> None:
+        services = self.hub.services
+        config = services.config
+        silence_limit = config.gateway_offline_after_s
+        try:
+            hello = await self._next_message(silence_limit)
+        except ProtocolError as exc:
+            await self.close(CLOSE_PROTOCOL, f"the first message must be hello: {exc}")
+            return
+        except SessionClosed:
+            return
+        if not isinstance(hello, Hello):
+            await self.close(CLOSE_PROTOCOL, "the first message must be hello")
+            return
+        await self.hub.register(self)
+        try:
+            await self._handshake(hello)
+            log.info(
+                "gateway connected",
+                gateway_id=str(self.gateway_id),
+                hostname=hello.hostname,
+                version=hello.version,
+            )
+            while True:
+                try:
+                    message = await self._next_message(silence_limit)
+                except ProtocolError as exc:
+                    # One bad message is reported, not fatal: the channel stays up.
+                    log.warning(
+                        "bad control message", gateway_id=str(self.gateway_id), error=str(exc)
+                    )
+                    continue
+                await self._handle(message)
+        except SessionClosed:
+            pass
+        finally:
+            self.hub.unregister(self)
+            async with services.pool.acquire() as conn:
+                await state.mark_disconnected(conn, self.gateway_id, self.connection_id)
+            log.info("gateway disconnected", gateway_id=str(self.gateway_id))
+
+    async def _handshake(self, hello: Hello) -> None:
+        services = self.hub.services
+        async with services.pool.acquire() as conn:
+            await state.mark_connected(
+                conn, self.gateway_id, self.connection_id, hello.hostname, hello.version, hello
+            )
+            row = await conn.fetchrow(
+                "SELECT enrollment_key_encrypted FROM gateway_instances WHERE id = $1",
+                self.gateway_id,
+            )
+            policies = await state.org_policies(conn, self.org_id)
+            welcome = Welcome(
+                gateway_id=str(self.gateway_id),
+                enrollment_key=services.secrets.decrypt(row["enrollment_key_encrypted"]),
+                heartbeat_interval_s=services.config.heartbeat_interval,
+                policies=policies,
+                assignments=await state.assignments(conn, self.gateway_id),
+                devices=await state.devices(conn, self.gateway_id, services.secrets),
+                server_time=dt.datetime.now(dt.UTC),
+            )
+        await self.send(welcome)
+        # Drift repair: a revision older than current is sent again on its own as well.
+        for update in policies:
+            known = hello.policy_revisions.get(update.policy_id)
+            if known is not None and known < update.revision:
+                await self.send(update)
+        self.ready.set()
+        await self.deliver_commands()
+
+    async def deliver_commands(self, command_id: uuid.UUID | None = None) -> None:
+        async with self.hub.services.pool.acquire() as conn:
+            commands = await state.claim_commands(conn, self.gateway_id, command_id)
+        for command in commands:
+            await self.send(command)
+
+    async def resync(self) -> None:
+        """After a gap in notifications: everything pending, plus current policies."""
+        async with self.hub.services.pool.acquire() as conn:
+            policies = await state.org_policies(conn, self.org_id)
+        for update in policies:
+            await self.send(update)
+        await self.deliver_commands()
+
+    async def _handle(self, message: Any) -> None:
+        hub = self.hub
+        async with hub.services.pool.acquire() as conn:
+            match message:
+                case Status():
+                    await state.record_status(conn, self.gateway_id, self.org_id, message)
+                case AgentsSeen():
+                    await state.record_agents_seen(conn, self.gateway_id, self.org_id, message)
+                    await state.touch(conn, self.gateway_id)
+                case PolicyAck():
+                    await state.record_policy_ack(conn, self.gateway_id, self.org_id, message)
+                    await state.touch(conn, self.gateway_id)
+                case CommandResult():
+                    if await state.record_command_result(conn, self.gateway_id, message):
+                        await hub.command_finished(message.command_id)
+                    await state.touch(conn, self.gateway_id)
+                case DeviceState():
+                    await state.record_device_state(conn, self.gateway_id, message)
+                    await state.touch(conn, self.gateway_id)
+                case Hello():
+                    log.warning("hello twice on one connection", gateway_id=str(self.gateway_id))
+
+
+async def _deny(scope: Scope, send: Any, status: int, code: str, detail: str) -> None:
+    """Refuse the upgrade with an HTTP status when the server supports it, else close."""
+    if "websocket.http.response" in (scope.get("extensions") or {}):
+        body = codec.json_encoder.encode({"error": code, "detail": detail})
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "websocket.http.response.body", "body": body, "more_body": False})
+    else:
+        # Closing before accepting makes the server answer 403.
+        await send({"type": "websocket.close", "code": 1008, "reason": detail})
+
+
+async def control_endpoint(scope: Scope, receive: Receive, asgi_send: Send) -> None:
+    """`GET /v2/gateways/control`: X-API-Key checked before the upgrade is accepted."""
+    send: Any = asgi_send
+    services: Services = scope["app"].state.services
+    if scope["type"] != ScopeType.WEBSOCKET:
+        body = codec.json_encoder.encode(
+            {"error": "upgrade_required", "detail": "this is the gateways' WebSocket endpoint"}
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 426,
+                "headers": [(b"content-type", b"application/json"), (b"upgrade", b"websocket")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+        return
+    connect = await receive()
+    if connect["type"] != "websocket.connect":
+        return
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    hub: ControlHub | None = services.control
+    if hub is None:
+        await _deny(scope, send, 503, "unavailable", "the control channel is not running")
+        return
+    try:
+        async with services.pool.acquire() as conn:
+            identity = await authenticate_gateway(conn, headers.get("x-api-key"))
+    except Unauthorized as exc:
+        log.info("control refused", reason=exc.detail)
+        await _deny(scope, send, 401, exc.code, exc.detail)
+        return
+    await send({"type": "websocket.accept"})
+    services.metrics.control_connections.inc()
+    session = GatewaySession(hub, identity, receive, asgi_send)
+    try:
+        await session.run()
+    except Exception:
+        log.exception("control session failed", gateway_id=str(identity.gateway_id))
+        await session.close(1011, "internal error; reconnect later")

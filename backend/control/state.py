@@ -1,0 +1,329 @@
+"""Reads that build control messages and writes that record what gateways report."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import msgspec
+
+from backend.crypto import SecretBox
+from protocol.agent import PolicyBody
+from protocol.control import (
+    AgentAssignment,
+    AgentsSeen,
+    Command,
+    CommandResult,
+    DeviceConfig,
+    DeviceState,
+    PolicyAck,
+    PolicyUpdate,
+    Status,
+)
+
+_json = msgspec.json.Encoder()
+_COMMAND_TABLES = ("gateway_commands", "device_commands")
+OPEN = ("PENDING", "SENT")
+
+
+def _uuid_or_none(text: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        return None
+
+
+def policy_update(row: Any) -> PolicyUpdate:
+    return PolicyUpdate(
+        policy_id=str(row["id"]),
+        revision=row["revision"],
+        checksum=row["checksum"],
+        body=msgspec.json.decode(row["body"], type=PolicyBody),
+        is_default=row["is_default"],
+    )
+
+
+def device_config(row: Any, secrets: SecretBox) -> DeviceConfig:
+    return DeviceConfig(
+        device_id=str(row["id"]),
+        vendor=row["vendor"],
+        name=row["name"],
+        host=row["host"],
+        port=row["port"],
+        username=row["username"],
+        password=secrets.decrypt(row["password_encrypted"]),
+        scheme=row["scheme"],
+        enabled=row["enabled"],
+    )
+
+
+def deleted_device(device_id: uuid.UUID) -> DeviceConfig:
+    return DeviceConfig(
+        device_id=str(device_id),
+        vendor="",
+        name="",
+        host="",
+        port=1,
+        username="",
+        password="",
+        deleted=True,
+    )
+
+
+async def org_policies(conn: Any, org_id: uuid.UUID) -> list[PolicyUpdate]:
+    rows = await conn.fetch(
+        "SELECT id, revision, checksum, body, is_default FROM policies WHERE org_id = $1"
+        " ORDER BY created_at, id",
+        org_id,
+    )
+    return [policy_update(row) for row in rows]
+
+
+async def policy(conn: Any, org_id: uuid.UUID, policy_id: uuid.UUID) -> PolicyUpdate | None:
+    row = await conn.fetchrow(
+        "SELECT id, revision, checksum, body, is_default FROM policies"
+        " WHERE id = $1 AND org_id = $2",
+        policy_id,
+        org_id,
+    )
+    return policy_update(row) if row else None
+
+
+async def assignments(
+    conn: Any, gateway_id: uuid.UUID, agent_id: uuid.UUID | None = None
+) -> list[AgentAssignment]:
+    rows = await conn.fetch(
+        "SELECT agent_uid, policy_id FROM agent_instances"
+        " WHERE gateway_id = $1 AND ($2::uuid IS NULL OR id = $2) ORDER BY agent_uid",
+        gateway_id,
+        agent_id,
+    )
+    return [
+        AgentAssignment(
+            agent_uid=row["agent_uid"],
+            policy_id=str(row["policy_id"]) if row["policy_id"] else None,
+        )
+        for row in rows
+    ]
+
+
+async def devices(
+    conn: Any, gateway_id: uuid.UUID, secrets: SecretBox, device_id: uuid.UUID | None = None
+) -> list[DeviceConfig]:
+    rows = await conn.fetch(
+        "SELECT * FROM devices WHERE gateway_id = $1 AND ($2::uuid IS NULL OR id = $2)"
+        " ORDER BY created_at, id",
+        gateway_id,
+        device_id,
+    )
+    return [device_config(row, secrets) for row in rows]
+
+
+async def claim_commands(
+    conn: Any, gateway_id: uuid.UUID, command_id: uuid.UUID | None = None
+) -> list[Command]:
+    """Mark the gateway's open, unexpired commands SENT and return them to be sent.
+
+    SENT ones are sent again on purpose: the gateway keeps executed ids with their results
+    and answers a redelivered id without running it twice.
+    """
+    commands: list[Command] = []
+    for table in _COMMAND_TABLES:
+        device_column = "device_id" if table == "device_commands" else "NULL::uuid AS device_id"
+        rows = await conn.fetch(
+            f"UPDATE {table} SET status = 'SENT', sent_at = coalesce(sent_at, now())"
+            " WHERE gateway_id = $1 AND ($2::uuid IS NULL OR id = $2)"
+            " AND status IN ('PENDING', 'SENT') AND expires_at > now()"
+            f" RETURNING id, type, payload, expires_at, created_at, {device_column}",
+            gateway_id,
+            command_id,
+        )
+        for row in sorted(rows, key=lambda r: r["created_at"]):
+            commands.append(
+                Command(
+                    id=row["id"],
+                    target="device" if row["device_id"] else "gateway",
+                    command_type=row["type"],
+                    payload=msgspec.json.decode(row["payload"]),
+                    expires_at=row["expires_at"],
+                    device_id=str(row["device_id"]) if row["device_id"] else None,
+                )
+            )
+    return commands
+
+
+async def mark_connected(
+    conn: Any, gateway_id: uuid.UUID, connection_id: str, hostname: str, version: str, hello: Any
+) -> None:
+    await conn.execute(
+        "UPDATE gateway_instances SET status = 'ONLINE', last_seen_at = now(), hostname = $2,"
+        " version = $3, connected_instance = $4,"
+        " last_status = coalesce(last_status, '{}'::jsonb)"
+        " || jsonb_build_object('buffer', $5::jsonb)"
+        " WHERE id = $1",
+        gateway_id,
+        hostname,
+        version,
+        connection_id,
+        _json.encode(hello.buffer).decode(),
+    )
+
+
+async def mark_disconnected(conn: Any, gateway_id: uuid.UUID, connection_id: str) -> None:
+    """OFFLINE, unless a newer connection of the same gateway took over meanwhile."""
+    await conn.execute(
+        "UPDATE gateway_instances SET status = 'OFFLINE', connected_instance = NULL"
+        " WHERE id = $1 AND connected_instance = $2",
+        gateway_id,
+        connection_id,
+    )
+
+
+async def record_status(
+    conn: Any, gateway_id: uuid.UUID, org_id: uuid.UUID, status: Status
+) -> None:
+    data = _json.encode(status).decode()
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO gateway_status_snapshots (gateway_id, org_id, ts, data)"
+            " VALUES ($1, $2, $3, $4)",
+            gateway_id,
+            org_id,
+            status.ts,
+            data,
+        )
+        await conn.execute(
+            "UPDATE gateway_instances SET last_seen_at = now(), last_status = $2,"
+            " status = CASE WHEN $3 THEN 'ERROR' ELSE 'ONLINE' END WHERE id = $1",
+            gateway_id,
+            data,
+            status.fault is not None,
+        )
+
+
+async def touch(conn: Any, gateway_id: uuid.UUID) -> None:
+    await conn.execute(
+        "UPDATE gateway_instances SET last_seen_at = now(),"
+        " status = CASE WHEN status = 'OFFLINE' THEN 'ONLINE' ELSE status END WHERE id = $1",
+        gateway_id,
+    )
+
+
+async def record_agents_seen(
+    conn: Any, gateway_id: uuid.UUID, org_id: uuid.UUID, seen: AgentsSeen
+) -> None:
+    if not seen.agents:
+        return
+    await conn.execute(
+        "INSERT INTO agent_instances"
+        " (id, org_id, gateway_id, agent_uid, hostname, os, version, status, last_seen_at)"
+        " SELECT gen_random_uuid(), $1, $2, a.uid, a.hostname, a.os, a.version, 'ONLINE', a.seen"
+        " FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])"
+        " AS a(uid, hostname, os, version, seen)"
+        " ON CONFLICT (gateway_id, agent_uid) DO UPDATE SET"
+        " hostname = EXCLUDED.hostname,"
+        " os = coalesce(EXCLUDED.os, agent_instances.os),"
+        " version = coalesce(EXCLUDED.version, agent_instances.version),"
+        " last_seen_at = greatest(agent_instances.last_seen_at, EXCLUDED.last_seen_at),"
+        " status = 'ONLINE'",
+        org_id,
+        gateway_id,
+        [a.agent_uid for a in seen.agents],
+        [a.hostname for a in seen.agents],
+        [a.os for a in seen.agents],
+        [a.version for a in seen.agents],
+        [a.last_seen_at for a in seen.agents],
+    )
+
+
+async def record_policy_ack(
+    conn: Any, gateway_id: uuid.UUID, org_id: uuid.UUID, ack: PolicyAck
+) -> bool:
+    policy_id = _uuid_or_none(ack.policy_id)
+    if policy_id is None:
+        return False
+    status = await conn.execute(
+        "INSERT INTO gateway_policy_states"
+        " (gateway_id, policy_id, applied_revision, checksum, applied, reason, acked_at)"
+        " SELECT $1, p.id, $3, $4, $5, $6, now() FROM policies p WHERE p.id = $2 AND p.org_id = $7"
+        " ON CONFLICT (gateway_id, policy_id) DO UPDATE SET"
+        " applied_revision = EXCLUDED.applied_revision, checksum = EXCLUDED.checksum,"
+        " applied = EXCLUDED.applied, reason = EXCLUDED.reason, acked_at = now()",
+        gateway_id,
+        policy_id,
+        ack.revision,
+        ack.checksum,
+        ack.applied,
+        ack.reason,
+        org_id,
+    )
+    return bool(status != "INSERT 0 0")
+
+
+async def record_command_result(conn: Any, gateway_id: uuid.UUID, result: CommandResult) -> bool:
+    """Move the command to the reported terminal state; the first terminal state wins."""
+    if not result.status.is_terminal:
+        return False
+    for table in _COMMAND_TABLES:
+        status = await conn.execute(
+            f"UPDATE {table} SET status = $3, result = $4, error = $5, finished_at = now()"
+            " WHERE id = $1 AND gateway_id = $2 AND status IN ('PENDING', 'SENT')",
+            result.command_id,
+            gateway_id,
+            str(result.status),
+            _json.encode(result.result).decode() if result.result is not None else None,
+            result.error,
+        )
+        if status != "UPDATE 0":
+            return True
+    return False
+
+
+async def record_device_state(conn: Any, gateway_id: uuid.UUID, state: DeviceState) -> None:
+    device_id = _uuid_or_none(state.device_id)
+    if device_id is None:
+        return
+    await conn.execute(
+        "UPDATE devices SET status = $3, status_checked_at = $4, status_info = $5,"
+        " status_error = $6 WHERE id = $1 AND gateway_id = $2",
+        device_id,
+        gateway_id,
+        "ONLINE" if state.online else "OFFLINE",
+        state.checked_at,
+        _json.encode(state.info).decode() if state.info is not None else None,
+        state.error,
+    )
+
+
+async def expire_commands(conn: Any) -> list[tuple[uuid.UUID, uuid.UUID, bool]]:
+    """TIMED_OUT for open commands past expires_at: (command id, gateway id, was SENT)."""
+    expired = []
+    for table in _COMMAND_TABLES:
+        rows = await conn.fetch(
+            f"WITH due AS (SELECT id, status FROM {table}"
+            " WHERE status IN ('PENDING', 'SENT') AND expires_at <= now()"
+            " FOR UPDATE SKIP LOCKED)"
+            f" UPDATE {table} c SET status = 'TIMED_OUT', finished_at = now(),"
+            " error = 'expired before the gateway reported a result'"
+            " FROM due WHERE c.id = due.id RETURNING c.id, c.gateway_id, due.status AS was"
+        )
+        expired += [(r["id"], r["gateway_id"], r["was"] == "SENT") for r in rows]
+    return expired
+
+
+async def mark_stale_offline(
+    conn: Any, gateway_silence: dt.timedelta, agent_silence: dt.timedelta
+) -> int:
+    gateways = await conn.execute(
+        "UPDATE gateway_instances SET status = 'OFFLINE', connected_instance = NULL"
+        " WHERE status <> 'OFFLINE'"
+        " AND (last_seen_at IS NULL OR last_seen_at < now() - $1::interval)",
+        gateway_silence,
+    )
+    await conn.execute(
+        "UPDATE agent_instances SET status = 'OFFLINE'"
+        " WHERE status = 'ONLINE' AND last_seen_at < now() - $1::interval",
+        agent_silence,
+    )
+    return int(gateways.rsplit(" ", 1)[1])

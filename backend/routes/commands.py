@@ -1,0 +1,259 @@
+"""Commands for gateways and their devices: create, read (long-poll until terminal), cancel."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, get, post
+from litestar.params import FromPath, JSONBody, QueryParameter
+from msgspec import Meta
+
+from backend.errors import InvalidRequest, NotFound
+from backend.routes.common import ADMIN_ERRORS, OrgId, ServicesDep
+from backend.routes.devices import device_out
+from backend.routes.gateways import gateway_row
+from backend.services import Services
+from protocol.control import DEVICE_COMMAND_TYPES, GATEWAY_COMMAND_TYPES
+
+MAX_WAIT_S = 60.0
+Wait = Annotated[
+    float, QueryParameter(ge=0, le=MAX_WAIT_S, description="long-poll up to S seconds")
+]
+
+
+class CommandCreate(msgspec.Struct, kw_only=True):
+    type: Annotated[str, Meta(min_length=1, max_length=64)]
+    payload: dict[str, Any] = msgspec.field(default_factory=dict)
+    expires_in_s: Annotated[float, Meta(gt=0, le=7 * 86_400)] | None = None
+
+
+class CommandOut(msgspec.Struct, kw_only=True):
+    id: uuid.UUID
+    type: str
+    status: str
+    result: dict[str, Any] | None
+    error: str | None
+    payload: dict[str, Any]
+    gateway_id: uuid.UUID
+    device_id: uuid.UUID | None = None
+    created_at: dt.datetime
+    sent_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    expires_at: dt.datetime
+
+
+_decode_object = msgspec.json.Decoder(dict[str, Any])
+
+
+def _command_out(row: Any) -> CommandOut:
+    return CommandOut(
+        id=row["id"],
+        type=row["type"],
+        status=row["status"],
+        result=_decode_object.decode(row["result"]) if row["result"] else None,
+        error=row["error"],
+        payload=_decode_object.decode(row["payload"]),
+        gateway_id=row["gateway_id"],
+        device_id=row.get("device_id"),
+        created_at=row["created_at"],
+        sent_at=row["sent_at"],
+        finished_at=row["finished_at"],
+        expires_at=row["expires_at"],
+    )
+
+
+async def _create(
+    services: Services,
+    table: str,
+    org_id: uuid.UUID,
+    gateway_id: uuid.UUID,
+    data: CommandCreate,
+    device_id: uuid.UUID | None = None,
+) -> CommandOut:
+    expires_in = data.expires_in_s or services.config.command_expires_in_s
+    columns = "id, org_id, gateway_id, type, payload, expires_at"
+    values = "$1, $2, $3, $4, $5, now() + $6::interval"
+    args: list[Any] = [
+        uuid.uuid4(),
+        org_id,
+        gateway_id,
+        data.type,
+        msgspec.json.encode(data.payload).decode(),
+        dt.timedelta(seconds=expires_in),
+    ]
+    if device_id is not None:
+        columns += ", device_id"
+        values += ", $7"
+        args.append(device_id)
+    async with services.pool.acquire() as conn:
+        row = await conn.fetchrow(
+            f"INSERT INTO {table} ({columns}) VALUES ({values}) RETURNING *", *args
+        )
+    if services.control is not None:
+        await services.control.command_created(gateway_id, row["id"])
+    return _command_out(row)
+
+
+async def _read(
+    services: Services,
+    table: str,
+    org_id: uuid.UUID,
+    command_id: uuid.UUID,
+    owner_column: str,
+    owner_id: uuid.UUID,
+) -> Any:
+    async with services.pool.acquire() as conn:
+        row = await conn.fetchrow(
+            f"SELECT * FROM {table} WHERE id = $1 AND org_id = $2 AND {owner_column} = $3",
+            command_id,
+            org_id,
+            owner_id,
+        )
+    if row is None:
+        raise NotFound(f"no command {command_id} here")
+    return row
+
+
+async def _read_waiting(
+    services: Services,
+    table: str,
+    org_id: uuid.UUID,
+    command_id: uuid.UUID,
+    owner_column: str,
+    owner_id: uuid.UUID,
+    wait: float,
+) -> CommandOut:
+    row = await _read(services, table, org_id, command_id, owner_column, owner_id)
+    if wait > 0 and row["status"] in ("PENDING", "SENT") and services.control is not None:
+        latest = [row]
+
+        async def is_done() -> bool:
+            latest[0] = await _read(services, table, org_id, command_id, owner_column, owner_id)
+            return latest[0]["status"] not in ("PENDING", "SENT")
+
+        await services.control.wait_for_command(command_id, wait, is_done)
+        row = latest[0]
+    return _command_out(row)
+
+
+async def _cancel(
+    services: Services,
+    table: str,
+    org_id: uuid.UUID,
+    command_id: uuid.UUID,
+    owner_column: str,
+    owner_id: uuid.UUID,
+) -> CommandOut:
+    """CANCELED if still open (a SENT one is also withdrawn from the gateway); else as is."""
+    row = await _read(services, table, org_id, command_id, owner_column, owner_id)
+    async with services.pool.acquire() as conn:
+        was = await conn.fetchval(
+            f"WITH target AS (SELECT id, status FROM {table} WHERE id = $1"
+            " AND status IN ('PENDING', 'SENT') FOR UPDATE)"
+            f" UPDATE {table} c SET status = 'CANCELED', finished_at = now(),"
+            " error = 'canceled by an operator' FROM target WHERE c.id = target.id"
+            " RETURNING target.status",
+            command_id,
+        )
+    if was is not None and services.control is not None:
+        if was == "SENT":
+            await services.control.command_canceled(row["gateway_id"], command_id)
+        await services.control.command_finished(command_id)
+    return _command_out(await _read(services, table, org_id, command_id, owner_column, owner_id))
+
+
+def _check_type(kind: str, allowed: tuple[str, ...]) -> None:
+    if kind not in allowed:
+        raise InvalidRequest(f"type: must be one of {', '.join(allowed)}")
+
+
+class GatewayCommandController(Controller):
+    path = "/v2/gateways/{gateway_id:uuid}/commands"
+    tags = ["commands"]
+
+    @post("/", status_code=202, responses=ADMIN_ERRORS)
+    async def create_gateway_command(
+        self,
+        org_id: OrgId,
+        services: ServicesDep,
+        gateway_id: FromPath[uuid.UUID],
+        data: JSONBody[CommandCreate],
+    ) -> CommandOut:
+        """Queue a command (ping, flush, sync_policy, restart); sent now or on reconnect."""
+        await gateway_row(org_id, gateway_id)
+        _check_type(data.type, GATEWAY_COMMAND_TYPES)
+        return await _create(services, "gateway_commands", org_id, gateway_id, data)
+
+    @get("/{command_id:uuid}", responses=ADMIN_ERRORS)
+    async def get_gateway_command(
+        self,
+        org_id: OrgId,
+        services: ServicesDep,
+        gateway_id: FromPath[uuid.UUID],
+        command_id: FromPath[uuid.UUID],
+        wait: Wait = 0.0,
+    ) -> CommandOut:
+        """The command; with `wait=S`, answers once it is terminal or S seconds passed."""
+        return await _read_waiting(
+            services, "gateway_commands", org_id, command_id, "gateway_id", gateway_id, wait
+        )
+
+    @post("/{command_id:uuid}/cancel", status_code=200, responses=ADMIN_ERRORS)
+    async def cancel_gateway_command(
+        self,
+        org_id: OrgId,
+        services: ServicesDep,
+        gateway_id: FromPath[uuid.UUID],
+        command_id: FromPath[uuid.UUID],
+    ) -> CommandOut:
+        return await _cancel(
+            services, "gateway_commands", org_id, command_id, "gateway_id", gateway_id
+        )
+
+
+class DeviceCommandController(Controller):
+    path = "/v2/devices/{device_id:uuid}/commands"
+    tags = ["commands"]
+
+    @post("/", status_code=202, responses=ADMIN_ERRORS)
+    async def create_device_command(
+        self,
+        org_id: OrgId,
+        services: ServicesDep,
+        device_id: FromPath[uuid.UUID],
+        data: JSONBody[CommandCreate],
+    ) -> CommandOut:
+        """Queue a command for the device, run by its gateway."""
+        device = await device_out(org_id, device_id)
+        _check_type(data.type, DEVICE_COMMAND_TYPES)
+        return await _create(
+            services, "device_commands", org_id, device.gateway_id, data, device_id
+        )
+
+    @get("/{command_id:uuid}", responses=ADMIN_ERRORS)
+    async def get_device_command(
+        self,
+        org_id: OrgId,
+        services: ServicesDep,
+        device_id: FromPath[uuid.UUID],
+        command_id: FromPath[uuid.UUID],
+        wait: Wait = 0.0,
+    ) -> CommandOut:
+        return await _read_waiting(
+            services, "device_commands", org_id, command_id, "device_id", device_id, wait
+        )
+
+    @post("/{command_id:uuid}/cancel", status_code=200, responses=ADMIN_ERRORS)
+    async def cancel_device_command(
+        self,
+        org_id: OrgId,
+        services: ServicesDep,
+        device_id: FromPath[uuid.UUID],
+        command_id: FromPath[uuid.UUID],
+    ) -> CommandOut:
+        return await _cancel(
+            services, "device_commands", org_id, command_id, "device_id", device_id
+        )

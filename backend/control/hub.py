@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -51,6 +53,9 @@ class ControlHub:
         self._tasks: set[asyncio.Task[None]] = set()
         self._supervisor: asyncio.Task[None] | None = None
         self._command_waiters: dict[uuid.UUID, asyncio.Event] = {}
+        self.instance_name = (
+            services.config.instance_name or f"{socket.gethostname()}:{os.getpid()}"
+        )
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -204,7 +209,8 @@ class ControlHub:
         if found is None:
             return
         session = found
-        await session.ready.wait()
+        if not await session.wait_ready():
+            return
         match notice.kind:
             case "connected" if notice.connection_id != session.connection_id:
                 await session.close(4409, "replaced by a newer connection of the same gateway")

@@ -52,7 +52,8 @@ class GatewaySession:
         self.hub = hub
         self.gateway_id = identity.gateway_id
         self.org_id = identity.org_id
-        self.connection_id = f"{hub.services.config.instance_name}:{uuid.uuid4()}"
+        # Stored in gateway_instances.connected_instance: which instance holds the socket.
+        self.connection_id = f"{hub.instance_name}/{uuid.uuid4()}"
         self.ready = asyncio.Event()
         self._receive = receive
         # Raw ASGI events; typed loosely because server extensions are not in the TypedDicts.
@@ -60,6 +61,17 @@ class GatewaySession:
         self._send_lock = asyncio.Lock()
         self._closed = asyncio.Event()
         self._close_code = CLOSE_NORMAL
+
+    async def wait_ready(self) -> bool:
+        """True once the welcome is sent; False if the session ends first."""
+        ready = asyncio.ensure_future(self.ready.wait())
+        closed = asyncio.ensure_future(self._closed.wait())
+        try:
+            await asyncio.wait({ready, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+            closed.cancel()
+        return self.ready.is_set() and not self._closed.is_set()
 
     # ---- I/O ---------------------------------------------------------------------------
 

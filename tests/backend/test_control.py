@@ -17,6 +17,7 @@ import trio
 from cryptography.fernet import Fernet
 
 from protocol.control import (
+    AgentAssignment,
     AgentSeen,
     AgentsSeen,
     CancelCommand,
@@ -155,6 +156,13 @@ async def test_welcome_status_snapshots_and_offline_on_disconnect(
 
                 await eventually(reported)
 
+                # No request from the agent for TD_AGENT_OFFLINE_AFTER (1 s here): OFFLINE.
+                async def agent_offline() -> bool:
+                    agents = (await client.get("/v2/agents")).json()["items"]
+                    return bool(agents[0]["status"] == "OFFLINE")
+
+                await eventually(agent_offline)
+
             async def offline() -> bool:
                 return (await gateway_status(client, gateway_id))["status"] == "OFFLINE"
 
@@ -238,9 +246,19 @@ async def test_policy_push_ack_status_and_drift_repair(tmp_path: Path, database_
                 assert repaired.revision == 3
                 assert repaired.body.idle_threshold_s == 300
 
-            # An agent's assignment is pushed to its gateway.
-            agents = await client.get("/v2/agents")
-            assert agents.json()["items"] == []
+            # An agent's assignment (PATCH) is pushed to its gateway.
+            async with connected_gateway(backend.url, api_key) as gw:
+                seen = AgentSeen(agent_uid="pc-1", hostname="pc1", last_seen_at=now())
+                await gw.send(AgentsSeen(agents=[seen]))
+
+                async def listed() -> bool:
+                    return bool((await client.get("/v2/agents")).json()["items"])
+
+                await eventually(listed)
+                agent = (await client.get("/v2/agents")).json()["items"][0]
+                await client.patch(f"/v2/agents/{agent['id']}", json={"policy_id": policy["id"]})
+                assignment = await gw.receive_type(AgentAssignment)
+                assert (assignment.agent_uid, assignment.policy_id) == ("pc-1", policy["id"])
 
 
 async def test_command_lifecycle_offline_delivery_result_cancel_and_expiry(

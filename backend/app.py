@@ -26,6 +26,7 @@ from backend.logging import configure_logging, get_logger
 from backend.maintenance import maintenance_loop, run_maintenance
 from backend.routes import agents, commands, devices, gateways, health, ingest, logs, policies
 from backend.routes.common import provide_org_id, provide_services, require_admin
+from backend.routes.ingest_schema import uplink_components
 from backend.services import Services
 from protocol.codec import ProtocolError
 
@@ -169,7 +170,7 @@ def create_app(config: Config) -> Litestar:
                     "gatewayKey": SecurityScheme(
                         type="apiKey", name="X-API-Key", security_scheme_in="header"
                     ),
-                }
+                },
             ),
         ),
         request_max_body_size=config.ingest_max_bytes,
@@ -177,6 +178,10 @@ def create_app(config: Config) -> Litestar:
         debug=False,
     )
     app.state.services = services
+    # Litestar replaces configured component schemas with the ones it generated; the ingest
+    # body's (decoded by hand, so not generated) are added to the built document instead.
+    components = app.openapi_schema.components
+    components.schemas = {**uplink_components(), **(components.schemas or {})}
     return app
 
 

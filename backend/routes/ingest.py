@@ -14,6 +14,7 @@ from backend.errors import InvalidRequest
 from backend.ingest import inflate, store_batch
 from backend.logging import get_logger
 from backend.routes.common import error_responses, services_of
+from backend.routes.ingest_schema import IngestOperation
 from protocol import codec
 from protocol.uplink import IngestResponse
 
@@ -24,6 +25,7 @@ log = get_logger("backend.ingest")
     "/v2/ingest/logs",
     status_code=200,
     tags=["ingest"],
+    operation_class=IngestOperation,
     responses=error_responses(400, 401, 413, 415, 429),
     # The body is read and decoded by hand: msgspec's prebuilt decoder is twice as fast as
     # letting the framework build the struct.

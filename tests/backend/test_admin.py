@@ -265,6 +265,9 @@ async def test_health_ready_metrics_and_schema(client: AsyncTestClient[Litestar]
     schema = (await client.get("/schema/openapi.json")).json()
     for path in ("/v2/ingest/logs", "/v2/policies/{policy_id}", "/v2/logs", "/v2/devices"):
         assert path in schema["paths"], path
+    ingest_body = schema["paths"]["/v2/ingest/logs"]["post"]["requestBody"]
+    assert ingest_body["content"]["application/msgpack"]["schema"]["$ref"].endswith("/UplinkBatch")
+    assert "ActiveWindow" in schema["components"]["schemas"]
     post_policy = schema["paths"]["/v2/policies"]["post"]
     assert "requestBody" in post_policy
     assert "400" in post_policy["responses"]

@@ -8,7 +8,9 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sys
+import urllib.parse
 from collections.abc import Iterator
 from types import FrameType
 
@@ -16,8 +18,8 @@ import asyncpg  # type: ignore[import-untyped]
 
 from backend.auth import create_organization
 from backend.config import Config, ConfigError, load_config
-from backend.crypto import load_or_create_key
-from backend.db import migrate
+from backend.crypto import SecretKeyError, load_or_create_key
+from backend.db import MigrationFailed, migrate
 from backend.embedded import embedded_postgres
 from backend.logging import configure_logging, get_logger
 
@@ -41,9 +43,18 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 def serve(config: Config, host: str, port: int, workers: int) -> int:
     from granian.constants import Interfaces, Loops
+    from granian.log import LogLevels
     from granian.server import Server
 
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    # Checked first, so a busy port is reported before a database is started for nothing.
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        print(f"td-backend: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
+        return 1
     with database_url(config) as url:
         asyncio.run(migrate(url))
         # Workers are separate processes that read their config from the environment.
@@ -61,7 +72,8 @@ def serve(config: Config, host: str, port: int, workers: int) -> int:
             workers=workers,
             loop=Loops.auto,
             factory=True,
-            log_enabled=False,
+            # Granian's own lines (bind failures, worker crashes) at warning and above.
+            log_level=LogLevels.warning,
             websockets=True,
         ).serve()
     return 0
@@ -100,7 +112,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"td-backend: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.log_level, config.log_format)
+    try:
+        return _run(args, config)
+    except (OSError, asyncpg.PostgresError, MigrationFailed) as exc:
+        where = _redacted(config.database_url) if config.database_url else "the embedded server"
+        print(f"td-backend: cannot use the database ({where}): {exc}", file=sys.stderr)
+        return 1
+    except SecretKeyError as exc:
+        print(f"td-backend: {exc}", file=sys.stderr)
+        return 2
 
+
+def _redacted(url: str) -> str:
+    """The URL without its password, fit for an error message."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def _run(args: argparse.Namespace, config: Config) -> int:
     if args.command == "serve":
         return serve(config, args.host, args.port, args.workers)
     if args.command == "migrate":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -12,9 +14,8 @@ import pytest
 
 from tests.support.backend import TD_BACKEND, BackendProcess
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_embedded_database_from_create_org_to_serve(tmp_path: Path) -> None:
     # A data dir whose socket path would pass the ~100 byte Unix socket limit.
     data_dir = tmp_path / ("long-directory-name-" * 5) / "td"
@@ -57,3 +58,32 @@ warnings.simplefilter("ignore")
 from pgserver.postgres_server import get_server
 get_server(sys.argv[1], cleanup_mode="stop").cleanup()
 """
+
+
+def _td_backend(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [TD_BACKEND, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_unreachable_database_is_one_clear_line_without_the_password(tmp_path: Path) -> None:
+    env = {**os.environ, "TD_DATABASE_URL": "postgresql://td:hunter2@127.0.0.1:1/td"}
+    done = _td_backend("migrate", "--data-dir", str(tmp_path), env=env)
+    assert done.returncode == 1
+    assert done.stderr.startswith("td-backend: cannot use the database")
+    assert "hunter2" not in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_busy_port_is_reported_before_anything_starts(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if k != "TD_DATABASE_URL"}
+        done = _td_backend(
+            "serve", "--port", str(port), "--data-dir", str(tmp_path / "td"), env=env
+        )
+    assert done.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert not (tmp_path / "td" / "pgdata").exists()

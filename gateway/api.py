@@ -104,7 +104,7 @@ class AgentApi:
             await respond_error(send, HttpError(500, "storage_error", str(exc)))
         finally:
             route = path if handler is not None else "other"
-            self._metrics.agent_requests.labels(route, str(status)).inc()
+            self._metrics.count_request(route, status)
 
     # ---- agents ----------------------------------------------------------------------------
 

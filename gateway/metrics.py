@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -127,6 +128,16 @@ class Metrics:
             "Agents waiting in GET /v1/policy?wait= for their policy to change.",
             registry=self.registry,
         )
+
+        # Label lookups take a lock and build a key; the few (route, status) pairs are cached.
+        self._request_counters: dict[tuple[str, int], Any] = {}
+
+    def count_request(self, route: str, status: int) -> None:
+        counter = self._request_counters.get((route, status))
+        if counter is None:
+            counter = self.agent_requests.labels(route, str(status))
+            self._request_counters[(route, status)] = counter
+        counter.inc()
 
     def watch(self, read: Callable[[], LiveFigures]) -> None:
         """Report the figures `read` returns at every scrape."""

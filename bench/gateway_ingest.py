@@ -1,0 +1,273 @@
+"""Agent ingest benchmark: 100-log JSON posts over 64 keep-alive connections to (a) the
+gateway (`td-gateway run`, commit before 202) and (b) a bare ASGI app that only reads the
+body, both under hypercorn's trio worker, in the same run. Prints one JSON object.
+
+The load generator is a separate process (trio, raw HTTP/1.1, pre-built requests) so it
+costs as little CPU as possible next to the server on the same machine. Each target gets a
+warm-up, then a fixed measuring window; only 127.0.0.1 is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.gateway.helpers import varied_logs
+
+CONNECTIONS = 64
+LOGS_PER_POST = 100
+WARMUP_S = 1.0
+MEASURE_S = 5.0
+ROUNDS = 3
+DISTINCT_BODIES = 64
+GATEWAY = str(Path(sys.executable).with_name("td-gateway"))
+
+
+# ---- the bare app (run in its own process by --serve-bare) ----------------------------------
+
+
+async def bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    while (await receive()).get("more_body"):
+        pass
+    body = b'{"accepted":100}'
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"16")]
+    await send({"type": "http.response.start", "status": 202, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def serve_bare(address_file: Path) -> None:
+    import hypercorn.config
+    import hypercorn.trio
+
+    config = hypercorn.config.Config()
+    config.bind = ["127.0.0.1:0"]
+    config.loglevel = "WARNING"
+    config.accesslog = None
+
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(
+            lambda task_status: hypercorn.trio.serve(bare_app, config, task_status=task_status)  # type: ignore[arg-type]
+        )
+        await trio.Path(address_file).write_text(binds[0].split("://", 1)[1])
+
+
+# ---- the load generator (run in its own process by --load) ---------------------------------
+
+
+def build_requests(host_port: str, token: str) -> list[bytes]:
+    requests = []
+    for _ in range(DISTINCT_BODIES):
+        body = json.dumps(
+            {"logs": [json.loads(_json(log)) for log in varied_logs(LOGS_PER_POST)]}
+        ).encode()
+        head = (
+            f"POST /v1/logs HTTP/1.1\r\nHost: {host_port}\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        requests.append(head + body)
+    return requests
+
+
+def _json(log: Any) -> bytes:
+    import msgspec
+
+    return msgspec.json.encode(log)
+
+
+async def _connection(
+    host: str,
+    port: int,
+    requests: list[bytes],
+    offset: int,
+    measure: tuple[float, float],
+    latencies: list[float],
+    statuses: dict[int, int],
+) -> None:
+    stream = await trio.open_tcp_stream(host, port)
+    buffer = b""
+    i = offset
+    start, end = measure
+    async with stream:
+        while trio.current_time() < end:
+            sent_at = trio.current_time()
+            await stream.send_all(requests[i % len(requests)])
+            i += 1
+            while b"\r\n\r\n" not in buffer:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    raise ConnectionError("server closed the connection")
+                buffer += chunk
+            head, _, buffer = buffer.partition(b"\r\n\r\n")
+            lines = head.split(b"\r\n")
+            status = int(lines[0].split()[1])
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in lines[1:]
+                if line.lower().startswith(b"content-length:")
+            )
+            while len(buffer) < length:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    raise ConnectionError("server closed the connection")
+                buffer += chunk
+            buffer = buffer[length:]
+            done_at = trio.current_time()
+            if start <= sent_at and done_at <= end:
+                latencies.append(done_at - sent_at)
+                statuses[status] = statuses.get(status, 0) + 1
+
+
+async def load(url: str, token: str) -> dict[str, Any]:
+    host_port = url.split("://", 1)[1]
+    host, port = host_port.rsplit(":", 1)
+    requests = build_requests(host_port, token)
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    now = trio.current_time()
+    window = (now + WARMUP_S, now + WARMUP_S + MEASURE_S)
+    async with trio.open_nursery() as nursery:
+        for n in range(CONNECTIONS):
+            nursery.start_soon(
+                _connection, host, int(port), requests, n, window, latencies, statuses
+            )
+    latencies.sort()
+    ok = statuses.get(202, 0)
+    return {
+        "requests": len(latencies),
+        "statuses": statuses,
+        "logs_per_s": ok * LOGS_PER_POST / MEASURE_S,
+        "p50_ms": latencies[len(latencies) // 2] * 1000 if latencies else None,
+        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000 if latencies else None,
+    }
+
+
+# ---- the orchestration ---------------------------------------------------------------------
+
+
+def _wait_for(path: Path, process: subprocess.Popen[bytes]) -> str:
+    deadline = time.monotonic() + 30
+    while not path.exists() or not path.read_text().strip():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"server did not start (exit {process.poll()})")
+        time.sleep(0.05)
+    return "http://" + path.read_text().strip()
+
+
+def _run_load(url: str, token: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, __file__, "--load", url, "--token", token],
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="td-bench-ingest-") as root:
+        address = Path(root) / "bare.addr"
+        data = Path(root) / "gateway"
+        bare = subprocess.Popen([sys.executable, __file__, "--serve-bare", str(address)])
+        gateway = subprocess.Popen(
+            [
+                GATEWAY,
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                str(data),
+                "--enrollment-key",
+                "bench",
+                "--log-level",
+                "warning",
+            ],
+            env={**os.environ, "TD_BACKEND_URL": ""},
+        )
+        try:
+            bare_url = _wait_for(address, bare)
+            url = _wait_for(data / "gateway.addr", gateway)
+            token = httpx.post(
+                url + "/v1/agents/register",
+                json={"agent_uid": "bench", "hostname": "bench"},
+                headers={"X-Enrollment-Key": "bench"},
+            ).json()["token"]
+            # Interleaved rounds: the machine is shared, so both targets see the same noise.
+            bare_rounds, gateway_rounds = [], []
+            for _ in range(ROUNDS):
+                bare_rounds.append(_run_load(bare_url, "unused"))
+                gateway_rounds.append(_run_load(url, token))
+            queued = httpx.get(url + "/health").json()["queue_depth"]
+        finally:
+            _stop(bare)
+            _stop(gateway)
+    best = max(gateway_rounds, key=lambda r: r["logs_per_s"])
+    best_bare = max(bare_rounds, key=lambda r: r["logs_per_s"])
+    accepted = sum(r["statuses"].get("202", 0) for r in gateway_rounds)
+    print(
+        json.dumps(
+            {
+                "connections": CONNECTIONS,
+                "logs_per_post": LOGS_PER_POST,
+                "rounds": ROUNDS,
+                "measure_s": MEASURE_S,
+                "logs_per_s": round(best["logs_per_s"]),
+                "bare_logs_per_s": round(best_bare["logs_per_s"]),
+                "ratio_vs_bare": round(best["logs_per_s"] / best_bare["logs_per_s"], 2),
+                "p99_ms": round(best["p99_ms"], 1),
+                "p50_ms": round(best["p50_ms"], 1),
+                "bare_p99_ms": round(best_bare["p99_ms"], 1),
+                "round_ratios": [
+                    round(g["logs_per_s"] / b["logs_per_s"], 2)
+                    for g, b in zip(gateway_rounds, bare_rounds, strict=True)
+                ],
+                "non_202": sum(
+                    n for r in gateway_rounds for code, n in r["statuses"].items() if code != "202"
+                ),
+                "buffered_logs_at_end": queued,
+                "buffered_at_least": accepted * LOGS_PER_POST,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--serve-bare", type=Path)
+    parser.add_argument("--load")
+    parser.add_argument("--token", default="")
+    args = parser.parse_args()
+    if args.serve_bare:
+        trio.run(serve_bare, args.serve_bare)
+    elif args.load:
+        print(json.dumps(trio.run(load, args.load, args.token)))
+    else:
+        main()

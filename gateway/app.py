@@ -1,5 +1,6 @@
 """The gateway as one Trio program: one nursery, each part started with `nursery.start` so
-nothing serves before what it needs is ready (state, then buffer, then uplink, then HTTP).
+nothing serves before what it needs is ready (state, buffer, uplink, devices, the control
+channel, then HTTP).
 
 Shutdown: `request_stop()` (SIGTERM/SIGINT in the CLI, the `restart` command) stops the
 HTTP listener, lets in-flight requests finish their commits for a moment, then cancels the
@@ -9,8 +10,10 @@ rest. An upload cut short stays buffered under its batch id and is resent after 
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
+import apsw
 import hypercorn.config
 import hypercorn.trio
 import structlog
@@ -19,6 +22,8 @@ import trio
 from gateway.api import AgentApi
 from gateway.buffer import Buffer
 from gateway.config import GatewayConfig
+from gateway.control import ControlChannel
+from gateway.devices.manager import DeviceManager
 from gateway.health import Health
 from gateway.health import build as build_health
 from gateway.metrics import LiveFigures, Metrics
@@ -32,6 +37,7 @@ EXIT_OK = 0
 # The `restart` command ends the process with this code so the container restarts it.
 EXIT_RESTART = 75
 ADDRESS_FILE = "gateway.addr"
+DEVICES_FILE = "devices.db"
 # In-flight requests get this long to finish after the listener closes; all stays < 5 s.
 HTTP_GRACE_S = 2.0
 SHUTDOWN_DEADLINE_S = 4.0
@@ -43,6 +49,7 @@ class Gateway:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         data = config.data_path
+        data.mkdir(parents=True, exist_ok=True)
         self.metrics = Metrics()
         self.state = State(data)
         self.buffer = Buffer(
@@ -52,9 +59,19 @@ class Gateway:
             durability=config.durability,
         )
         self.uplink = Uplink(config, self.buffer, self.metrics, gateway_id=self.gateway_id)
+        self.devices = DeviceManager(
+            apsw.Connection(str(data / DEVICES_FILE)), poll_interval_s=config.device_poll_s
+        )
+        self.control = ControlChannel(
+            config,
+            self.state,
+            self.buffer,
+            self.uplink,
+            self.devices,
+            restart=lambda: self.request_stop(EXIT_RESTART),
+        )
         self.api = AgentApi(config, self.buffer, self.state, self.metrics, self.health)
         self.metrics.watch(self._live_figures)
-        self.control_connected = False
         self.exit_code = EXIT_OK
         self._stop = trio.Event()
 
@@ -81,7 +98,7 @@ class Gateway:
             backend_connected=uplink.backend_connected,
             connected_agents=self.state.connected_agents(),
             error_streak=uplink.error_streak,
-            control_connected=self.control_connected,
+            control_connected=self.control.connected,
         )
 
     def _live_figures(self) -> LiveFigures:
@@ -100,6 +117,10 @@ class Gateway:
             await nursery.start(self.state.run)
             await nursery.start(self.buffer.run)
             await nursery.start(self.uplink.run)
+            await nursery.start(
+                partial(self.devices.run, append_logs=self.append, report_state=self.control.send)
+            )
+            await nursery.start(self.control.run)
             address = await nursery.start(self._serve_agents, http_stopped)
             _write_address(self.config.data_path, address)
             log.info(

@@ -66,6 +66,7 @@ class Buffer:
         self._store: BufferStore | None = None
         self._in_flight: set[uuid.UUID] = set()
         self._appended = trio.Event()
+        self._changed = trio.Event()
         self.stats: BufferStats | None = None
         self.transactions = 0
         self.corrupt_moved_to: list[str] = []
@@ -151,6 +152,8 @@ class Buffer:
             if fx.appended:
                 self._appended.set()
                 self._appended = trio.Event()
+            self._changed.set()
+            self._changed = trio.Event()
             for op in ops:
                 op.done.set()
 
@@ -209,6 +212,10 @@ class Buffer:
     def appended_event(self) -> trio.Event:
         """An event set by the next commit that adds rows; take it BEFORE calling `claim`."""
         return self._appended
+
+    def change_event(self) -> trio.Event:
+        """An event set by the next commit of any kind (figures in `stats` changed)."""
+        return self._changed
 
     async def claim(self, max_logs: int) -> Claim | None:
         """The next upload batch (oldest first, never one already in flight), or None."""

@@ -56,6 +56,9 @@ class GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     control_backoff_base_s: Seconds = 1.0
     control_backoff_cap_s: Seconds = 60.0
 
+    # How often configured terminals are polled for health.
+    device_poll_s: Seconds = 60.0
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     def __post_init__(self) -> None:

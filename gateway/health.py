@@ -1,13 +1,16 @@
-"""The /health document: what an operator or a container probe needs at a glance."""
+"""Health figures: the /health document, and the status reported over the control channel."""
 
 from __future__ import annotations
 
 import datetime as dt
 import time
+from pathlib import Path
 
 import msgspec
+import psutil
 
 from gateway.buffer_store import BufferStats
+from protocol.control import BufferFigures, Status
 
 # Past this share of the cap the gateway reports a fault upstream and "degraded" here.
 NEAR_CAP = 0.8
@@ -73,4 +76,42 @@ def build(
         upload_error_streak=error_streak,
         control_connected=control_connected,
         buffer_corrupt_files=corrupt_files,
+    )
+
+
+def buffer_figures(stats: BufferStats | None) -> BufferFigures:
+    if stats is None:
+        return BufferFigures()
+    return BufferFigures(
+        queue_depth=stats.queue_depth,
+        queue_bytes=stats.queue_bytes,
+        queue_max_bytes=stats.max_bytes,
+        oldest_age_s=round(stats.oldest_age_s(time.time()), 3),
+        dropped_total=stats.dropped_total,
+        dead_letter_total=stats.dead_letter_total,
+    )
+
+
+def status_report(
+    stats: BufferStats | None,
+    *,
+    data_dir: Path,
+    connected_agents: int,
+    error_streak: int,
+    last_upload_at: dt.datetime | None,
+) -> Status:
+    """The periodic `status` message: host figures (psutil) plus the buffer's and uplink's."""
+    disk = psutil.disk_usage(str(data_dir))
+    return Status(
+        ts=dt.datetime.now(dt.UTC),
+        # Since the previous call: the first report says 0.0, every later one is meaningful.
+        cpu_percent=psutil.cpu_percent(interval=None),
+        memory_percent=psutil.virtual_memory().percent,
+        disk_free_bytes=disk.free,
+        disk_total_bytes=disk.total,
+        buffer=buffer_figures(stats),
+        connected_agents=connected_agents,
+        upload_error_streak=error_streak,
+        last_upload_at=last_upload_at,
+        fault=fault(stats, error_streak),
     )

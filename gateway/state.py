@@ -1,5 +1,6 @@
 """What the gateway must remember apart from logs: registered agents (tokens hashed),
-policies and assignments, settings learnt from the backend, executed command results.
+policies and assignments, settings learnt from the backend, executed commands' results.
+(Device configs live with the device manager, in devices.db.)
 
 Its own SQLite file, so a buffer file moved aside as corrupt never takes registrations with
 it. Reads are served from memory (loaded at start; there are thousands of agents, not
@@ -8,6 +9,7 @@ millions); writes go through to SQLite in a worker thread before memory changes.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import secrets
@@ -26,7 +28,7 @@ from gateway.errors import StorageError
 from gateway.sqlite import query
 from protocol import codec
 from protocol.agent import AgentPolicy, PolicyBody, RegisterRequest
-from protocol.control import CommandResult, DeviceConfig, PolicyUpdate
+from protocol.control import AgentSeen, CommandResult, CommandStatus, PolicyUpdate
 
 T = TypeVar("T")
 STATE_FILE = "state.db"
@@ -51,12 +53,14 @@ CREATE TABLE IF NOT EXISTS policies (
 );
 CREATE TABLE IF NOT EXISTS assignments (agent_uid TEXT PRIMARY KEY, policy_id TEXT);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS command_results (
+-- A row is written before a command runs and gets its result after: a row without a
+-- result is a command interrupted by a crash, which is answered, never run again.
+CREATE TABLE IF NOT EXISTS commands (
     command_id TEXT PRIMARY KEY,
-    finished_at REAL NOT NULL,
-    result BLOB NOT NULL
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    result BLOB
 );
-CREATE TABLE IF NOT EXISTS devices (device_id TEXT PRIMARY KEY, config BLOB NOT NULL);
 """
 
 
@@ -210,6 +214,28 @@ class State:
         since = time.time() - within_s
         return sum(1 for agent in self._agents.values() if agent.last_seen_at >= since)
 
+    def take_seen(self) -> tuple[set[str], list[AgentSeen]]:
+        """Agents seen since the last report, as (ids, messages); `put_back(ids)` if the
+        report could not be sent."""
+        ids, self.seen_since_report = self.seen_since_report, set()
+        seen = []
+        for agent_id in ids:
+            agent = self._agents.get(agent_id)
+            if agent is not None:
+                seen.append(
+                    AgentSeen(
+                        agent_uid=agent.agent_uid,
+                        hostname=agent.hostname,
+                        last_seen_at=dt.datetime.fromtimestamp(agent.last_seen_at, dt.UTC),
+                        os=agent.os,
+                        version=agent.version,
+                    )
+                )
+        return ids, seen
+
+    def put_back(self, ids: set[str]) -> None:
+        self.seen_since_report |= ids
+
     # ---- policies --------------------------------------------------------------------------
 
     def policy_for(self, agent_uid: str) -> AgentPolicy:
@@ -225,6 +251,9 @@ class State:
             checksum=chosen.checksum,
             body=chosen.body,
         )
+
+    def policies(self) -> list[PolicyUpdate]:
+        return list(self._policies.values())
 
     def policy_revisions(self) -> dict[str, int]:
         return {pid: update.revision for pid, update in self._policies.items()}
@@ -286,49 +315,61 @@ class State:
         )
         self._settings[key] = value
 
-    # ---- commands and devices --------------------------------------------------------------
+    # ---- commands --------------------------------------------------------------------------
 
-    async def command_result(self, command_id: uuid.UUID) -> CommandResult | None:
-        def read(conn: apsw.Connection) -> bytes | None:
+    async def begin_command(self, command_id: uuid.UUID) -> CommandResult | None:
+        """Record that a command starts now; returns None to go ahead, or the answer to give
+        instead when this id was seen before (its stored result, or FAILED if the gateway
+        stopped while running it: at most once means it is never run a second time)."""
+
+        def claim(conn: apsw.Connection) -> bytes | bool | None:
             rows = query(
-                conn, "SELECT result FROM command_results WHERE command_id = ?", (str(command_id),)
+                conn, "SELECT result FROM commands WHERE command_id = ?", (str(command_id),)
             )
-            return rows[0][0] if rows else None
+            if rows:
+                stored: bytes | None = rows[0][0]
+                return stored if stored is not None else False
+            conn.execute(
+                "INSERT INTO commands(command_id, started_at) VALUES (?, ?)",
+                (str(command_id), time.time()),
+            )
+            return None
 
-        raw = await self._write(read)
-        return None if raw is None else msgspec.msgpack.decode(raw, type=CommandResult)
+        seen = await self._write(claim)
+        if seen is None:
+            return None
+        if seen is False:
+            return CommandResult(
+                command_id=command_id,
+                status=CommandStatus.FAILED,
+                error="the gateway stopped while running this command; it was not run again",
+            )
+        assert isinstance(seen, bytes)
+        return msgspec.msgpack.decode(seen, type=CommandResult)
 
-    async def save_command_result(self, result: CommandResult) -> None:
+    async def finish_command(self, result: CommandResult) -> None:
         await self._write(
             lambda conn: conn.execute(
-                "INSERT OR REPLACE INTO command_results(command_id, finished_at, result)"
-                " VALUES (?, ?, ?)",
-                (str(result.command_id), time.time(), codec.msgpack_encoder.encode(result)),
+                "INSERT INTO commands(command_id, started_at, finished_at, result)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT(command_id) DO UPDATE SET"
+                " finished_at = excluded.finished_at, result = excluded.result",
+                (
+                    str(result.command_id),
+                    time.time(),
+                    time.time(),
+                    codec.msgpack_encoder.encode(result),
+                ),
             )
         )
 
     async def known_command_ids(self, limit: int = 1000) -> list[uuid.UUID]:
+        """Ids with a stored result, newest first (sent in hello)."""
         rows = await self._write(
             lambda conn: query(
                 conn,
-                "SELECT command_id FROM command_results ORDER BY finished_at DESC LIMIT ?",
+                "SELECT command_id FROM commands WHERE result IS NOT NULL"
+                " ORDER BY finished_at DESC LIMIT ?",
                 (limit,),
             )
         )
         return [uuid.UUID(row[0]) for row in rows]
-
-    async def save_device(self, config: DeviceConfig) -> None:
-        def save(conn: apsw.Connection) -> None:
-            if config.deleted:
-                conn.execute("DELETE FROM devices WHERE device_id = ?", (config.device_id,))
-            else:
-                conn.execute(
-                    "INSERT OR REPLACE INTO devices(device_id, config) VALUES (?, ?)",
-                    (config.device_id, codec.msgpack_encoder.encode(config)),
-                )
-
-        await self._write(save)
-
-    async def devices(self) -> list[DeviceConfig]:
-        rows = await self._write(lambda conn: query(conn, "SELECT config FROM devices"))
-        return [msgspec.msgpack.decode(row[0], type=DeviceConfig) for row in rows]

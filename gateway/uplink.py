@@ -125,6 +125,8 @@ class Uplink:
         self._rng = rng or random.Random()
         self._wake = trio.Event()
         self.health = UplinkHealth()
+        # Logs the backend acknowledged since start (the flush command watches it).
+        self.uploaded_total = 0
 
     @property
     def enabled(self) -> bool:
@@ -198,6 +200,7 @@ class Uplink:
             )
             if outcome == "ok":
                 uploaded = await self._buffer.ack(claim.batch_id)
+                self.uploaded_total += uploaded
                 self._metrics.logs_uploaded.inc(uploaded)
                 self._metrics.upload_batches.labels("ok").inc()
                 self.health = UplinkHealth(True, dt.datetime.now(dt.UTC), 0)

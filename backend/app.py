@@ -28,6 +28,7 @@ from backend.routes import agents, commands, devices, gateways, health, ingest, 
 from backend.routes.common import provide_org_id, provide_services, require_admin
 from backend.routes.ingest_schema import uplink_components
 from backend.services import Services
+from backend.shutdown import on_stop_signal
 from protocol.codec import ProtocolError
 
 log = get_logger("backend.app")
@@ -136,6 +137,7 @@ def create_app(config: Config) -> Litestar:
             await run_maintenance(services)
             await hub.start()
             services.control = hub
+            on_stop_signal(asyncio.get_running_loop(), hub.begin_shutdown)
             tasks.append(asyncio.create_task(maintenance_loop(services)))
             tasks.append(asyncio.create_task(sweep_forever(hub)))
             yield

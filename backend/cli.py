@@ -74,6 +74,8 @@ def serve(config: Config, host: str, port: int, workers: int) -> int:
             factory=True,
             # Granian's own lines (bind failures, worker crashes) at warning and above.
             log_level=LogLevels.warning,
+            # Last resort for a worker that does not stop (sessions are closed on SIGTERM).
+            workers_kill_timeout=15,
             websockets=True,
         ).serve()
     return 0

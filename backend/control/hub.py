@@ -49,6 +49,8 @@ class ControlHub:
     def __init__(self, services: Services) -> None:
         self.services = services
         self.sessions: dict[uuid.UUID, GatewaySession] = {}
+        # Sessions until their cleanup is done (`sessions` drops them earlier).
+        self._live: set[GatewaySession] = set()
         self._listener: Any = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._supervisor: asyncio.Task[None] | None = None
@@ -63,6 +65,11 @@ class ControlHub:
         await self._listen()
         self._supervisor = asyncio.create_task(self._keep_listening())
 
+    def begin_shutdown(self) -> None:
+        """Close every session now (the server is stopping); safe to call from a signal handler."""
+        for session in list(self.sessions.values()):
+            self._spawn(session.close(1001, "backend shutting down"))
+
     async def stop(self) -> None:
         if self._supervisor is not None:
             self._supervisor.cancel()
@@ -70,6 +77,11 @@ class ControlHub:
                 await self._supervisor
         for session in list(self.sessions.values()):
             await session.close(1001, "backend shutting down")
+        # Let every session, also ones already unregistered, record its disconnect while
+        # the pool is still open.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5.0):
+                await asyncio.gather(*(s.finished.wait() for s in list(self._live)))
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -172,6 +184,7 @@ class ControlHub:
         """Make `session` the gateway's connection; any older one, here or elsewhere, closes."""
         previous = self.sessions.get(session.gateway_id)
         self.sessions[session.gateway_id] = session
+        self._live.add(session)
         if previous is not None and previous is not session:
             await previous.close(4409, "replaced by a newer connection of the same gateway")
         await self.session_started(session.gateway_id, session.connection_id)
@@ -179,6 +192,9 @@ class ControlHub:
     def unregister(self, session: GatewaySession) -> None:
         if self.sessions.get(session.gateway_id) is session:
             del self.sessions[session.gateway_id]
+
+    def cleaned_up(self, session: GatewaySession) -> None:
+        self._live.discard(session)
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         try:

@@ -55,6 +55,7 @@ class GatewaySession:
         # Stored in gateway_instances.connected_instance: which instance holds the socket.
         self.connection_id = f"{hub.instance_name}/{uuid.uuid4()}"
         self.ready = asyncio.Event()
+        self.finished = asyncio.Event()
         self._receive = receive
         # Raw ASGI events; typed loosely because server extensions are not in the TypedDicts.
         self._send: Any = send
@@ -158,9 +159,23 @@ class GatewaySession:
             pass
         finally:
             self.hub.unregister(self)
-            async with services.pool.acquire() as conn:
+            # Shielded: a server shutting down cancels this task, and the row must still say
+            # OFFLINE (the hub waits for `finished` before the pool closes).
+            await asyncio.shield(self._mark_disconnected())
+
+    async def _mark_disconnected(self) -> None:
+        try:
+            async with self.hub.services.pool.acquire() as conn:
                 await state.mark_disconnected(conn, self.gateway_id, self.connection_id)
-            log.info("gateway disconnected", gateway_id=str(self.gateway_id))
+        except Exception as exc:
+            # The sweeper marks it OFFLINE later from last_seen_at.
+            log.warning(
+                "could not mark gateway offline", gateway_id=str(self.gateway_id), error=str(exc)
+            )
+        finally:
+            self.finished.set()
+            self.hub.cleaned_up(self)
+        log.info("gateway disconnected", gateway_id=str(self.gateway_id))
 
     async def _handshake(self, hello: Hello) -> None:
         services = self.hub.services

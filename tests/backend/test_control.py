@@ -396,3 +396,42 @@ async def test_two_instances_change_through_a_reaches_gateway_on_b(
             waited = await client_a.get(f"{commands}/{ping['id']}", params={"wait": 10})
             assert waited.json()["status"] == "SUCCESS"
             assert (await gateway_status(client_a, gateway_id))["status"] == "ONLINE"
+
+
+async def test_a_backend_stopping_closes_sessions_and_records_offline(
+    tmp_path: Path, database_url: str
+) -> None:
+    with running_backend(tmp_path, database_url, env=FAST) as backend:
+        gateway_id, api_key, _ = backend.create_gateway()
+        async with connected_gateway(backend.url, api_key) as gw:
+            await gw.send(Status(ts=now()))
+            async with admin(backend) as client:
+
+                async def recorded() -> bool:
+                    found = await client.get(f"/v2/gateways/{gateway_id}/snapshots")
+                    return bool(found.json()["items"])
+
+                await eventually(recorded)
+            assert await trio.to_thread.run_sync(backend.stop) == 0
+            assert await gw.expect_closed() == 1001
+        status = await trio.to_thread.run_sync(_gateway_row_status, database_url, gateway_id)
+        assert status == ("OFFLINE", None)
+
+
+def _gateway_row_status(database_url: str, gateway_id: str) -> tuple[str, str | None]:
+    import asyncio
+
+    import asyncpg
+
+    async def read() -> tuple[str, str | None]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            row = await conn.fetchrow(
+                "SELECT status, connected_instance FROM gateway_instances WHERE id = $1",
+                uuid.UUID(gateway_id),
+            )
+        finally:
+            await conn.close()
+        return row["status"], row["connected_instance"]
+
+    return asyncio.run(read())

@@ -91,7 +91,7 @@ def first_run_setup(backend_env: dict[str, str], devsim_password: str) -> dict[s
     with admin:
         gateway = admin.post("/v2/gateways", json={"name": "dev-gateway"}).raise_for_status()
         policy = {"name": "default", "body": {}, "is_default": True}
-        admin.post("/v2/policies", json=policy).raise_for_status()
+        created_policy = admin.post("/v2/policies", json=policy).raise_for_status()
         device = {
             "gateway_id": gateway.json()["id"],
             "vendor": "hikvision",
@@ -101,7 +101,7 @@ def first_run_setup(backend_env: dict[str, str], devsim_password: str) -> dict[s
             "username": "admin",
             "password": devsim_password,
         }
-        admin.post("/v2/devices", json=device).raise_for_status()
+        created_device = admin.post("/v2/devices", json=device).raise_for_status()
     return {
         "org_id": org["org_id"],
         "admin_token": org["admin_token"],
@@ -109,7 +109,48 @@ def first_run_setup(backend_env: dict[str, str], devsim_password: str) -> dict[s
         "api_key": gateway.json()["api_key"],
         "enrollment_key": gateway.json()["enrollment_key"],
         "devsim_password": devsim_password,
+        "policy_id": created_policy.json()["id"],
+        "device_id": created_device.json()["id"],
     }
+
+
+def summary(state: dict[str, Any]) -> str:
+    gateway = f"http://{GATEWAY_LISTEN}"
+    admin = f"-H 'Authorization: Bearer {state['admin_token']}'"
+    json_type = "-H 'Content-Type: application/json'"
+    log = (
+        '{"logs": [{"kind": "idle", "id": "\'$(python3 -c "import uuid; print(uuid.uuid4())")\'",'
+        ' "ts": "\'$(date -u +%Y-%m-%dT%H:%M:%SZ)\'", "duration_ms": 60000}]}'
+    )
+    return "\n".join(
+        [
+            "",
+            f"backend   {BACKEND_URL}  (OpenAPI: {BACKEND_URL}/schema)",
+            f"gateway   {gateway}",
+            f"devsim    http://127.0.0.1:{DEVSIM_PORT}  (simulated Hikvision terminal)",
+            f"admin token     {state['admin_token']}",
+            f"gateway id      {state['gateway_id']}",
+            f"enrollment key  {state['enrollment_key']}",
+            f'psql            psql "$({BIN / "td-backend"} dburl --data-dir {ROOT / "backend"})"',
+            "",
+            "# 1. an agent registers with the gateway and posts a log:",
+            f"TOKEN=$(curl -s -X POST {gateway}/v1/agents/register {json_type}"
+            f" -H 'X-Enrollment-Key: {state['enrollment_key']}'"
+            """ -d '{"agent_uid": "pc-1", "hostname": "pc-1"}' | python3 -c """
+            """'import json,sys; print(json.load(sys.stdin)["token"])')""",
+            f'curl -X POST {gateway}/v1/logs {json_type} -H "Authorization: Bearer $TOKEN"'
+            f" -d '{log}'",
+            "# 2. change the default policy (pushed to the gateway and its agents):",
+            f"curl -s -X PUT {BACKEND_URL}/v2/policies/{state['policy_id']} {admin} {json_type}"
+            """ -d '{"body": {"idle_threshold_s": 120}}'""",
+            "# 3. open the simulated door:",
+            f"curl -s -X POST {BACKEND_URL}/v2/devices/{state['device_id']}/commands {admin}"
+            f""" {json_type} -d '{{"type": "open_door", "payload": {{"door": 1}}}}'""",
+            "",
+            f"(kept in {STATE_FILE} for the next run; Ctrl-C stops the stack)",
+            "",
+        ]
+    )
 
 
 def main() -> int:
@@ -153,22 +194,7 @@ def main() -> int:
             "TD_DATA_DIR": str(ROOT / "gateway"),
         }
         stack.start("gateway", ["td-gateway", "run"], gateway_env)
-        print(
-            "\n".join(
-                [
-                    "",
-                    f"backend   {BACKEND_URL}  (OpenAPI: {BACKEND_URL}/schema)",
-                    f"gateway   http://{GATEWAY_LISTEN}  (agents register with the enrollment key)",
-                    f"devsim    http://127.0.0.1:{DEVSIM_PORT}  (Hikvision terminal simulator)",
-                    f"admin token     {state['admin_token']}",
-                    f"enrollment key  {state['enrollment_key']}",
-                    f"psql            `{BIN / 'td-backend'} dburl --data-dir {ROOT / 'backend'}`",
-                    f"(all of it in {STATE_FILE}; Ctrl-C stops the stack)",
-                    "",
-                ]
-            ),
-            flush=True,
-        )
+        print(summary(state), flush=True)
         return stack.watch()
     except KeyboardInterrupt:
         return 0

@@ -138,7 +138,7 @@ def summary(state: dict[str, Any]) -> str:
             f" -H 'X-Enrollment-Key: {state['enrollment_key']}'"
             """ -d '{"agent_uid": "pc-1", "hostname": "pc-1"}' | python3 -c """
             """'import json,sys; print(json.load(sys.stdin)["token"])')""",
-            f'curl -X POST {gateway}/v1/logs {json_type} -H "Authorization: Bearer $TOKEN"'
+            f'curl -s -X POST {gateway}/v1/logs {json_type} -H "Authorization: Bearer $TOKEN"'
             f" -d '{log}'",
             "# 2. change the default policy (pushed to the gateway and its agents):",
             f"curl -s -X PUT {BACKEND_URL}/v2/policies/{state['policy_id']} {admin} {json_type}"

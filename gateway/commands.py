@@ -85,7 +85,14 @@ class CommandRunner:
             await reply(known)
             return
         remaining = (command.expires_at - dt.datetime.now(dt.UTC)).total_seconds()
-        scope = trio.CancelScope(deadline=trio.current_time() + max(remaining, 0.0))
+        if remaining <= 0:
+            expired = _finished(
+                command, CommandStatus.TIMED_OUT, error="the command expired before it arrived"
+            )
+            await self._state.finish_command(expired)
+            await reply(expired)
+            return
+        scope = trio.CancelScope(deadline=trio.current_time() + remaining)
         self._running[command.id] = scope
         try:
             result = None

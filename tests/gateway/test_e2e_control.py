@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.fernet import Fernet
 
 from tests.gateway.e2e import health, poll, register
 from tests.gateway.process import GatewayProcess
@@ -232,3 +233,48 @@ def test_a_refused_key_is_one_clear_line_and_agents_are_still_served(
 
 def metrics(gateway: GatewayProcess) -> str:
     return httpx.get(gateway.url + "/metrics", timeout=10).text
+
+
+def test_policy_and_command_through_another_backend_instance(
+    tmp_path: Path, database_url: str
+) -> None:
+    # Instances of one deployment share the key that encrypts stored secrets.
+    env = {**FAST, "TD_SECRET_KEY": Fernet.generate_key().decode()}
+    with running_backend(tmp_path, database_url, env=env) as instance_a:
+        instance_b = BackendProcess(tmp_path / "backend-b", database_url, env=env)
+        instance_b.admin_token, instance_b.org_id = instance_a.admin_token, instance_a.org_id
+        instance_b.start()
+        try:
+            with instance_a.admin() as admin:
+                policy = admin.post(
+                    "/v2/policies", json={"name": "p", "body": {}, "is_default": True}
+                ).json()
+            # Enrolled through A, connected to B.
+            gateway_id, api_key, enrollment_key = instance_a.create_gateway("gw")
+            gateway = GatewayProcess(
+                tmp_path / "gw", "--backend-url", instance_b.url, "--api-key", api_key
+            ).start()
+            try:
+                poll(lambda: health(gateway)["control_connected"] is True, 30, "connected to B")
+                with httpx.Client(base_url=gateway.url, timeout=30) as client:
+                    token = register(client, enrollment_key)
+                    with instance_a.admin() as admin:
+                        changed = admin.put(
+                            f"/v2/policies/{policy['id']}", json={"body": {"track_urls": True}}
+                        ).json()
+
+                    def revision() -> int:
+                        answer = client.get(
+                            "/v1/policy", headers={"Authorization": f"Bearer {token}"}
+                        )
+                        value: int = answer.json()["revision"]
+                        return value
+
+                    poll(lambda: revision() == changed["revision"], 30, "policy via A")
+                ping = command(instance_a, gateway_id, "ping")
+                assert wait_command(instance_a, gateway_id, ping["id"])["status"] == "SUCCESS"
+            finally:
+                assert gateway.stop() == 0
+        finally:
+            instance_b.stop()
+            instance_b.kill()

@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 from litestar import Litestar, MediaType, Request, Response, Router, asgi
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
@@ -80,6 +81,15 @@ def handle_error(request: Request[Any, Any, Any], exc: Exception) -> Response[An
             return _error(400, "invalid_request", str(exc))
         case ValidationException():
             return _error(400, "invalid_request", _validation_detail(exc))
+        case (
+            OSError()
+            | asyncpg.PostgresConnectionError()
+            | asyncpg.InterfaceError()
+            | asyncpg.exceptions.OperatorInterventionError()
+        ):
+            # The database is down or restarting: a retryable answer, not a bug.
+            log.warning("database unavailable", path=request.url.path, error=str(exc))
+            return _error(503, "unavailable", "the database is not reachable; retry shortly")
         case HTTPException():
             code = _HTTP_CODES.get(exc.status_code, "http_error")
             return _error(exc.status_code, code, exc.detail, exc.headers)

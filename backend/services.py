@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
+
 from backend.config import Config
+from backend.control.hub import ControlHub
 from backend.crypto import SecretBox
 from backend.db import Database
+from backend.errors import Unavailable
 from backend.ingest import RateLimiter
 from backend.metrics import Metrics
 from backend.partitions import LogPartitions
@@ -21,8 +27,8 @@ class Services:
     metrics: Metrics = field(default_factory=Metrics)
     partitions: LogPartitions = field(default_factory=LogPartitions)
     rate_limiter: RateLimiter = field(init=False)
-    # The control channel hub (backend.control); None until it starts.
-    control: Any = None
+    # The control channel hub; None until it starts (and in tools that only need the DB).
+    control: ControlHub | None = None
 
     def __post_init__(self) -> None:
         self.rate_limiter = RateLimiter(self.config.ingest_rate_per_s, self.config.ingest_burst)
@@ -30,3 +36,16 @@ class Services:
     @property
     def pool(self) -> Any:
         return self.db.pool
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        """A pooled connection; failing to get one is Unavailable (503), not a server bug."""
+        acquiring = self.pool.acquire()
+        try:
+            conn = await acquiring.__aenter__()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise Unavailable("the database is not reachable; retry shortly") from exc
+        try:
+            yield conn
+        finally:
+            await acquiring.__aexit__(None, None, None)

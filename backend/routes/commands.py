@@ -88,7 +88,7 @@ async def _create(
         columns += ", device_id"
         values += ", $7"
         args.append(device_id)
-    async with services.pool.acquire() as conn:
+    async with services.connection() as conn:
         row = await conn.fetchrow(
             f"INSERT INTO {table} ({columns}) VALUES ({values}) RETURNING *", *args
         )
@@ -105,7 +105,7 @@ async def _read(
     owner_column: str,
     owner_id: uuid.UUID,
 ) -> Any:
-    async with services.pool.acquire() as conn:
+    async with services.connection() as conn:
         row = await conn.fetchrow(
             f"SELECT * FROM {table} WHERE id = $1 AND org_id = $2 AND {owner_column} = $3",
             command_id,
@@ -149,7 +149,7 @@ async def _cancel(
 ) -> CommandOut:
     """CANCELED if still open (a SENT one is also withdrawn from the gateway); else as is."""
     row = await _read(services, table, org_id, command_id, owner_column, owner_id)
-    async with services.pool.acquire() as conn:
+    async with services.connection() as conn:
         was = await conn.fetchval(
             f"WITH target AS (SELECT id, status FROM {table} WHERE id = $1"
             " AND status IN ('PENDING', 'SENT') FOR UPDATE)"

@@ -59,7 +59,7 @@ async def require_admin(
 ) -> None:
     """Guard on every admin route: a valid admin token, whose org is kept for `org_id`."""
     services = services_of(connection)
-    async with services.pool.acquire() as conn:
+    async with services.connection() as conn:
         org_id = await authenticate_admin(conn, connection.headers.get("authorization"))
     connection.state.org_id = org_id
 

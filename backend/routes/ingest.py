@@ -43,7 +43,7 @@ async def ingest_logs(
 ) -> Response[IngestResponse]:
     started = time.perf_counter()
     services = services_of(request)
-    async with services.pool.acquire() as conn:
+    async with services.connection() as conn:
         gateway = await authenticate_gateway(conn, x_api_key)
     services.rate_limiter.check(gateway.gateway_id)
     limit = services.config.ingest_max_bytes

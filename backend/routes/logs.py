@@ -94,7 +94,7 @@ class LogController(Controller):
             f" FROM agent_logs WHERE {' AND '.join(where)}"
             f" ORDER BY ts, id LIMIT {arg(limit + 1)}"
         )
-        async with services.pool.acquire() as conn:
+        async with services.connection() as conn:
             rows = await conn.fetch(sql, *args)
         items = [
             LogOut(

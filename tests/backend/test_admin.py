@@ -286,6 +286,8 @@ async def test_ready_is_503_when_the_database_is_unreachable(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
         )
         down = await client.get("/ready")
+        # Any request that needs the database says so with a retryable 503, not a 500.
+        listed = await client.get("/v2/gateways", headers={"Authorization": "Bearer tda_x" * 4})
         await admin.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
         up = await client.get("/ready")
     finally:
@@ -293,4 +295,6 @@ async def test_ready_is_503_when_the_database_is_unreachable(
         await admin.close()
     assert down.status_code == 503
     assert down.json()["error"] == "unavailable"
+    assert listed.status_code == 503
+    assert listed.json()["error"] == "unavailable"
     assert up.status_code == 200

@@ -126,6 +126,7 @@ class Gateway:
             log.info(
                 "listening",
                 address=address,
+                tls=bool(self.config.tls_cert),
                 data_dir=str(self.config.data_path),
                 uploads_to=self.config.backend_url or None,
             )

@@ -114,6 +114,7 @@ class ControlChannel:
         self.version = gateway_version()
         self.heartbeat_s = config.heartbeat_interval_s
         self.connected = False
+        self.last_disconnect = ""
         self.commands = CommandRunner(
             state,
             buffer,
@@ -163,6 +164,7 @@ class ControlChannel:
             refused = False
             while True:
                 welcomed, reason, status = await self._connect_once(url)
+                self.last_disconnect = reason
                 failures = 0 if welcomed else failures + 1
                 delay = backoff_delay(
                     failures,
@@ -251,6 +253,7 @@ class ControlChannel:
                 nursery.start_soon(guarded, self._heartbeat)
                 nursery.start_soon(guarded, self._receive)
         finally:
+            self.last_disconnect = reason
             self.connected = False
         return reason
 

@@ -150,6 +150,10 @@ class DeviceManager:
 
     async def configure(self, cfg: DeviceConfig) -> None:
         """Add, change, disable or delete (cfg.deleted) a device; persists the config."""
+        if not cfg.deleted and self._configs.get(cfg.device_id) == cfg:
+            # The backend re-sends every config on reconnect. Starting over would log in
+            # again with credentials that may just have failed, towards a lock-out.
+            return
         old = self._adapters.pop(cfg.device_id, None)
         if old is not None:
             await old.aclose()

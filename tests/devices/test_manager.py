@@ -330,6 +330,8 @@ async def test_bad_credentials_stop_polling_before_the_device_locks_us_out(
                 )
             )
             await wait_until(lambda: bool(sink.states))
+            # The backend re-sends configs on every reconnect: that must not log in again.
+            await manager.configure(sim.config(password="wrong"))
             await trio.sleep(600)  # ten poll intervals
             state = sink.states[0]
             assert state.online is False

@@ -54,6 +54,8 @@ class SimulatorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     nonce_max_uses: int = 0  # 0 = a nonce never wears out
     unsupported_commands: tuple[str, ...] = ()
     event_page_size: int = 30
+    # Older firmware ignores beginSerialNo and always searches the whole log.
+    honours_begin_serial_no: bool = True
     time_zone: str = "CST-8:00:00"
     seed: int | None = None
 
@@ -294,6 +296,8 @@ class SimulatedTerminal:
         cond = msgspec.json.decode(body)["AcsEventCond"]
         major, minor = int(cond.get("major", 0)), int(cond.get("minor", 0))
         begin, end = int(cond.get("beginSerialNo", 0)), int(cond.get("endSerialNo", 0))
+        if not self.config.honours_begin_serial_no:
+            begin = end = 0
         matches = [
             e
             for e in self.events

@@ -119,6 +119,16 @@ async def test_event_search_pages_through_more() -> None:
 
 
 @pytest.mark.trio
+async def test_firmware_ignoring_begin_serial_no_still_gives_only_new_events() -> None:
+    async with simulator(honours_begin_serial_no=False) as sim:
+        for number in range(40):
+            sim.terminal.simulate_face_access(str(number))
+        adapter = sim.adapter()
+        assert [e.serial_no for e in await adapter.events_since(37)] == [38, 39, 40]
+        await adapter.aclose()
+
+
+@pytest.mark.trio
 async def test_wrong_password_counts_one_failure_per_call() -> None:
     async with simulator(lockout_after=5) as sim:
         adapter = sim.adapter(password="wrong")

@@ -153,6 +153,7 @@ class BufferStore:
         self._oldest_known = False
         # Batches handed to an uploader and not yet acked; lives as long as this process.
         self.claimed: set[bytes] = set()
+        self._claimed_in_tx: set[bytes] = set()
 
     def close(self) -> None:
         self.conn.close()
@@ -162,6 +163,7 @@ class BufferStore:
     def begin(self) -> dict[str, int]:
         """Start a write transaction; returns the totals to restore if it rolls back."""
         self.conn.execute("BEGIN IMMEDIATE")
+        self._claimed_in_tx = set()
         return dict(self.totals)
 
     def commit(self) -> None:
@@ -176,6 +178,9 @@ class BufferStore:
         self.totals = saved
         self._totals_changed = False
         self._oldest_known = False
+        # Claims made in the failed transaction never reached their callers: hand them out
+        # again. Claims it released stay released; a resend reuses the batch id either way.
+        self.claimed -= self._claimed_in_tx
 
     # ---- operations, each run inside a transaction -----------------------------------------
 
@@ -211,6 +216,7 @@ class BufferStore:
         ):
             if upload_id not in self.claimed:
                 self.claimed.add(upload_id)
+                self._claimed_in_tx.add(upload_id)
                 return self._load_claim(upload_id, created_at)
         picked: list[tuple[Any, ...]] = []
         n_logs = nbytes = 0
@@ -235,6 +241,7 @@ class BufferStore:
             (batch_id.bytes, picked[-1][0]),
         )
         self.claimed.add(batch_id.bytes)
+        self._claimed_in_tx.add(batch_id.bytes)
         return Claim(
             batch_id=batch_id,
             created_at=_utc(now),

@@ -20,6 +20,7 @@ import structlog
 import trio
 
 from gateway.buffer import Buffer
+from gateway.errors import StorageError
 from gateway.state import State
 from gateway.uplink import Uplink
 from protocol.control import (
@@ -80,7 +81,12 @@ class CommandRunner:
         """Run `command` (or answer it from the record) and hand the result to `reply`."""
         if command.id in self._running:
             return  # redelivered while running: the running one answers
-        known = await self._state.begin_command(command.id)
+        try:
+            known = await self._state.begin_command(command.id)
+        except StorageError as exc:
+            # Without a record there is no at-most-once: refuse rather than risk a rerun.
+            await reply(_finished(command, CommandStatus.FAILED, error=f"not run: {exc}"))
+            return
         if known is not None:
             await reply(known)
             return

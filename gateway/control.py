@@ -29,6 +29,7 @@ import trio_websocket
 from gateway.buffer import Buffer
 from gateway.commands import CommandRunner, DeviceHub
 from gateway.config import GatewayConfig
+from gateway.errors import GatewayError
 from gateway.health import buffer_figures, status_report
 from gateway.state import State
 from gateway.uplink import Uplink, backoff_delay
@@ -203,8 +204,15 @@ class ControlChannel:
                 reason = await self._session(ws, welcome)
         except trio_websocket.ConnectionRejected as exc:
             return False, f"upgrade refused with HTTP {exc.status_code}", exc.status_code
-        except (trio_websocket.HandshakeError, trio_websocket.ConnectionClosed, OSError) as exc:
+        except (
+            trio_websocket.HandshakeError,
+            trio_websocket.ConnectionClosed,
+            trio.BrokenResourceError,
+            OSError,
+        ) as exc:
             return welcomed, f"{type(exc).__name__}: {exc}", None
+        except codec.ProtocolError as exc:
+            return welcomed, f"the backend sent an invalid message: {exc}", None
         except _Lost as exc:
             return welcomed, str(exc), None
         return welcomed, reason, None
@@ -297,7 +305,10 @@ class ControlChannel:
             except codec.ProtocolError as exc:
                 log.warning("control_bad_message", error=str(exc))
                 continue
-            await self._handle(message)
+            try:
+                await self._handle(message)
+            except GatewayError as exc:  # e.g. state.db failing: report, keep the channel
+                log.error("control_message_failed", message=type(message).__name__, error=str(exc))
 
     # ---- what the backend says -------------------------------------------------------------
 

@@ -29,6 +29,7 @@ import zstandard
 from gateway.buffer import Buffer
 from gateway.buffer_store import Claim, unpack
 from gateway.config import GatewayConfig
+from gateway.errors import StorageError
 from gateway.metrics import Metrics
 from protocol import codec
 
@@ -163,13 +164,19 @@ class Uplink:
         compressor = zstandard.ZstdCompressor(level=3)
         while True:
             appended = self._buffer.appended_event()
-            claim = await self._buffer.claim(self._config.upload_max_logs)
-            if claim is None:
-                await appended.wait()
-                continue
-            # Returns once the batch is acked, dead-lettered or dropped; if cancelled, the
-            # batch stays buffered under its id and the next start sends it again.
-            await self._deliver(client, compressor, claim)
+            try:
+                claim = await self._buffer.claim(self._config.upload_max_logs)
+                if claim is None:
+                    await appended.wait()
+                    continue
+                # Returns once the batch is acked, dead-lettered or dropped; if cancelled, the
+                # batch stays buffered under its id and the next start sends it again.
+                await self._deliver(client, compressor, claim)
+            except StorageError as exc:
+                # The buffer failed under us (disk full?). A batch whose ack did not commit
+                # is handed out again later under the same id; the backend dedupes it.
+                log.error("upload_storage_error", error=str(exc))
+                await trio.sleep(self._config.upload_backoff_cap_s)
 
     async def _deliver(
         self, client: httpx.AsyncClient, compressor: zstandard.ZstdCompressor, claim: Claim

@@ -62,7 +62,7 @@ def test_status_reaches_the_backend_and_stopping_goes_offline(
     tmp_path: Path, database_url: str
 ) -> None:
     with running_backend(tmp_path, database_url, env=FAST) as backend:
-        gateway, gateway_id, _ = start_gateway(tmp_path, backend)
+        gateway, gateway_id, enrollment_key = start_gateway(tmp_path, backend)
         try:
             poll(lambda: health(gateway)["control_connected"] is True, 30, "control connected")
             poll(
@@ -73,6 +73,21 @@ def test_status_reaches_the_backend_and_stopping_goes_offline(
             row = gateway_row(backend, gateway_id)
             assert row["status"] == "ONLINE"
             assert row["queue_depth"] == 0
+
+            # An agent registering at the gateway shows up at the backend (agents_seen).
+            with httpx.Client(base_url=gateway.url, timeout=30) as client:
+                poll(lambda: health(gateway)["control_connected"] is True, 30, "connected")
+                register(client, enrollment_key, "ws-42")
+
+            def agents() -> list[dict[str, Any]]:
+                with backend.admin() as admin:
+                    items: list[dict[str, Any]] = admin.get("/v2/agents").json()["items"]
+                return items
+
+            poll(lambda: any(a["agent_uid"] == "ws-42" for a in agents()), 30, "agents_seen")
+            seen = next(a for a in agents() if a["agent_uid"] == "ws-42")
+            assert seen["gateway_id"] == gateway_id
+            assert seen["status"] == "ONLINE"
         finally:
             assert gateway.stop() == 0
         poll(lambda: gateway_row(backend, gateway_id)["status"] == "OFFLINE", 30, "OFFLINE")

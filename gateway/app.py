@@ -89,13 +89,20 @@ class Gateway:
         self.exit_code = exit_code
         self._stop.set()
 
+    def backend_connected(self) -> bool:
+        # The control channel knows at once (it pings every heartbeat); without it, the
+        # last upload attempt is the only evidence.
+        if self.control.enabled:
+            return self.control.connected
+        return self.uplink.health.backend_connected
+
     def health(self) -> Health:
         uplink = self.uplink.health
         return build_health(
             self.buffer.stats,
             corrupt_files=self.buffer.corrupt_files,
             last_upload_at=uplink.last_upload_at,
-            backend_connected=uplink.backend_connected,
+            backend_connected=self.backend_connected(),
             connected_agents=self.state.connected_agents(),
             error_streak=uplink.error_streak,
             control_connected=self.control.connected,
@@ -105,7 +112,7 @@ class Gateway:
         return LiveFigures(
             buffer=self.buffer.stats,
             connected_agents=self.state.connected_agents(),
-            backend_connected=self.uplink.health.backend_connected,
+            backend_connected=self.backend_connected(),
         )
 
     # ---- running ---------------------------------------------------------------------------

@@ -229,11 +229,6 @@ class Buffer:
         """False once drop_oldest removed the batch: there is nothing left to send."""
         return batch_id in self._in_flight
 
-    async def release(self, batch_id: uuid.UUID) -> None:
-        """Give a batch back without sending it (it stays buffered for a later claim)."""
-        await self._submit(lambda store, fx: store.release(batch_id))
-        self._in_flight.discard(batch_id)
-
     async def ack(self, batch_id: uuid.UUID) -> int:
         try:
             return await self._submit(lambda store, fx: store.ack(batch_id))

@@ -254,10 +254,6 @@ class BufferStore:
         """Delete an uploaded batch; returns how many logs it still held (0 if dropped)."""
         return self._delete_upload(batch_id.bytes)
 
-    def release(self, batch_id: uuid.UUID) -> None:
-        """Forget a claim without sending it: the batch is handed out again later."""
-        self.claimed.discard(batch_id.bytes)
-
     def dead_letter(self, batch_id: uuid.UUID, status: int, detail: str, now: float) -> int:
         """Move a batch the backend refused into dead_letters; returns its log count."""
         self.conn.execute(

@@ -6,8 +6,8 @@
      ├── BufferTooLarge    one request is bigger than the whole buffer cap (agents get 413)
      └── StorageError      SQLite failed underneath the buffer or the state store
 
-APSW and httpx errors are translated into these (or handled) where they are raised:
-gateway/buffer.py and gateway/state.py for APSW, gateway/uplink.py for httpx.
+Foreign errors are translated (or handled) at one boundary each: APSW in gateway/buffer.py
+and gateway/state.py, httpx in gateway/uplink.py, trio-websocket in gateway/control.py.
 """
 
 from __future__ import annotations

@@ -6,11 +6,14 @@ agent requests do (the gateway's group commit; persist-queue from 64 threads). S
 appends (one writer) are reported too. Drain is "read the oldest, delete it once sent":
 claim + ack for the gateway; get + ack, then clear_acked_data, for persist-queue. Each figure
 is the best of three rounds. The gateway stores rows zstd-compressed (part of its design);
-persist-queue gets the same msgpack bytes uncompressed. Prints one JSON object.
+persist-queue gets the same msgpack bytes uncompressed. The gateway's rounds run with the
+interpreter settings `td-gateway run` uses (gateway.cli.tune_runtime), persist-queue's with
+the defaults. Prints one JSON object.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 import tempfile
@@ -25,6 +28,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.buffer import Buffer
+from gateway.cli import tune_runtime
 from protocol import codec
 from tests.gateway.helpers import varied_logs
 
@@ -34,6 +38,8 @@ BATCHES = LOGS // PER_BATCH
 WRITERS = 64
 PER_WRITER = BATCHES // WRITERS
 ROUNDS = 3
+DEFAULT_GC_THRESHOLD = gc.get_threshold()
+DEFAULT_SWITCH_INTERVAL = sys.getswitchinterval()
 
 
 async def _gateway_round(directory: Path, payload: bytes) -> dict[str, float]:
@@ -125,12 +131,20 @@ def _best(rounds: list[dict[str, float]]) -> dict[str, float]:
     return {key: max(r[key] for r in rounds) for key in rounds[0]}
 
 
+def _default_runtime() -> None:
+    gc.unfreeze()
+    gc.set_threshold(*DEFAULT_GC_THRESHOLD)
+    sys.setswitchinterval(DEFAULT_SWITCH_INTERVAL)
+
+
 def main() -> None:
     payload = codec.msgpack_encoder.encode(varied_logs(PER_BATCH))
     ours, theirs = [], []
     with tempfile.TemporaryDirectory(prefix="td-bench-buffer-") as root:
         for n in range(ROUNDS):
+            tune_runtime()  # as in a `td-gateway run` process
             ours.append(trio.run(_gateway_round, Path(root) / f"gateway-{n}", payload))
+            _default_runtime()  # persist-queue gets the interpreter as it comes
             theirs.append(_persist_queue_round(Path(root) / f"persist-queue-{n}", payload))
     g, p = _best(ours), _best(theirs)
     print(

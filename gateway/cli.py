@@ -69,11 +69,7 @@ def _without_config_flag(args: list[str]) -> list[str]:
 
 async def _serve(config: settings.GatewayConfig) -> int:
     gateway = Gateway(config)
-    _tune_gc()
-    # The buffer's writer thread needs the GIL back after every SQLite and zstd call; with
-    # the default 5 ms switch interval it queues behind the busy event loop and each commit
-    # (and so each 202) waits. 0.5 ms took the ingest benchmark from ~0.66 to ~0.9 of bare.
-    sys.setswitchinterval(0.0005)
+    tune_runtime()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
 
@@ -88,13 +84,18 @@ async def _serve(config: settings.GatewayConfig) -> int:
     return code
 
 
-def _tune_gc() -> None:
+def tune_runtime() -> None:
+    """Interpreter settings for a gateway process (the benchmarks use them too)."""
     # Every logs request allocates ~500 short-lived, acyclic objects (decoded logs). With the
     # default gen0 threshold (700) the collector runs on almost every request and walks
     # the whole young heap; freezing what start-up built and collecting less often cut the
     # gateway's CPU per request measurably under load (bench/gateway_ingest.py).
     gc.freeze()
     gc.set_threshold(10_000, 20, 20)
+    # The buffer's writer thread needs the GIL back after every SQLite and zstd call; with
+    # the default 5 ms switch interval it queues behind the busy event loop and each commit
+    # (and so each 202) waits. 0.5 ms took the ingest benchmark from ~0.66 to ~0.9 of bare.
+    sys.setswitchinterval(0.0005)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,8 @@ log = structlog.get_logger(__name__)
 # Fixed forever: changing it would give every already-uploaded event a second id.
 DEVICE_EVENT_NAMESPACE = uuid.UUID("6f1d8a52-3c4e-5b7a-9e21-d4c0b8a7e613")
 EVENTS_PER_APPEND = 500
+# How long a command for a device we do not know yet waits for the device's config.
+NEW_DEVICE_GRACE_S = 5.0
 # How long terminals lock a login out when their 401 does not say (1800 s seen).
 DEFAULT_UNLOCK_S = 1800
 _SHORT_TEXT = 256
@@ -122,6 +124,7 @@ class DeviceManager:
         self._results: OrderedDict[uuid.UUID, CommandResult] = OrderedDict()
         self._running: dict[uuid.UUID, trio.Event] = {}
         self._wake = trio.Event()
+        self._config_changed = trio.Event()
         db.execute(_SCHEMA)
         for (blob,) in db.execute("SELECT config FROM device_configs").fetchall():
             assert isinstance(blob, bytes)
@@ -176,6 +179,8 @@ class DeviceManager:
                 enabled=cfg.enabled,
             )
         self._wake.set()
+        self._config_changed.set()
+        self._config_changed = trio.Event()
 
     async def aclose(self) -> None:
         adapters, self._adapters = self._adapters, {}
@@ -212,6 +217,13 @@ class DeviceManager:
             self._results.popitem(last=False)
         return result
 
+    async def _config_for(self, device_id: str, *, within_s: float) -> DeviceConfig | None:
+        # A device's config and its first command travel separately; the command can win.
+        with trio.move_on_after(within_s):
+            while device_id not in self._configs:
+                await self._config_changed.wait()
+        return self._configs.get(device_id)
+
     async def _run_command(self, cmd: Command) -> CommandResult:
         def failed(error: str, status: CommandStatus = CommandStatus.FAILED) -> CommandResult:
             return CommandResult(command_id=cmd.id, status=status, error=error)
@@ -228,7 +240,7 @@ class DeviceManager:
         except (msgspec.ValidationError, ValueError) as exc:
             return failed(f"bad payload for {cmd.command_type}: {exc}")
         device_id = cmd.device_id or ""
-        cfg = self._configs.get(device_id)
+        cfg = await self._config_for(device_id, within_s=min(remaining, NEW_DEVICE_GRACE_S))
         if cfg is None:
             return failed(f"no device {device_id!r} is configured on this gateway")
         if device_id in self._setup_errors:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -22,7 +23,11 @@ def _parser() -> argparse.ArgumentParser:
     hik.add_argument("--host", default="127.0.0.1")
     hik.add_argument("--port", type=int, default=18080)
     hik.add_argument("--user", default="admin")
-    hik.add_argument("--password", required=True)
+    hik.add_argument(
+        "--password",
+        default=os.environ.get("TD_DEVSIM_PASSWORD"),
+        help="the terminal's admin password (or TD_DEVSIM_PASSWORD, which `ps` does not show)",
+    )
     hik.add_argument("--latency-ms", type=int, default=0, help="delay before every answer")
     hik.add_argument(
         "--busy-rate", type=float, default=0.0, help="share of calls answered deviceBusy (0..1)"
@@ -41,6 +46,14 @@ def _parser() -> argparse.ArgumentParser:
         help="reject the Nth use of a nonce without a new challenge, as some firmware "
         "does (0 = never)",
     )
+    hik.add_argument(
+        "--unsupported",
+        action="append",
+        default=[],
+        choices=["open", "close", "alwaysOpen", "alwaysClose"],
+        help="a door cmd this terminal refuses with 403 notSupport (repeatable)",
+    )
+    hik.add_argument("--event-page-size", type=int, default=30, help="AcsEvent page cap")
     hik.add_argument("--seed", type=int, default=None, help="seed for --busy-rate")
     return parser
 
@@ -61,6 +74,9 @@ async def _run(config: SimulatorConfig) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if not args.password:
+        print("td-devsim: give --password or set TD_DEVSIM_PASSWORD", file=sys.stderr)
+        return 2
     if not 0.0 <= args.busy_rate <= 1.0:
         print("td-devsim: --busy-rate must be between 0 and 1", file=sys.stderr)
         return 2
@@ -77,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         serial=args.serial,
         doors=args.doors,
         nonce_max_uses=args.nonce_max_uses,
+        unsupported_commands=tuple(args.unsupported),
+        event_page_size=args.event_page_size,
         seed=args.seed,
     )
     try:

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.gateway.e2e import poll
+from tests.gateway.e2e import health, poll
 from tests.gateway.process import GatewayProcess
 from tests.support.backend import BackendProcess, running_backend
 
@@ -51,7 +51,7 @@ def running_devsim() -> Iterator[int]:
 
 
 def start_gateway(backend: BackendProcess, data_dir: Path, api_key: str) -> GatewayProcess:
-    return GatewayProcess(
+    gateway = GatewayProcess(
         data_dir,
         "--backend-url",
         backend.url,
@@ -64,6 +64,8 @@ def start_gateway(backend: BackendProcess, data_dir: Path, api_key: str) -> Gate
         "--device-poll-s",
         "1",
     ).start()
+    poll(lambda: health(gateway)["control_connected"] is True, 30, "control channel up")
+    return gateway
 
 
 def add_device(
@@ -158,16 +160,19 @@ def test_access_events_reach_postgres_exactly_once_across_a_gateway_kill(
         try:
             with backend.admin() as admin:
                 device_id = add_device(admin, gateway_id, port)
-                assert run_command(admin, device_id, "open_door")["status"] == "SUCCESS"
-                assert run_command(admin, device_id, "close_door")["status"] == "SUCCESS"
+                for kind in ("open_door", "close_door"):
+                    answer = run_command(admin, device_id, kind)
+                    assert answer["status"] == "SUCCESS", answer["error"]
                 gateway.kill()  # maybe before, maybe after the events were buffered
                 gateway = start_gateway(backend, tmp_path / "gw", api_key)
-                assert run_command(admin, device_id, "open_door")["status"] == "SUCCESS"
+                answer = run_command(admin, device_id, "open_door")
+                assert answer["status"] == "SUCCESS", answer["error"]
                 poll(lambda: len(device_events(admin, device_id)) >= 6, 60, "six events")
                 gateway.stop()
                 gateway = start_gateway(backend, tmp_path / "gw", api_key)
                 # A restarted gateway re-reads nothing it already committed; give it a cycle.
-                assert run_command(admin, device_id, "get_info")["status"] == "SUCCESS"
+                info = run_command(admin, device_id, "get_info")
+                assert info["status"] == "SUCCESS", info["error"]
                 events = device_events(admin, device_id)
                 serials = sorted(e["data"]["serial_no"] for e in events)
                 assert serials == [1, 2, 3, 4, 5, 6]

@@ -121,7 +121,7 @@ async def test_every_command_type(db: apsw.Connection, clock: trio.testing.MockC
 
 
 @pytest.mark.trio
-async def test_command_failures_say_why(db: apsw.Connection) -> None:
+async def test_command_failures_say_why(db: apsw.Connection, clock: trio.testing.MockClock) -> None:
     async with simulator(busy_rate=0.0) as sim:
         manager = await manager_for(sim, db)
         unknown = await manager.run_command(command("launch_rocket"))
@@ -157,6 +157,25 @@ async def test_command_failures_say_why(db: apsw.Connection) -> None:
         await manager.configure(msgspec.structs.replace(sim.config(), enabled=False))
         disabled = await manager.run_command(command("get_info"))
         assert disabled.error is not None and "disabled" in disabled.error
+        await manager.aclose()
+
+
+@pytest.mark.trio
+async def test_a_command_that_arrives_before_its_device_config_waits_for_it(
+    db: apsw.Connection,
+) -> None:
+    async with simulator() as sim:
+        manager = DeviceManager(db, poll_interval_s=60, event_interval_s=10)
+        results: list[CommandResult] = []
+
+        async def deliver() -> None:
+            results.append(await manager.run_command(command("open_door", {"door": 1})))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(deliver)
+            await trio.testing.wait_all_tasks_blocked()
+            await manager.configure(sim.config())
+        assert results[0].status is CommandStatus.SUCCESS, results[0].error
         await manager.aclose()
 
 
@@ -349,7 +368,9 @@ async def test_bad_credentials_stop_polling_before_the_device_locks_us_out(
 
 
 @pytest.mark.trio
-async def test_deleting_a_device_forgets_its_password(db: apsw.Connection) -> None:
+async def test_deleting_a_device_forgets_its_password(
+    db: apsw.Connection, clock: trio.testing.MockClock
+) -> None:
     async with simulator() as sim:
         manager = await manager_for(sim, db)
         stored = db.execute("SELECT config FROM device_configs").fetchall()

@@ -49,3 +49,11 @@ def test_serves_digest_and_exits_cleanly(stop_signal: signal.Signals) -> None:
 def test_rejects_a_busy_rate_outside_0_to_1(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["hikvision", "--password", "x", "--busy-rate", "2"]) == 2
     assert "--busy-rate" in capsys.readouterr().err
+
+
+def test_needs_a_password(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TD_DEVSIM_PASSWORD", raising=False)
+    assert main(["hikvision", "--port", "0"]) == 2
+    assert "TD_DEVSIM_PASSWORD" in capsys.readouterr().err

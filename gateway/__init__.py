@@ -1,0 +1,19 @@
+"""The on-site gateway: agents post logs over HTTP, the gateway keeps them durably and
+uploads them to the backend, holds the control channel and drives the devices.
+
+    config.py         GatewayConfig: TD_* env, --flags, optional TOML; one-line errors
+    app.py            Gateway: one nursery, each part started with nursery.start
+    api.py, http_io   the agent HTTP API (a plain ASGI app on hypercorn's trio worker)
+    openapi.py        the agent API's OpenAPI document, served at /schema
+    buffer.py         group-commit writer over buffer_store.py (APSW ring buffer)
+    state.py          agents (hashed tokens), policies, settings, command records
+    uplink.py         batches to POST /v2/ingest/logs: zstd, Idempotency-Key, backoff
+    control.py        the WebSocket control channel; commands.py runs its commands
+    health.py         /health and the status reports; metrics.py Prometheus td_gateway_*
+    cli.py            `td-gateway run`
+    devices/          terminals (Hikvision ISAPI) and the device manager
+
+For other parts of the gateway: `Gateway.append(agent_uid, logs)` stores logs durably
+(device events use agent_uid `device:<device_id>`), and commands.DeviceHub is what the
+control channel expects from the device side.
+"""

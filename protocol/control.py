@@ -150,6 +150,14 @@ class DeviceConfig(msgspec.Struct, tag_field="type", tag="device_config", kw_onl
     enabled: bool = True
     deleted: bool = False
 
+    def __repr__(self) -> str:
+        # Configs end up in log lines and tracebacks; the password must not.
+        return (
+            f"DeviceConfig(device_id={self.device_id!r}, vendor={self.vendor!r},"
+            f" host={self.host!r}, port={self.port}, username={self.username!r},"
+            f" password='***', enabled={self.enabled}, deleted={self.deleted})"
+        )
+
 
 class Command(msgspec.Struct, tag_field="type", tag="command", kw_only=True):
     id: uuid.UUID

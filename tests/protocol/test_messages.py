@@ -361,3 +361,18 @@ def test_content_type_selects_msgpack() -> None:
     assert codec.is_msgpack("Application/MsgPack; charset=binary")
     assert not codec.is_msgpack("application/json")
     assert not codec.is_msgpack(None)
+
+
+def test_device_config_repr_hides_the_password() -> None:
+    config = DeviceConfig(
+        device_id="d1",
+        vendor="hikvision",
+        name="door",
+        host="10.0.0.5",
+        port=80,
+        username="admin",
+        password="s3cret-pw",
+    )
+    assert "s3cret-pw" not in repr(config)
+    assert "s3cret-pw" not in str(config)
+    assert "10.0.0.5" in repr(config)

@@ -81,46 +81,17 @@ class CommandRunner:
         """Run `command` (or answer it from the record) and hand the result to `reply`."""
         if command.id in self._running:
             return  # redelivered while running: the running one answers
-        try:
-            known = await self._state.begin_command(command.id)
-        except StorageError as exc:
-            # Without a record there is no at-most-once: refuse rather than risk a rerun.
-            await reply(_finished(command, CommandStatus.FAILED, error=f"not run: {exc}"))
-            return
-        if known is not None:
-            await reply(known)
-            return
-        remaining = (command.expires_at - dt.datetime.now(dt.UTC)).total_seconds()
-        if remaining <= 0:
-            expired = _finished(
-                command, CommandStatus.TIMED_OUT, error="the command expired before it arrived"
-            )
-            await self._state.finish_command(expired)
-            await reply(expired)
-            return
-        scope = trio.CancelScope(deadline=trio.current_time() + remaining)
+        # Claimed before the first await: a redelivery (reconnect and NOTIFY both deliver)
+        # arriving while the record is being written must not read it as an interrupted run.
+        scope = trio.CancelScope()
         self._running[command.id] = scope
         try:
-            result = None
-            with scope:
-                result = await self._execute(command)
-            if result is None:  # the scope caught its own cancellation
-                if command.id in self._cancel_requested:
-                    result = _finished(command, CommandStatus.CANCELED, error="cancelled")
-                else:
-                    result = _finished(
-                        command, CommandStatus.TIMED_OUT, error="the command expired"
-                    )
-        except Exception as exc:  # every command must reach a terminal state, bug or not
-            log.exception("command_crashed", command_type=command.command_type)
-            result = _finished(
-                command,
-                CommandStatus.FAILED,
-                error=f"the gateway failed to run it ({type(exc).__name__})",
-            )
+            result = await self._run_claimed(command, scope, reply)
         finally:
             del self._running[command.id]
             self._cancel_requested.discard(command.id)
+        if result is None:
+            return
         await self._state.finish_command(result)
         log.info(
             "command_finished",
@@ -136,6 +107,42 @@ class CommandRunner:
             and result.status == CommandStatus.SUCCESS
         ):
             self._restart()
+
+    async def _run_claimed(
+        self, command: Command, scope: trio.CancelScope, reply: Reply
+    ) -> CommandResult | None:
+        """The result to record and send; None when `reply` already has the answer."""
+        try:
+            known = await self._state.begin_command(command.id)
+        except StorageError as exc:
+            # Without a record there is no at-most-once: refuse rather than risk a rerun.
+            await reply(_finished(command, CommandStatus.FAILED, error=f"not run: {exc}"))
+            return None
+        if known is not None:
+            await reply(known)
+            return None
+        remaining = (command.expires_at - dt.datetime.now(dt.UTC)).total_seconds()
+        if remaining <= 0:
+            return _finished(
+                command, CommandStatus.TIMED_OUT, error="the command expired before it arrived"
+            )
+        scope.deadline = trio.current_time() + remaining
+        try:
+            result = None
+            with scope:
+                result = await self._execute(command)
+            if result is None:  # the scope caught its own cancellation
+                if command.id in self._cancel_requested:
+                    return _finished(command, CommandStatus.CANCELED, error="cancelled")
+                return _finished(command, CommandStatus.TIMED_OUT, error="the command expired")
+            return result
+        except Exception as exc:  # every command must reach a terminal state, bug or not
+            log.exception("command_crashed", command_type=command.command_type)
+            return _finished(
+                command,
+                CommandStatus.FAILED,
+                error=f"the gateway failed to run it ({type(exc).__name__})",
+            )
 
     async def cancel(self, command_id: uuid.UUID, reply: Reply) -> None:
         scope = self._running.get(command_id)

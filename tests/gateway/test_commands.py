@@ -149,3 +149,23 @@ async def test_expired_and_unknown_commands_end_in_a_terminal_state(tmp_path: Pa
     assert answers[unknown.id].status == CommandStatus.FAILED
     assert "format_disk" in (answers[unknown.id].error or "")
     assert devices.runs == []
+
+
+@pytest.mark.trio
+async def test_a_command_delivered_twice_at_once_runs_once_and_answers_success(
+    tmp_path: Path,
+) -> None:
+    # The backend delivers pending commands on connect and again on NOTIFY: the second copy
+    # can arrive while the first is still writing its record.
+    devices = CountingDevices()
+    cmd = device_command()
+    answers: list[CommandResult] = []
+
+    async def reply(result: CommandResult) -> None:
+        answers.append(result)
+
+    async with runner(tmp_path, devices) as commands, trio.open_nursery() as nursery:
+        nursery.start_soon(commands.run, cmd, reply)
+        nursery.start_soon(commands.run, cmd, reply)
+    assert devices.runs == [cmd.id]
+    assert [answer.status for answer in answers] == [CommandStatus.SUCCESS]

@@ -127,8 +127,11 @@ class ControlHub:
                 "SELECT pg_notify($1, $2)", CHANNEL, msgspec.json.encode(notice).decode()
             )
 
-    async def policy_changed(self, org_id: uuid.UUID, policy_id: uuid.UUID) -> None:
-        await self._notify(Notice("policy", org_id=str(org_id), id=str(policy_id)))
+    async def policy_changed(self, org_id: uuid.UUID, policy_id: uuid.UUID | None) -> None:
+        """Push a policy to the org's gateways; None: every policy (the default moved)."""
+        await self._notify(
+            Notice("policy", org_id=str(org_id), id=str(policy_id) if policy_id else None)
+        )
 
     async def agent_assigned(self, gateway_id: uuid.UUID, agent_id: uuid.UUID) -> None:
         await self._notify(Notice("assignment", gateway_id=str(gateway_id), id=str(agent_id)))
@@ -216,10 +219,14 @@ class ControlHub:
             if not targets:
                 return
             async with self.services.pool.acquire() as conn:
-                update = await state.policy(conn, org_id, uuid.UUID(notice.id))
-            if update is not None:
-                for session in targets:
-                    await session.send(update)
+                if notice.id is None:
+                    updates = await state.org_policies(conn, org_id)
+                else:
+                    update = await state.policy(conn, org_id, uuid.UUID(notice.id))
+                    updates = [update] if update is not None else []
+            for session in targets:
+                if await session.wait_ready():
+                    await self._send_all(session, updates)
             return
         found = self.sessions.get(uuid.UUID(notice.gateway_id)) if notice.gateway_id else None
         if found is None:

@@ -11,7 +11,7 @@ from litestar import Controller, get, post, put
 from litestar.params import FromPath, FromQuery, JSONBody
 from msgspec import Meta
 
-from backend.errors import NotFound
+from backend.errors import Conflict, NotFound
 from backend.routes.common import (
     ADMIN_ERRORS,
     DEFAULT_LIMIT,
@@ -131,7 +131,12 @@ async def _new_revision(
     checksum = policy_checksum(body)
     encoded = msgspec.json.encode(body).decode()
     async with Policy._meta.db.transaction():
-        await policy_row(org_id, policy_id)
+        current = await policy_row(org_id, policy_id)
+        if is_default is False and current["is_default"]:
+            raise Conflict(
+                "is_default: this is the organisation's default policy;"
+                " make another policy the default instead"
+            )
         if is_default:
             await _clear_default(org_id)
         changes: dict[Any, Any] = {
@@ -160,7 +165,8 @@ async def _new_revision(
     return await policy_row(org_id, policy_id)
 
 
-async def _push(services: Services, org_id: uuid.UUID, policy_id: uuid.UUID) -> None:
+async def _push(services: Services, org_id: uuid.UUID, policy_id: uuid.UUID | None) -> None:
+    """Announce the change; `policy_id=None` pushes every policy (the default moved)."""
     if services.control is not None:
         await services.control.policy_changed(org_id, policy_id)
 
@@ -203,7 +209,7 @@ class PolicyController(Controller):
                     body=encoded,
                 )
             )
-        await _push(services, org_id, policy_id)
+        await _push(services, org_id, None if data.is_default and has_default else policy_id)
         return policy_out(await policy_row(org_id, policy_id))
 
     @get("/", responses=ADMIN_ERRORS)
@@ -237,7 +243,7 @@ class PolicyController(Controller):
     ) -> PolicyOut:
         """A new revision with this body, pushed to the organisation's connected gateways."""
         row = await _new_revision(org_id, policy_id, data.body, data.name, data.is_default)
-        await _push(services, org_id, policy_id)
+        await _push(services, org_id, None if data.is_default else policy_id)
         return policy_out(row)
 
     @get("/{policy_id:uuid}/revisions", responses=ADMIN_ERRORS)

@@ -56,20 +56,24 @@ async def connected_gateway(
 ) -> AsyncIterator[FakeGateway]:
     """Connect, send hello, wait for welcome; the socket closes when the block ends."""
     url = base_url.replace("http://", "ws://") + "/v2/gateways/control"
-    async with trio_websocket.open_websocket_url(
-        url, extra_headers=[(b"X-API-Key", api_key.encode())], disconnect_timeout=2
-    ) as ws:
-        gateway = FakeGateway(ws)
-        try:
+    stream: Any = None
+    try:
+        async with trio_websocket.open_websocket_url(
+            url, extra_headers=[(b"X-API-Key", api_key.encode())], disconnect_timeout=2
+        ) as ws:
+            stream = ws._stream
+            gateway = FakeGateway(ws)
             await gateway.send(first or hello())
             welcome = await gateway.receive()
             assert isinstance(welcome, Welcome), welcome
             gateway.welcome = welcome
             yield gateway
-        finally:
-            # trio-websocket leaves its TCP socket open when the server closed the WebSocket
-            # (it waits for the peer's TCP close, then never closes its own end).
-            await ws._stream.aclose()
+    finally:
+        # trio-websocket leaves its TCP socket open when the server closed the WebSocket
+        # (it waits for the peer's TCP close, then never closes its own end). Closed here,
+        # after the connection's own shutdown, so that shutdown is not disturbed.
+        if stream is not None:
+            await stream.aclose()
 
 
 def now() -> dt.datetime:

@@ -68,6 +68,14 @@ async def test_one_default_policy_per_org(client: AsyncTestClient[Litestar], org
     listed = (await client.get("/v2/policies", headers=org.headers)).json()["items"]
     defaults = [p["id"] for p in listed if p["is_default"]]
     assert defaults == [third.json()["id"]]
+    # The default cannot be switched off, only moved to another policy.
+    refused = await client.put(
+        f"/v2/policies/{third.json()['id']}",
+        json={"body": {}, "is_default": False},
+        headers=org.headers,
+    )
+    assert refused.status_code == 409
+    assert "default" in refused.json()["detail"]
 
 
 async def test_invalid_policy_body_names_the_field(

@@ -236,14 +236,28 @@ async def test_policy_push_ack_status_and_drift_repair(tmp_path: Path, database_
 
                 await eventually(in_sync)
 
-            # Changed while the gateway is away: revision 3 reaches it on reconnect.
+                # A new default: the gateway hears about both policies, so it has one default.
+                other = await client.post(
+                    "/v2/policies", json={"name": "q", "body": {}, "is_default": True}
+                )
+                flags = {}
+                while len(flags) < 2:
+                    pushed = await gw.receive_type(PolicyUpdate)
+                    flags[pushed.policy_id] = pushed.is_default
+                assert flags == {policy["id"]: False, other.json()["id"]: True}
+                moved_back = await client.put(
+                    f"/v2/policies/{policy['id']}", json={"body": {}, "is_default": True}
+                )
+                assert moved_back.json()["is_default"] is True
+
+            # Changed while the gateway is away: revision 4 reaches it on reconnect.
             await client.post(f"/v2/policies/{policy['id']}/rollback", json={"revision": 1})
             stale = hello(policy_revisions={policy["id"]: 2})
             async with connected_gateway(backend.url, api_key, stale) as gw:
                 assert gw.welcome is not None
-                assert gw.welcome.policies[0].revision == 3
+                assert gw.welcome.policies[0].revision == 4
                 repaired = await gw.receive_type(PolicyUpdate)
-                assert repaired.revision == 3
+                assert repaired.revision == 4
                 assert repaired.body.idle_threshold_s == 300
 
             # An agent's assignment (PATCH) is pushed to its gateway.

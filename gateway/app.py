@@ -59,9 +59,8 @@ class Gateway:
             durability=config.durability,
         )
         self.uplink = Uplink(config, self.buffer, self.metrics, gateway_id=self.gateway_id)
-        self.devices = DeviceManager(
-            apsw.Connection(str(data / DEVICES_FILE)), poll_interval_s=config.device_poll_s
-        )
+        self._devices_db = apsw.Connection(str(data / DEVICES_FILE))
+        self.devices = DeviceManager(self._devices_db, poll_interval_s=config.device_poll_s)
         self.control = ControlChannel(
             config,
             self.state,
@@ -120,28 +119,33 @@ class Gateway:
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> int:
         """Serve until `request_stop()`; reports the bound `host:port` once listening."""
         http_stopped = trio.Event()
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self.state.run)
-            await nursery.start(self.buffer.run)
-            await nursery.start(self.uplink.run)
-            await nursery.start(
-                partial(self.devices.run, append_logs=self.append, report_state=self.control.send)
-            )
-            await nursery.start(self.control.run)
-            address = await nursery.start(self._serve_agents, http_stopped)
-            _write_address(self.config.data_path, address)
-            log.info(
-                "listening",
-                address=address,
-                tls=bool(self.config.tls_cert),
-                data_dir=str(self.config.data_path),
-                uploads_to=self.config.backend_url or None,
-            )
-            task_status.started(address)
-            await self._stop.wait()
-            with trio.move_on_after(SHUTDOWN_DEADLINE_S):
-                await http_stopped.wait()
-            nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.state.run)
+                await nursery.start(self.buffer.run)
+                await nursery.start(self.uplink.run)
+                await nursery.start(
+                    partial(
+                        self.devices.run, append_logs=self.append, report_state=self.control.send
+                    )
+                )
+                await nursery.start(self.control.run)
+                address = await nursery.start(self._serve_agents, http_stopped)
+                _write_address(self.config.data_path, address)
+                log.info(
+                    "listening",
+                    address=address,
+                    tls=bool(self.config.tls_cert),
+                    data_dir=str(self.config.data_path),
+                    uploads_to=self.config.backend_url or None,
+                )
+                task_status.started(address)
+                await self._stop.wait()
+                with trio.move_on_after(SHUTDOWN_DEADLINE_S):
+                    await http_stopped.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._devices_db.close()
         log.info("stopped", exit_code=self.exit_code)
         return self.exit_code
 

@@ -13,14 +13,16 @@ on start. The process is always gone when the block exits, even on failure.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -88,6 +90,7 @@ class BackendProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent(),
         )
         log.close()
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -152,6 +155,23 @@ class BackendProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return "(no log)"
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """On Linux, SIGTERM the server when the test process dies (even by SIGKILL).
+
+    The kernel ties this to the thread that starts the child, so it is only used from the
+    main thread; a worker thread that exits would otherwise take the server with it.
+    """
+    if sys.platform != "linux" or threading.current_thread() is not threading.main_thread():
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+
+    def set_death_signal() -> None:
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+    return set_death_signal
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:

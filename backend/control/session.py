@@ -207,8 +207,20 @@ class GatewaySession:
         await self.deliver_commands()
 
     async def deliver_commands(self, command_id: uuid.UUID | None = None) -> None:
-        async with self.hub.services.pool.acquire() as conn:
+        services = self.hub.services
+        async with services.pool.acquire() as conn:
             commands = await state.claim_commands(conn, self.gateway_id, command_id)
+            # sync_policy: the current policies and assignments go out just before it, so
+            # the gateway has what to sync to when it runs the command.
+            if any(c.target == "gateway" and c.command_type == "sync_policy" for c in commands):
+                refresh: list[BackendMessage] = [
+                    *await state.org_policies(conn, self.org_id),
+                    *await state.assignments(conn, self.gateway_id),
+                ]
+            else:
+                refresh = []
+        for message in refresh:
+            await self.send(message)
         for command in commands:
             await self.send(command)
 

@@ -326,7 +326,13 @@ async def test_command_lifecycle_offline_delivery_result_cancel_and_expiry(
                 withdrawn = await gw.receive_type(CancelCommand)
                 assert withdrawn.id == uuid.UUID(restart["id"])
 
+                policy = (await client.post("/v2/policies", json={"name": "p", "body": {}})).json()
+                await gw.receive_type(PolicyUpdate)
                 sync = (await client.post(commands, json={"type": "sync_policy"})).json()
+                # The policies to sync to come first, then the command.
+                refreshed = await gw.receive()
+                assert isinstance(refreshed, PolicyUpdate)
+                assert refreshed.policy_id == policy["id"]
                 assert (await gw.receive_type(Command)).id == uuid.UUID(sync["id"])
             # Disconnected before answering: redelivered on reconnect, never stuck.
             again = hello(known_command_ids=[uuid.UUID(sync["id"])])

@@ -1,0 +1,19 @@
+"""The TD backend: Litestar on PostgreSQL, served by granian (`td-backend serve`).
+
+    config.py       every TD_* setting (one frozen struct)
+    cli.py          td-backend serve | migrate | create-org NAME | dburl
+    embedded.py     pgserver under <data-dir>/pgdata when TD_DATABASE_URL is unset
+    app.py          the app factory; one error mapping; lifespan of pool and tasks
+    db.py           Piccolo engine + asyncpg pool, migrations (piccolo_migrations/)
+    tables.py       Piccolo tables
+    auth.py         admin tokens and gateway keys (sha256 + lookup prefix)
+    ingest.py       exactly-once ingest: COPY into a staging table, INSERT … ON CONFLICT
+    partitions.py   monthly partitions of agent_logs
+    maintenance.py  partitions ahead, retention
+    routes/         HTTP routes by feature
+    control/        the gateways' WebSocket control channel, LISTEN/NOTIFY between instances
+    devstack.py     `make run`
+
+Several instances may share one database; they must also share TD_SECRET_KEY (device
+passwords and enrollment keys are encrypted with it).
+"""

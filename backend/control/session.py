@@ -243,10 +243,23 @@ class GatewaySession:
                     await state.touch(conn, self.gateway_id)
                 case PolicyAck():
                     await state.record_policy_ack(conn, self.gateway_id, self.org_id, message)
+                    log.info(
+                        "policy acknowledged",
+                        gateway_id=str(self.gateway_id),
+                        policy_id=message.policy_id,
+                        revision=message.revision,
+                        applied=message.applied,
+                    )
                     await state.touch(conn, self.gateway_id)
                 case CommandResult():
                     if await state.record_command_result(conn, self.gateway_id, message):
                         await hub.command_finished(message.command_id)
+                        log.info(
+                            "command finished",
+                            command_id=str(message.command_id),
+                            status=str(message.status),
+                            gateway_id=str(self.gateway_id),
+                        )
                     await state.touch(conn, self.gateway_id)
                 case DeviceState():
                     await state.record_device_state(conn, self.gateway_id, message)

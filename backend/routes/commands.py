@@ -12,11 +12,14 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from msgspec import Meta
 
 from backend.errors import InvalidRequest, NotFound
+from backend.logging import get_logger
 from backend.routes.common import ADMIN_ERRORS, OrgId, ServicesDep
 from backend.routes.devices import device_out
 from backend.routes.gateways import gateway_row
 from backend.services import Services
 from protocol.control import DEVICE_COMMAND_TYPES, GATEWAY_COMMAND_TYPES
+
+log = get_logger("backend.admin")
 
 MAX_WAIT_S = 60.0
 Wait = Annotated[
@@ -94,6 +97,13 @@ async def _create(
         )
     if services.control is not None:
         await services.control.command_created(gateway_id, row["id"])
+    log.info(
+        "command created",
+        command_id=str(row["id"]),
+        type=data.type,
+        gateway_id=str(gateway_id),
+        device_id=str(device_id) if device_id else None,
+    )
     return _command_out(row)
 
 

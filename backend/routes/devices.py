@@ -12,6 +12,7 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from msgspec import Meta
 
 from backend.errors import InvalidRequest, NotFound
+from backend.logging import get_logger
 from backend.routes.common import (
     ADMIN_ERRORS,
     DEFAULT_LIMIT,
@@ -23,6 +24,8 @@ from backend.routes.common import (
 )
 from backend.services import Services
 from backend.tables import Device, GatewayInstance
+
+log = get_logger("backend.admin")
 
 ShortText = Annotated[str, Meta(min_length=1, max_length=256)]
 Port = Annotated[int, Meta(ge=1, le=65535)]
@@ -114,6 +117,7 @@ async def device_out(org_id: uuid.UUID, device_id: uuid.UUID) -> DeviceOut:
 
 
 async def _push(services: Services, device_id: uuid.UUID, gateway_id: uuid.UUID) -> None:
+    log.info("device changed", device_id=str(device_id), gateway_id=str(gateway_id))
     if services.control is not None:
         await services.control.device_changed(gateway_id, device_id)
 
@@ -206,5 +210,6 @@ class DeviceController(Controller):
     ) -> None:
         current = await device_out(org_id, device_id)
         await Device.delete().where(Device.id == device_id)
+        log.info("device deleted", device_id=str(device_id), gateway_id=str(current.gateway_id))
         if services.control is not None:
             await services.control.device_deleted(current.gateway_id, device_id)

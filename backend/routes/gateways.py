@@ -13,6 +13,7 @@ from msgspec import Meta
 
 from backend.auth import ENROLLMENT_KEY, GATEWAY_API_KEY, new_secret
 from backend.errors import InvalidRequest, NotFound
+from backend.logging import get_logger
 from backend.routes.common import (
     ADMIN_ERRORS,
     DEFAULT_LIMIT,
@@ -23,6 +24,8 @@ from backend.routes.common import (
     next_cursor,
 )
 from backend.tables import GatewayInstance, GatewayStatusSnapshot
+
+log = get_logger("backend.admin")
 
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
 
@@ -136,6 +139,7 @@ class GatewayController(Controller):
                 enrollment_key_encrypted=services.secrets.encrypt(enrollment_key.value),
             )
         )
+        log.info("gateway created", org_id=str(org_id), gateway_id=str(gateway_id))
         return GatewayCreated(
             id=gateway_id,
             name=data.name,
@@ -181,6 +185,7 @@ class GatewayController(Controller):
         )
         if services.control is not None:
             await services.control.gateway_revoked(gateway_id)
+        log.info("gateway disabled", org_id=str(org_id), gateway_id=str(gateway_id))
         return gateway_out(await gateway_row(org_id, gateway_id))
 
     @post("/{gateway_id:uuid}/rotate-key", status_code=200, responses=ADMIN_ERRORS)
@@ -198,6 +203,7 @@ class GatewayController(Controller):
         ).where((GatewayInstance.id == gateway_id) & (GatewayInstance.org_id == org_id))
         if services.control is not None:
             await services.control.gateway_revoked(gateway_id)
+        log.info("gateway key rotated", org_id=str(org_id), gateway_id=str(gateway_id))
         return KeyRotated(id=gateway_id, api_key=api_key.value)
 
     @get("/{gateway_id:uuid}/snapshots", responses=ADMIN_ERRORS)

@@ -12,6 +12,7 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from msgspec import Meta
 
 from backend.errors import Conflict, NotFound
+from backend.logging import get_logger
 from backend.routes.common import (
     ADMIN_ERRORS,
     DEFAULT_LIMIT,
@@ -25,6 +26,8 @@ from backend.services import Services
 from backend.tables import GatewayInstance, GatewayPolicyState, Policy, PolicyRevision
 from protocol.agent import PolicyBody
 from protocol.codec import policy_checksum
+
+log = get_logger("backend.admin")
 
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
 
@@ -167,6 +170,7 @@ async def _new_revision(
 
 async def _push(services: Services, org_id: uuid.UUID, policy_id: uuid.UUID | None) -> None:
     """Announce the change; `policy_id=None` pushes every policy (the default moved)."""
+    log.info("policy changed", org_id=str(org_id), policy_id=str(policy_id) if policy_id else "all")
     if services.control is not None:
         await services.control.policy_changed(org_id, policy_id)
 

@@ -11,6 +11,7 @@ the names of such files are reported by `corrupt_files` (and so in /health).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import os
@@ -80,25 +81,33 @@ class Buffer:
         self.stats = await trio.to_thread.run_sync(store.stats, limiter=self._limiter)
         try:
             task_status.started()
-            await self._write_forever(store)
+            await self._write_forever()
         finally:
-            self._store = None
+            current, self._store = self._store, None
             # Not cancellable: waits for no transaction (the writer is not in one here).
-            store.close()
+            if current is not None:
+                current.close()
 
     def _open(self) -> BufferStore:
         try:
             return self._open_store()
         except (apsw.CorruptError, apsw.NotADBError) as exc:
-            moved = self._move_aside()
-            self.corrupt_moved_to.append(str(moved))
-            log.error(
-                "buffer_corrupt_moved_aside",
-                path=str(self.path),
-                moved_to=str(moved),
-                error=str(exc),
-            )
-            return self._open_store()
+            return self._start_over(str(exc))
+
+    def _start_over(self, error: str) -> BufferStore:
+        """Move the unreadable file aside (kept for salvage) and open a fresh one."""
+        moved = self._move_aside()
+        self.corrupt_moved_to.append(str(moved))
+        log.error(
+            "buffer_corrupt_moved_aside", path=str(self.path), moved_to=str(moved), error=error
+        )
+        return self._open_store()
+
+    def _replace_corrupt(self, store: BufferStore) -> tuple[BufferStore, BufferStats]:
+        with contextlib.suppress(apsw.Error):
+            store.close()
+        fresh = self._start_over("corruption found while running")
+        return fresh, fresh.stats()
 
     def _open_store(self) -> BufferStore:
         try:
@@ -134,8 +143,10 @@ class Buffer:
 
     # ---- the writer ------------------------------------------------------------------------
 
-    async def _write_forever(self, store: BufferStore) -> None:
+    async def _write_forever(self) -> None:
         async for first in self._receive:
+            store = self._store
+            assert store is not None
             ops = [first]
             while len(ops) < MAX_OPS_PER_TRANSACTION:
                 try:
@@ -146,7 +157,15 @@ class Buffer:
             fx, stats = await trio.to_thread.run_sync(
                 self._transact, store, ops, limiter=self._limiter
             )
-            self.stats = stats
+            if fx.corrupt:
+                # Never wedged: these ops fail (their callers got no 202), the next ones land
+                # in a fresh file; batches claimed from the old one are gone with it.
+                self._store, stats = await trio.to_thread.run_sync(
+                    self._replace_corrupt, store, limiter=self._limiter
+                )
+                self._in_flight.clear()
+            if stats is not None:
+                self.stats = stats
             self.transactions += 1
             self._in_flight -= fx.dropped_uploads
             if fx.appended:
@@ -158,7 +177,9 @@ class Buffer:
                 op.done.set()
 
     @staticmethod
-    def _transact(store: BufferStore, ops: Sequence[_Op[Any]]) -> tuple[TxEffects, BufferStats]:
+    def _transact(
+        store: BufferStore, ops: Sequence[_Op[Any]]
+    ) -> tuple[TxEffects, BufferStats | None]:
         fx = TxEffects()
         try:
             saved = store.begin()
@@ -177,7 +198,11 @@ class Buffer:
             for op in ops:
                 op.error = failure
             log.error("buffer_commit_failed", error=str(exc))
-            return TxEffects(), store.stats()
+            corrupt = isinstance(exc, (apsw.CorruptError, apsw.NotADBError))
+            try:
+                return TxEffects(corrupt=corrupt), store.stats()
+            except apsw.Error:
+                return TxEffects(corrupt=corrupt), None
         try:
             store.reclaim_space()
         except apsw.Error as exc:  # space comes back on the next drain instead

@@ -118,6 +118,7 @@ class TxEffects:
 
     appended: bool = False
     dropped_uploads: set[uuid.UUID] = field(default_factory=set)
+    corrupt: bool = False  # SQLite found the file damaged: the buffer starts a fresh one
 
 
 class BufferStore:

@@ -13,7 +13,7 @@ import zstandard
 
 from gateway.buffer import BUFFER_FILE, Buffer
 from gateway.buffer_store import ROW_OVERHEAD, unpack
-from gateway.errors import BufferFull, BufferTooLarge
+from gateway.errors import BufferFull, BufferTooLarge, StorageError
 from protocol import codec
 from protocol.agent import Log
 from tests.gateway.helpers import make_logs, varied_logs
@@ -216,3 +216,38 @@ async def test_concurrent_claims_never_share_a_batch(tmp_path: Path) -> None:
         found = [claim.batch_id for claim in claims if claim is not None]
         assert len(found) == 6
         assert len(set(found)) == 6
+
+
+@pytest.mark.trio
+async def test_corruption_found_while_running_starts_a_fresh_file(tmp_path: Path) -> None:
+    async with open_buffer(tmp_path) as buffer:
+        for _ in range(200):
+            await buffer.append("a", varied_logs(100))
+        store = buffer._store
+        assert store is not None
+
+        def to_disk_and_uncached() -> None:
+            # Every page in the main file and none in memory, so damage there is seen.
+            store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            store.conn.execute("PRAGMA cache_size=0").fetchall()
+
+        def damage() -> None:
+            size = (tmp_path / BUFFER_FILE).stat().st_size
+            with open(tmp_path / BUFFER_FILE, "r+b") as file:
+                file.seek(size // 2)
+                file.write(os.urandom(size // 4))
+
+        await trio.to_thread.run_sync(to_disk_and_uncached)
+        await trio.to_thread.run_sync(damage)
+
+        failures = 0
+        for _ in range(3):  # the damage surfaces at the first operation that reads it
+            try:
+                while (claim := await buffer.claim(max_logs=5000)) is not None:
+                    await buffer.ack(claim.batch_id)
+            except StorageError:
+                failures += 1
+        assert failures == 1
+        assert len(buffer.corrupt_files) == 1
+        await buffer.append("a", make_logs(7))
+        assert buffer.stats is not None and buffer.stats.queue_depth == 7

@@ -5,8 +5,9 @@ channel; it takes every operation waiting, runs them in ONE transaction in a wor
 (APSW calls block), commits, and only then wakes each caller. So `append` returns after the
 logs are on disk, and a hundred concurrent requests cost one fsync, not a hundred.
 
-A buffer file SQLite cannot read is renamed aside with a timestamp and a fresh one is used;
-the names of such files are reported by `corrupt_files` (and so in /health).
+A buffer file SQLite cannot read, at start or later, is renamed aside with a timestamp (kept
+for salvage) and a fresh one is used; such files are listed by `corrupt_files` (and so in
+/health) until an operator removes them.
 """
 
 from __future__ import annotations

@@ -31,6 +31,11 @@ DEVSIM_PORT = 18080
 START_DEADLINE_S = 90
 
 
+def child_env(own: dict[str, str] | None = None) -> dict[str, str]:
+    """The services share TD_* names (TD_DATA_DIR, TD_LOG_LEVEL): each child gets only its own."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("TD_")}, **(own or {})}
+
+
 class Stack:
     """The child processes, stopped in reverse start order."""
 
@@ -75,7 +80,11 @@ def wait_until_up(stack: Stack, url: str) -> None:
 
 def td_backend(*args: str) -> str:
     return subprocess.run(
-        [str(BIN / "td-backend"), *args], check=True, capture_output=True, text=True
+        [str(BIN / "td-backend"), *args],
+        env=child_env(),
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
 
 
@@ -199,8 +208,8 @@ def main() -> int:
             stack.start(
                 "terminal simulator",
                 [str(BIN / "td-devsim"), "hikvision", "--host", "127.0.0.1",
-                 "--port", str(DEVSIM_PORT), "--user", "admin",
-                 "--password", info["devsim_password"]],
+                 "--port", str(DEVSIM_PORT), "--user", "admin"],
+                env={"TD_DEVSIM_PASSWORD": info["devsim_password"]},  # not on the command line
             )  # fmt: skip
             stack.start(
                 "gateway",

@@ -25,9 +25,6 @@ from typing import Any
 import httpx
 
 BIN = Path(sys.executable).parent
-BACKEND_URL = "http://127.0.0.1:8000"
-GATEWAY_LISTEN = "127.0.0.1:8080"
-DEVSIM_PORT = 18080
 START_DEADLINE_S = 90
 
 
@@ -88,11 +85,13 @@ def td_backend(*args: str) -> str:
     ).stdout.strip()
 
 
-def provision(data_dir: Path) -> dict[str, Any]:
+def provision(data_dir: Path, ports: argparse.Namespace) -> dict[str, Any]:
     """Create the organisation, gateway, default policy and device through the public API."""
     org = json.loads(td_backend("create-org", "Local organisation", "--data-dir", str(data_dir)))
     admin = httpx.Client(
-        base_url=BACKEND_URL, headers={"Authorization": f"Bearer {org['admin_token']}"}, timeout=30
+        base_url=f"http://127.0.0.1:{ports.backend_port}",
+        headers={"Authorization": f"Bearer {org['admin_token']}"},
+        timeout=30,
     )
     with admin:
         gateway = admin.post("/v2/gateways", json={"name": "local-gateway"}).raise_for_status()
@@ -107,14 +106,15 @@ def provision(data_dir: Path) -> dict[str, Any]:
                 "vendor": "hikvision",
                 "name": "Front door (simulated)",
                 "host": "127.0.0.1",
-                "port": DEVSIM_PORT,
+                "port": ports.devsim_port,
                 "username": "admin",
                 "password": devsim_password,
             },
         ).raise_for_status()
     return {
-        "backend_url": BACKEND_URL,
-        "gateway_url": f"http://{GATEWAY_LISTEN}",
+        "backend_url": f"http://127.0.0.1:{ports.backend_port}",
+        "gateway_url": f"http://127.0.0.1:{ports.gateway_port}",
+        "devsim_port": ports.devsim_port,
         "org_id": org["org_id"],
         "admin_token": org["admin_token"],
         "gateway_id": gateway.json()["id"],
@@ -144,7 +144,7 @@ TD stack is up (Ctrl-C stops everything)
 
   backend   {backend}   (OpenAPI: {backend}/schema, health: {backend}/ready)
   gateway   {gateway}   (health: {gateway}/health, agent API: {gateway}/schema)
-  terminal  http://127.0.0.1:{DEVSIM_PORT}   (simulated Hikvision, device {info["device_id"]})
+  terminal  http://127.0.0.1:{info["devsim_port"]}   (simulated Hikvision, device {info["device_id"]})
   database  {info["database_url"]}
 
   admin token     {info["admin_token"]}
@@ -185,7 +185,11 @@ def sigterm_as_keyboard_interrupt() -> Iterator[None]:
 def main() -> int:
     parser = argparse.ArgumentParser(description="Run the whole TD stack locally.")
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("TD_DATA_DIR", ".td")))
-    data_dir = parser.parse_args().data_dir.resolve()
+    parser.add_argument("--backend-port", type=int, default=8000)
+    parser.add_argument("--gateway-port", type=int, default=8080)
+    parser.add_argument("--devsim-port", type=int, default=18080)
+    args = parser.parse_args()
+    data_dir = args.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     stack_file = data_dir / "stack.json"
     stack = Stack()
@@ -193,14 +197,16 @@ def main() -> int:
         try:
             stack.start(
                 "backend",
-                [str(BIN / "td-backend"), "serve", "--host", "127.0.0.1", "--port", "8000",
+                [str(BIN / "td-backend"), "serve", "--host", "127.0.0.1",
+                 "--port", str(args.backend_port),
                  "--data-dir", str(data_dir)],
             )  # fmt: skip
-            wait_until_up(stack, f"{BACKEND_URL}/ready")
+            wait_until_up(stack, f"http://127.0.0.1:{args.backend_port}/ready")
             if stack_file.exists():
                 info = json.loads(stack_file.read_text())
             else:
-                info = provision(data_dir)
+                info = provision(data_dir, args)
+            info["backend_url"] = f"http://127.0.0.1:{args.backend_port}"
             info["database_url"] = td_backend("dburl", "--data-dir", str(data_dir))
             stack_file.touch(mode=0o600)
             stack_file.write_text(json.dumps(info, indent=2))
@@ -208,7 +214,7 @@ def main() -> int:
             stack.start(
                 "terminal simulator",
                 [str(BIN / "td-devsim"), "hikvision", "--host", "127.0.0.1",
-                 "--port", str(DEVSIM_PORT), "--user", "admin"],
+                 "--port", str(info["devsim_port"]), "--user", "admin"],
                 env={"TD_DEVSIM_PASSWORD": info["devsim_password"]},  # not on the command line
             )  # fmt: skip
             stack.start(
@@ -218,7 +224,7 @@ def main() -> int:
                     "TD_BACKEND_URL": info["backend_url"],
                     "TD_GATEWAY_API_KEY": info["api_key"],
                     "TD_ENROLLMENT_KEY": info["enrollment_key"],
-                    "TD_LISTEN": GATEWAY_LISTEN,
+                    "TD_LISTEN": info["gateway_url"].removeprefix("http://"),
                     "TD_DATA_DIR": str(data_dir / "gateway"),
                 },
             )

@@ -5,6 +5,8 @@ set -euo pipefail
 
 missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+# The `make run` test runs the printed curl commands verbatim.
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 
@@ -16,5 +18,6 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # The package starts a system nginx on port 80; the tests run their own instances.
+case " ${missing[*]} " in *" nginx "*) ;; *) exit 0 ;; esac
 if command -v systemctl >/dev/null 2>&1; then systemctl disable --now nginx >/dev/null 2>&1 || true; fi
 pkill -x nginx >/dev/null 2>&1 || true

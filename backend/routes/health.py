@@ -8,7 +8,11 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, get
 
+from backend.fleet_metrics import render_fleet
+from backend.logging import get_logger
 from backend.routes.common import error_responses, services_of
+
+log = get_logger("backend.metrics")
 
 
 class HealthOut(msgspec.Struct):
@@ -37,4 +41,12 @@ async def ready(request: Request[Any, Any, Any]) -> Response[Any]:
 
 @get("/metrics", tags=["ops"], media_type="text/plain; version=0.0.4")
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
-    return Response(services_of(request).metrics.render(), media_type="text/plain; version=0.0.4")
+    services = services_of(request)
+    text = services.metrics.render()
+    # The fleet figures come from the database; without it, the process metrics still answer.
+    try:
+        async with asyncio.timeout(2.0), services.pool.acquire() as conn:
+            text += await render_fleet(conn)
+    except Exception as exc:
+        log.warning("fleet metrics unavailable", error=repr(exc))
+    return Response(text, media_type="text/plain; version=0.0.4")

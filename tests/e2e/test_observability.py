@@ -1,0 +1,59 @@
+"""The observability kit speaks the project's own metric names: every `td_*` series that an
+alert rule or a dashboard panel reads is exported by a running backend or gateway."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.gateway.e2e import health, poll, post_logs, register, start_gateway
+from tests.gateway.helpers import make_logs
+from tests.support.backend import running_backend
+
+pytestmark = pytest.mark.slow
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+METRIC_NAME = re.compile(r"\btd_[a-z_]+\b")
+
+
+def referenced_names() -> set[str]:
+    alerts = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    expressions = [rule["expr"] for group in alerts["groups"] for rule in group["rules"]]
+    dashboard = json.loads((DEPLOY / "grafana" / "td-dashboard.json").read_text())
+    expressions += [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    return {name for expr in expressions for name in METRIC_NAME.findall(expr)}
+
+
+def exported_names(metrics_text: str) -> set[str]:
+    return {
+        re.split(r"[{\s]", line, maxsplit=1)[0]
+        for line in metrics_text.splitlines()
+        if line and not line.startswith("#")
+    }
+
+
+def test_alerts_and_dashboard_read_only_exported_metrics(tmp_path: Path, database_url: str) -> None:
+    with running_backend(tmp_path, database_url, env={"TD_HEARTBEAT_INTERVAL": "0.5"}) as backend:
+        gateway, enrollment_key = start_gateway(tmp_path, backend, "--heartbeat-interval-s", "0.5")
+        try:
+            with httpx.Client(base_url=gateway.url, timeout=30) as agent:
+                token = register(agent, enrollment_key)
+                assert post_logs(agent, token, make_logs(10)).status_code == 202
+            poll(lambda: health(gateway)["queue_depth"] == 0, 60, "the upload")
+            poll(lambda: health(gateway)["control_connected"] is True, 30, "control channel")
+
+            def backend_metrics() -> str:
+                return httpx.get(f"{backend.url}/metrics", timeout=10).text
+
+            poll(lambda: "td_fleet_gateway_up{" in backend_metrics(), 30, "fleet figures")
+            exported = exported_names(backend_metrics())
+            exported |= exported_names(httpx.get(f"{gateway.url}/metrics", timeout=10).text)
+        finally:
+            assert gateway.stop() == 0
+    referenced = referenced_names()
+    assert referenced, "no metric names found in the kit"
+    assert referenced <= exported, f"not exported: {sorted(referenced - exported)}"

@@ -8,12 +8,20 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, get, post
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from msgspec import Meta
 
 from backend.errors import InvalidRequest, NotFound
 from backend.logging import get_logger
-from backend.routes.common import ADMIN_ERRORS, OrgId, ServicesDep
+from backend.routes.common import (
+    ADMIN_ERRORS,
+    DEFAULT_LIMIT,
+    Limit,
+    OrgId,
+    ServicesDep,
+    decode_cursor,
+    next_cursor,
+)
 from backend.routes.devices import device_out
 from backend.routes.gateways import gateway_row
 from backend.services import Services
@@ -46,6 +54,11 @@ class CommandOut(msgspec.Struct, kw_only=True):
     sent_at: dt.datetime | None
     finished_at: dt.datetime | None
     expires_at: dt.datetime
+
+
+class CommandPage(msgspec.Struct):
+    items: list[CommandOut]
+    next_cursor: str | None
 
 
 _decode_object = msgspec.json.Decoder(dict[str, Any])
@@ -175,6 +188,43 @@ async def _cancel(
     return _command_out(await _read(services, table, org_id, command_id, owner_column, owner_id))
 
 
+async def _list(
+    services: Services,
+    table: str,
+    org_id: uuid.UUID,
+    owner_column: str,
+    owner_id: uuid.UUID,
+    status: str | None,
+    cursor: str | None,
+    limit: int,
+) -> CommandPage:
+    """Newest first."""
+    where = [f"org_id = $1 AND {owner_column} = $2"]
+    args: list[Any] = [org_id, owner_id]
+    if status is not None:
+        args.append(status.upper())
+        where.append(f"status = ${len(args)}")
+    if cursor is not None:
+        position = decode_cursor(cursor)
+        try:
+            last_id = uuid.UUID(position.id)
+        except ValueError:
+            raise InvalidRequest("cursor: not a cursor from this API") from None
+        args += [position.at, last_id]
+        where.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")
+    args.append(limit + 1)
+    async with services.connection() as conn:
+        rows = await conn.fetch(
+            f"SELECT * FROM {table} WHERE {' AND '.join(where)}"
+            f" ORDER BY created_at DESC, id DESC LIMIT ${len(args)}",
+            *args,
+        )
+    return CommandPage(
+        items=[_command_out(row) for row in rows[:limit]],
+        next_cursor=next_cursor(list(rows), limit, "created_at"),
+    )
+
+
 def _check_type(kind: str, allowed: tuple[str, ...]) -> None:
     if kind not in allowed:
         raise InvalidRequest(f"type: must be one of {', '.join(allowed)}")
@@ -196,6 +246,21 @@ class GatewayCommandController(Controller):
         await gateway_row(org_id, gateway_id)
         _check_type(data.type, GATEWAY_COMMAND_TYPES)
         return await _create(services, "gateway_commands", org_id, gateway_id, data)
+
+    @get("/", responses=ADMIN_ERRORS)
+    async def list_gateway_commands(
+        self,
+        org_id: OrgId,
+        services: ServicesDep,
+        gateway_id: FromPath[uuid.UUID],
+        status: FromQuery[str | None] = None,
+        cursor: FromQuery[str | None] = None,
+        limit: Limit = DEFAULT_LIMIT,
+    ) -> CommandPage:
+        await gateway_row(org_id, gateway_id)
+        return await _list(
+            services, "gateway_commands", org_id, "gateway_id", gateway_id, status, cursor, limit
+        )
 
     @get("/{command_id:uuid}", responses=ADMIN_ERRORS)
     async def get_gateway_command(
@@ -241,6 +306,21 @@ class DeviceCommandController(Controller):
         _check_type(data.type, DEVICE_COMMAND_TYPES)
         return await _create(
             services, "device_commands", org_id, device.gateway_id, data, device_id
+        )
+
+    @get("/", responses=ADMIN_ERRORS)
+    async def list_device_commands(
+        self,
+        org_id: OrgId,
+        services: ServicesDep,
+        device_id: FromPath[uuid.UUID],
+        status: FromQuery[str | None] = None,
+        cursor: FromQuery[str | None] = None,
+        limit: Limit = DEFAULT_LIMIT,
+    ) -> CommandPage:
+        await device_out(org_id, device_id)
+        return await _list(
+            services, "device_commands", org_id, "device_id", device_id, status, cursor, limit
         )
 
     @get("/{command_id:uuid}", responses=ADMIN_ERRORS)

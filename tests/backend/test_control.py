@@ -455,3 +455,40 @@ def _gateway_row_status(database_url: str, gateway_id: str) -> tuple[str, str | 
         return row["status"], row["connected_instance"]
 
     return asyncio.run(read())
+
+
+async def test_changes_still_arrive_after_the_listen_connection_drops(
+    tmp_path: Path, database_url: str
+) -> None:
+    with running_backend(tmp_path, database_url, env=FAST) as backend:
+        _, api_key, _ = backend.create_gateway()
+        async with admin(backend) as client, connected_gateway(backend.url, api_key) as gw:
+            policy = (await client.post("/v2/policies", json={"name": "p", "body": {}})).json()
+            await gw.receive_type(PolicyUpdate)
+            dropped = await trio.to_thread.run_sync(_terminate_listeners, database_url)
+            assert dropped == 1
+            await client.put(f"/v2/policies/{policy['id']}", json={"body": {"track_urls": True}})
+            # The notice may be lost with the connection; the reconnect resends what is current.
+            update = await gw.receive_type(PolicyUpdate)
+            while update.revision < 2:
+                update = await gw.receive_type(PolicyUpdate)
+            assert update.body.track_urls is True
+
+
+def _terminate_listeners(database_url: str) -> int:
+    import asyncio
+
+    import asyncpg
+
+    async def terminate() -> int:
+        conn = await asyncpg.connect(database_url)
+        try:
+            rows = await conn.fetch(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+            )
+        finally:
+            await conn.close()
+        return len(rows)
+
+    return asyncio.run(terminate())

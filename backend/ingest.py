@@ -8,6 +8,7 @@ then sees it as a duplicate. Logs retried inside a different batch are dropped b
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import time
 import typing
@@ -127,12 +128,32 @@ async def _agent_ids(conn: Any, gateway: GatewayIdentity, uids: list[str]) -> di
     return ids
 
 
+# Timestamps outside this window are an agent's broken clock, not activity; each month
+# stored gets its own partition, so they are refused rather than stored.
+EARLIEST_TS = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+LATEST_TS = dt.datetime(9000, 1, 1, tzinfo=dt.UTC)
+
+
+def _months(batch: UplinkBatch) -> set[dt.date]:
+    """The months the batch's logs fall in; InvalidRequest names a log whose ts is absurd."""
+    months = set()
+    for g, group in enumerate(batch.groups):
+        for i, log in enumerate(group.logs):
+            if not EARLIEST_TS <= log.ts < LATEST_TS:
+                raise InvalidRequest(
+                    f"$.groups[{g}].logs[{i}].ts: {log.ts.isoformat()} is outside"
+                    f" {EARLIEST_TS.year}..{LATEST_TS.year}"
+                )
+            months.add(month_of(log.ts))
+    return months
+
+
 async def store_batch(
     pool: Any, partitions: LogPartitions, gateway: GatewayIdentity, batch: UplinkBatch
 ) -> IngestOutcome:
     """Store a decoded batch exactly once; `batch.gateway_id` is ignored (the key says who)."""
     log_count = batch.log_count()
-    months = {month_of(log.ts) for group in batch.groups for log in group.logs}
+    months = _months(batch)
     await partitions.ensure(pool, months)
     try:
         return await _store(pool, gateway, batch, log_count)

@@ -112,6 +112,14 @@ async def test_agents_are_created_and_device_groups_are_not_agents(
         (lambda b: b["groups"][0]["logs"][0].pop("id"), "$.groups[0].logs[0]"),
         (lambda b: b["groups"][0]["logs"][0].update(kind="nope"), "$.groups[0].logs[0].kind"),
         (lambda b: b.pop("batch_id"), "batch_id"),
+        (
+            lambda b: b["groups"][0]["logs"][1].update(ts="9999-12-31T23:59:59Z"),
+            "$.groups[0].logs[1].ts",
+        ),
+        (
+            lambda b: b["groups"][0]["logs"][0].update(ts="0001-01-01T00:00:00+01:00"),
+            "$.groups[0].logs[0].ts",
+        ),
     ],
 )
 async def test_bad_bodies_answer_400_naming_the_field(

@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed
 
 USERS ?= 100
 DURATION ?= 60s
+# Seconds between an agent's posts; empty: each agent follows its policy's upload_interval_s.
+INTERVAL ?=
+PROCESSES ?= 0
 
 LINTED := protocol gateway backend tests bench loadtests scripts
 
@@ -44,7 +47,8 @@ loadtest: $(STAMP)
 	PYTHONPATH=. $(BIN)/locust -f loadtests/agents.py --host http://127.0.0.1:8080 --web-host 127.0.0.1 --web-port 8089
 
 loadtest-headless: $(STAMP)
-	$(BIN)/python -m loadtests.headless --users $(USERS) --duration $(DURATION)
+	$(BIN)/python -m loadtests.headless --users $(USERS) --duration $(DURATION) \
+		--processes $(PROCESSES) $(if $(INTERVAL),--interval-s $(INTERVAL))
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -156,6 +156,9 @@ class Gateway:
         config.bind = [self.config.listen]
         config.graceful_timeout = HTTP_GRACE_S
         config.accesslog = None
+        # Thousands of agents reconnect at once after a restart or an outage; hypercorn's
+        # default backlog (100) turns that burst into refused connections.
+        config.backlog = 4096
         # Our own "listening" line says where we are; hypercorn speaks up only about problems.
         config.loglevel = "WARNING"
         if self.config.tls_cert:

@@ -37,8 +37,9 @@ def run_locust(stack: dict[str, Any], args: argparse.Namespace, workdir: Path) -
         "PYTHONPATH": str(REPO),
         "TD_ENROLLMENT_KEY": stack["enrollment_key"],
         "TD_ACK_DIR": str(workdir / "acks"),
-        "TD_LOADTEST_UPLOAD_INTERVAL_S": str(args.interval_s),
     }
+    if args.interval_s:
+        env["TD_LOADTEST_UPLOAD_INTERVAL_S"] = str(args.interval_s)
     command = [
         sys.executable, "-m", "locust",
         "-f", str(REPO / "loadtests" / "agents.py"),
@@ -111,7 +112,12 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=100)
     parser.add_argument("--duration", default="60s")
     parser.add_argument("--spawn-rate", type=float, default=0)
-    parser.add_argument("--interval-s", type=float, default=2.0, help="seconds between posts")
+    parser.add_argument(
+        "--interval-s",
+        type=float,
+        default=0,
+        help="seconds between an agent's posts (default: its policy's upload_interval_s)",
+    )
     parser.add_argument("--processes", type=int, default=0, help="locust worker processes")
     parser.add_argument("--stack", type=Path, default=REPO / ".td" / "stack.json")
     args = parser.parse_args()

@@ -12,7 +12,6 @@
     maintenance.py  partitions ahead, retention
     routes/         HTTP routes by feature
     control/        the gateways' WebSocket control channel, LISTEN/NOTIFY between instances
-    devstack.py     `make run`
 
 Several instances may share one database; they must also share TD_SECRET_KEY (device
 passwords and enrollment keys are encrypted with it).

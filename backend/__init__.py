@@ -10,6 +10,8 @@
     ingest.py       exactly-once ingest: COPY into a staging table, INSERT … ON CONFLICT
     partitions.py   monthly partitions of agent_logs
     maintenance.py  partitions ahead, retention
+    metrics.py      Prometheus counters and the request latency histogram
+    fleet_metrics.py  td_fleet_gateway_* figures from the gateways' last reports
     routes/         HTTP routes by feature
     control/        the gateways' WebSocket control channel, LISTEN/NOTIFY between instances
 

@@ -25,6 +25,7 @@ from backend.auth import GatewayIdentity
 from backend.errors import InvalidRequest, PayloadTooLarge, RateLimited, UnsupportedMediaType
 from backend.partitions import LogPartitions, month_of
 from protocol.agent import Log
+from protocol.codec import ProtocolError, check_log_times
 from protocol.uplink import IngestResponse, UplinkBatch
 
 DEVICE_GROUP_PREFIX = "device:"
@@ -128,23 +129,16 @@ async def _agent_ids(conn: Any, gateway: GatewayIdentity, uids: list[str]) -> di
     return ids
 
 
-# Timestamps outside this window are an agent's broken clock, not activity; each month
-# stored gets its own partition, so they are refused rather than stored.
-EARLIEST_TS = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-LATEST_TS = dt.datetime(9000, 1, 1, tzinfo=dt.UTC)
-
-
 def _months(batch: UplinkBatch) -> set[dt.date]:
-    """The months the batch's logs fall in; InvalidRequest names a log whose ts is absurd."""
-    months = set()
+    """The months the batch's logs fall in; InvalidRequest names a log whose ts is absurd
+    (each month stored gets its own partition, so a broken clock is refused, not stored)."""
+    months: set[dt.date] = set()
     for g, group in enumerate(batch.groups):
-        for i, log in enumerate(group.logs):
-            if not EARLIEST_TS <= log.ts < LATEST_TS:
-                raise InvalidRequest(
-                    f"$.groups[{g}].logs[{i}].ts: {log.ts.isoformat()} is outside"
-                    f" {EARLIEST_TS.year}..{LATEST_TS.year}"
-                )
-            months.add(month_of(log.ts))
+        try:
+            check_log_times(group.logs, f"$.groups[{g}].logs")
+        except ProtocolError as exc:
+            raise InvalidRequest(str(exc)) from None
+        months.update(month_of(log.ts) for log in group.logs)
     return months
 
 

@@ -154,6 +154,7 @@ class AgentApi:
         body = await read_body(receive, headers, self._config.max_request_bytes)
         try:
             request = codec.logs_request.decode(body, headers.get("content-type"))
+            codec.check_log_times(request.logs)
         except codec.ProtocolError as exc:
             raise HttpError(400, "invalid_body", str(exc)) from None
         n_logs = len(request.logs)

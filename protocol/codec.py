@@ -6,12 +6,14 @@ that is wrong as a path, e.g. `$.logs[3].ts: Expected `datetime`, got `int``.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+from collections.abc import Sequence
 from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from protocol.agent import LogsRequest, PolicyBody, RegisterRequest
+from protocol.agent import Log, LogsRequest, PolicyBody, RegisterRequest
 from protocol.control import BackendMessage, GatewayMessage
 from protocol.uplink import UplinkBatch
 
@@ -82,6 +84,23 @@ policy_body = Codec[PolicyBody](PolicyBody)
 uplink_batch = Codec[UplinkBatch](UplinkBatch)
 gateway_message = Codec[GatewayMessage](GatewayMessage)
 backend_message = Codec[BackendMessage](BackendMessage)
+
+
+# A log outside this window comes from a broken clock (a C# DateTime.MinValue is year 1), not
+# from activity. It is refused where it enters, with the field named, so it can never
+# dead-letter an upload batch it shares with other agents' logs further down the line.
+EARLIEST_TS = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+LATEST_TS = dt.datetime(9000, 1, 1, tzinfo=dt.UTC)
+
+
+def check_log_times(logs: Sequence[Log], path: str = "$.logs") -> None:
+    """Raise ProtocolError naming the first log whose `ts` is outside EARLIEST_TS..LATEST_TS."""
+    for index, log in enumerate(logs):
+        if not EARLIEST_TS <= log.ts < LATEST_TS:
+            raise ProtocolError(
+                f"{path}[{index}].ts",
+                f"{log.ts.isoformat()} is outside {EARLIEST_TS.year}..{LATEST_TS.year}",
+            )
 
 
 def encode(obj: Any, content_type: str | None = JSON) -> bytes:

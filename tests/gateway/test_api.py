@@ -87,6 +87,15 @@ async def test_agent_errors_say_what_is_wrong(tmp_path: Path) -> None:
         assert response.json()["error"] == "invalid_body"
         assert response.json()["detail"].startswith("$.logs[3].ts")
 
+        # A broken agent clock (C#'s DateTime.MinValue) is refused here, not at the backend
+        # where it would dead-letter a whole upload batch.
+        bad["logs"][3]["ts"] = "0001-01-01T00:00:00Z"
+        response = await client.post(
+            "/v1/logs", content=msgspec.json.encode(bad), headers=bearer(token)
+        )
+        assert response.status_code == 400
+        assert response.json()["detail"].startswith("$.logs[3].ts: 0001-01-01")
+
         response = await client.post(
             "/v1/logs", content=logs_json(make_logs(1)), headers=bearer(token + "x")
         )

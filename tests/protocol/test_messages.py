@@ -376,3 +376,17 @@ def test_device_config_repr_hides_the_password() -> None:
     assert "s3cret-pw" not in repr(config)
     assert "s3cret-pw" not in str(config)
     assert "10.0.0.5" in repr(config)
+
+
+@pytest.mark.parametrize(
+    "ts", [dt.datetime(1, 1, 1, tzinfo=dt.UTC), dt.datetime(9999, 12, 31, tzinfo=dt.UTC)]
+)
+def test_a_broken_clock_is_named(ts: dt.datetime) -> None:
+    logs = [
+        Idle(id=uuid.uuid4(), ts=NOW, duration_ms=1),
+        Idle(id=uuid.uuid4(), ts=ts, duration_ms=1),
+    ]
+    with pytest.raises(ProtocolError) as info:
+        codec.check_log_times(logs, "$.groups[2].logs")
+    assert info.value.path == "$.groups[2].logs[1].ts"
+    codec.check_log_times(logs[:1])

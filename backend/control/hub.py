@@ -224,9 +224,14 @@ class ControlHub:
                 else:
                     update = await state.policy(conn, org_id, uuid.UUID(notice.id))
                     updates = [update] if update is not None else []
-            for session in targets:
-                if await session.wait_ready():
-                    await self._send_all(session, updates)
+            # All sessions at once: one slow socket must not hold back the rest of the fleet.
+            outcomes = await asyncio.gather(
+                *(self._send_when_ready(session, updates) for session in targets),
+                return_exceptions=True,
+            )
+            for outcome in outcomes:
+                if isinstance(outcome, Exception):
+                    log.error("policy push failed", error=repr(outcome))
             return
         found = self.sessions.get(uuid.UUID(notice.gateway_id)) if notice.gateway_id else None
         if found is None:
@@ -257,6 +262,10 @@ class ControlHub:
                 await session.deliver_commands(uuid.UUID(notice.id))
             case "cancel":
                 await session.send(CancelCommand(id=uuid.UUID(notice.id)))
+
+    async def _send_when_ready(self, session: GatewaySession, messages: list[Any]) -> None:
+        if await session.wait_ready():
+            await self._send_all(session, messages)
 
     async def _send_all(self, session: GatewaySession, messages: list[Any]) -> None:
         for message in messages:

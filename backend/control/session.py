@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import time
 import uuid
 from typing import Any
 
@@ -37,6 +38,9 @@ from protocol.control import (
 log = get_logger("backend.control")
 
 CLOSE_NORMAL = 1000
+# last_seen_at is kept to the second: a burst of acks or results (a policy push to the whole
+# fleet) then costs one UPDATE per gateway, not one per message.
+TOUCH_EVERY_S = 1.0
 CLOSE_PROTOCOL = 4400
 CLOSE_TIMEOUT = 4408
 
@@ -62,9 +66,13 @@ class GatewaySession:
         self._send_lock = asyncio.Lock()
         self._closed = asyncio.Event()
         self._close_code = CLOSE_NORMAL
+        self._touched_at = -TOUCH_EVERY_S
 
     async def wait_ready(self) -> bool:
         """True once the welcome is sent; False if the session ends first."""
+        if self._closed.is_set() or self.ready.is_set():
+            # The usual case, and a policy fan-out asks it of every session at once.
+            return not self._closed.is_set()
         ready = asyncio.ensure_future(self.ready.wait())
         closed = asyncio.ensure_future(self._closed.wait())
         try:
@@ -73,6 +81,12 @@ class GatewaySession:
             ready.cancel()
             closed.cancel()
         return self.ready.is_set() and not self._closed.is_set()
+
+    async def _touch(self, conn: Any) -> None:
+        now = time.monotonic()
+        if now - self._touched_at >= TOUCH_EVERY_S:
+            self._touched_at = now
+            await state.touch(conn, self.gateway_id)
 
     # ---- I/O ---------------------------------------------------------------------------
 
@@ -240,7 +254,7 @@ class GatewaySession:
                     await state.record_status(conn, self.gateway_id, self.org_id, message)
                 case AgentsSeen():
                     await state.record_agents_seen(conn, self.gateway_id, self.org_id, message)
-                    await state.touch(conn, self.gateway_id)
+                    await self._touch(conn)
                 case PolicyAck():
                     await state.record_policy_ack(conn, self.gateway_id, self.org_id, message)
                     log.info(
@@ -250,7 +264,7 @@ class GatewaySession:
                         revision=message.revision,
                         applied=message.applied,
                     )
-                    await state.touch(conn, self.gateway_id)
+                    await self._touch(conn)
                 case CommandResult():
                     if await state.record_command_result(conn, self.gateway_id, message):
                         await hub.command_finished(message.command_id)
@@ -260,10 +274,10 @@ class GatewaySession:
                             status=str(message.status),
                             gateway_id=str(self.gateway_id),
                         )
-                    await state.touch(conn, self.gateway_id)
+                    await self._touch(conn)
                 case DeviceState():
                     await state.record_device_state(conn, self.gateway_id, message)
-                    await state.touch(conn, self.gateway_id)
+                    await self._touch(conn)
                 case Hello():
                     log.warning("hello twice on one connection", gateway_id=str(self.gateway_id))
 

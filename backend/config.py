@@ -60,6 +60,9 @@ def load_config(environ: Mapping[str, str] | None = None, **overrides: Any) -> C
         value = env.get(f"TD_{field.upper()}")
         if value is not None and value != "":
             raw[field] = value
+    # TD_LOG_LEVEL is shared with the gateway, which spells it in lower case.
+    if isinstance(raw.get("log_level"), str):
+        raw["log_level"] = raw["log_level"].upper()
     raw.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return msgspec.convert(raw, Config, strict=False)

@@ -9,7 +9,7 @@ import msgspec
 from litestar import Controller, get, patch
 from litestar.params import FromPath, FromQuery, JSONBody
 
-from backend.errors import InvalidRequest, NotFound
+from backend.errors import InvalidRequest
 from backend.routes.common import (
     ADMIN_ERRORS,
     DEFAULT_LIMIT,
@@ -18,6 +18,7 @@ from backend.routes.common import (
     ServicesDep,
     after,
     next_cursor,
+    org_row,
 )
 from backend.tables import AgentInstance, Policy
 
@@ -60,13 +61,7 @@ _COLUMNS = (
 
 
 async def agent_out(org_id: uuid.UUID, agent_id: uuid.UUID) -> AgentOut:
-    row = (
-        await AgentInstance.select(*_COLUMNS)
-        .where((AgentInstance.id == agent_id) & (AgentInstance.org_id == org_id))
-        .first()
-    )
-    if row is None:
-        raise NotFound(f"no agent {agent_id} in this organisation")
+    row = await org_row(AgentInstance, org_id, agent_id, "agent", *_COLUMNS)
     return msgspec.convert(row, AgentOut)
 
 

@@ -16,7 +16,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import QueryParameter
 
 from backend.auth import authenticate_admin
-from backend.errors import InvalidRequest
+from backend.errors import InvalidRequest, NotFound
 from backend.services import Services
 
 DEFAULT_LIMIT = 100
@@ -112,3 +112,19 @@ def after(at_column: Any, id_column: Any, cursor: str | None) -> Any:
     except ValueError:
         raise InvalidRequest("cursor: not a cursor from this API") from None
     return (at_column > position.at) | ((at_column == position.at) & (id_column > last_id))
+
+
+async def org_row(
+    table: Any, org_id: uuid.UUID, row_id: uuid.UUID, noun: str, *columns: Any
+) -> dict[str, Any]:
+    """The organisation's row `row_id` of `table`, or NotFound. Another organisation's row is
+    NotFound too, worded the same, so its ids cannot be told from unknown ones."""
+    row: dict[str, Any] | None = (
+        await table.select(*columns)
+        .where((table.id == row_id) & (table.org_id == org_id))
+        .output(load_json=True)
+        .first()
+    )
+    if row is None:
+        raise NotFound(f"no {noun} {row_id} in this organisation")
+    return row

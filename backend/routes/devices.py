@@ -11,7 +11,7 @@ from litestar import Controller, delete, get, patch, post
 from litestar.params import FromPath, FromQuery, JSONBody
 from msgspec import Meta
 
-from backend.errors import InvalidRequest, NotFound
+from backend.errors import InvalidRequest
 from backend.logging import get_logger
 from backend.routes.common import (
     ADMIN_ERRORS,
@@ -21,6 +21,7 @@ from backend.routes.common import (
     ServicesDep,
     after,
     next_cursor,
+    org_row,
 )
 from backend.services import Services
 from backend.tables import Device, GatewayInstance
@@ -105,14 +106,7 @@ _COLUMNS = (
 
 
 async def device_out(org_id: uuid.UUID, device_id: uuid.UUID) -> DeviceOut:
-    row = (
-        await Device.select(*_COLUMNS)
-        .where((Device.id == device_id) & (Device.org_id == org_id))
-        .output(load_json=True)
-        .first()
-    )
-    if row is None:
-        raise NotFound(f"no device {device_id} in this organisation")
+    row = await org_row(Device, org_id, device_id, "device", *_COLUMNS)
     return msgspec.convert(row, DeviceOut)
 
 

@@ -12,7 +12,7 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from msgspec import Meta
 
 from backend.auth import ENROLLMENT_KEY, GATEWAY_API_KEY, new_secret
-from backend.errors import InvalidRequest, NotFound
+from backend.errors import InvalidRequest
 from backend.logging import get_logger
 from backend.routes.common import (
     ADMIN_ERRORS,
@@ -22,6 +22,7 @@ from backend.routes.common import (
     ServicesDep,
     after,
     next_cursor,
+    org_row,
 )
 from backend.tables import GatewayInstance, GatewayStatusSnapshot
 
@@ -105,16 +106,7 @@ def gateway_out(row: dict[str, Any]) -> GatewayOut:
 
 
 async def gateway_row(org_id: uuid.UUID, gateway_id: uuid.UUID) -> dict[str, Any]:
-    """The org's gateway, or NotFound (also for another org's gateway)."""
-    row: dict[str, Any] | None = (
-        await GatewayInstance.select()
-        .where((GatewayInstance.id == gateway_id) & (GatewayInstance.org_id == org_id))
-        .output(load_json=True)
-        .first()
-    )
-    if row is None:
-        raise NotFound(f"no gateway {gateway_id} in this organisation")
-    return row
+    return await org_row(GatewayInstance, org_id, gateway_id, "gateway")
 
 
 class GatewayController(Controller):

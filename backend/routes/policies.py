@@ -21,6 +21,7 @@ from backend.routes.common import (
     ServicesDep,
     after,
     next_cursor,
+    org_row,
 )
 from backend.services import Services
 from backend.tables import GatewayInstance, GatewayPolicyState, Policy, PolicyRevision
@@ -106,15 +107,7 @@ def policy_out(row: dict[str, Any]) -> PolicyOut:
 
 
 async def policy_row(org_id: uuid.UUID, policy_id: uuid.UUID) -> dict[str, Any]:
-    row: dict[str, Any] | None = (
-        await Policy.select()
-        .where((Policy.id == policy_id) & (Policy.org_id == org_id))
-        .output(load_json=True)
-        .first()
-    )
-    if row is None:
-        raise NotFound(f"no policy {policy_id} in this organisation")
-    return row
+    return await org_row(Policy, org_id, policy_id, "policy")
 
 
 async def _clear_default(org_id: uuid.UUID) -> None:

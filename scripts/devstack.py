@@ -2,8 +2,9 @@
 
 Starts the backend (127.0.0.1:8000), provisions an organisation, a gateway, a default
 policy and a simulated Hikvision terminal through the API, starts the gateway
-(127.0.0.1:8080) and the terminal simulator (127.0.0.1:18080), prints what you need to use
-them, and stops everything on Ctrl-C. What it provisioned is kept in `<data-dir>/stack.json`
+(127.0.0.1:8080) and the terminal simulator (127.0.0.1:18080) — other ports with
+--backend-port, --gateway-port, --devsim-port —, prints what you need to use them, and
+stops everything on Ctrl-C. What it provisioned is kept in `<data-dir>/stack.json`
 (mode 0600), so the next `make run` reuses the same organisation and keys.
 """
 
@@ -42,9 +43,7 @@ class Stack:
     def start(self, name: str, command: list[str], env: dict[str, str] | None = None) -> None:
         # Own sessions: Ctrl-C reaches only this script, which then stops the children in order
         # (gateway before backend, backend last so it can stop its PostgreSQL).
-        process = subprocess.Popen(
-            command, env={**os.environ, **(env or {})}, start_new_session=True
-        )
+        process = subprocess.Popen(command, env=child_env(env), start_new_session=True)
         self.processes.append((name, process))
 
     def check_alive(self) -> None:

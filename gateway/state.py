@@ -98,6 +98,8 @@ class State:
         self.path = data_dir / STATE_FILE
         self._conn: apsw.Connection | None = None
         self._limiter = trio.CapacityLimiter(1)
+        self._commit_lock = trio.Lock()
+        self._pending: list[_PendingWrite] = []
         self._agents: dict[str, Agent] = {}
         self._by_uid: dict[str, str] = {}
         self._policies: dict[str, PolicyUpdate] = {}
@@ -140,19 +142,28 @@ class State:
         self._conn = conn
 
     async def _write(self, fn: Callable[[apsw.Connection], T]) -> T:
+        """Run `fn` in a transaction and return its result once committed.
+
+        Group commit: writes that arrive while a commit is under way go together in the next
+        one, each in its own savepoint. With synchronous=FULL every commit is an fsync, and a
+        thousand agents registering at once would otherwise queue behind a thousand of them.
+        """
         conn = self._conn
         if conn is None:
             raise StorageError("the gateway state is not open")
-
-        def in_transaction() -> T:
-            with conn:
-                result = fn(conn)
-            return result
-
-        try:
-            return await trio.to_thread.run_sync(in_transaction, limiter=self._limiter)
-        except apsw.Error as exc:
-            raise StorageError(f"the gateway state could not be saved: {exc}") from exc
+        write = _PendingWrite(fn)
+        self._pending.append(write)
+        async with self._commit_lock:
+            if not write.done:
+                batch, self._pending = self._pending, []
+                # Shielded: the batch holds other callers' writes, and they must be committed.
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(_commit, conn, batch, limiter=self._limiter)
+        if isinstance(write.error, apsw.Error):
+            raise StorageError(f"the gateway state could not be saved: {write.error}")
+        if write.error is not None:
+            raise write.error
+        return write.result  # type: ignore[return-value]
 
     # ---- agents ----------------------------------------------------------------------------
 
@@ -373,3 +384,29 @@ class State:
             )
         )
         return [uuid.UUID(row[0]) for row in rows]
+
+
+class _PendingWrite:
+    def __init__(self, fn: Callable[[apsw.Connection], object]) -> None:
+        self.fn = fn
+        self.result: object = None
+        self.error: Exception | None = None
+        self.done = False
+
+
+def _commit(conn: apsw.Connection, batch: list[_PendingWrite]) -> None:
+    """One transaction for the batch; a write that fails rolls back only its own savepoint."""
+    try:
+        with conn:
+            for write in batch:
+                try:
+                    with conn:  # nested: a savepoint
+                        write.result = write.fn(conn)
+                except Exception as exc:
+                    write.error = exc
+    except apsw.Error as exc:  # the commit itself failed: nothing in the batch is saved
+        for write in batch:
+            write.error = write.error or exc
+    finally:
+        for write in batch:
+            write.done = True

@@ -52,6 +52,10 @@ class Stack:
                 raise SystemExit(f"{name} exited with code {process.returncode}")
 
     def stop(self) -> None:
+        # A second Ctrl-C (or a supervisor forwarding one) must not cut the shutdown short and
+        # leave services behind; every wait below is bounded, then the process is killed.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for name, process in reversed(self.processes):
             if process.poll() is None:
                 process.terminate()

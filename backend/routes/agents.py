@@ -16,7 +16,7 @@ from backend.routes.common import (
     Limit,
     OrgId,
     ServicesDep,
-    after,
+    keyset_rows,
     next_cursor,
     org_row,
 )
@@ -89,9 +89,9 @@ class AgentController(Controller):
             query = query.where(AgentInstance.agent_uid == agent_uid)
         if hostname is not None:
             query = query.where(AgentInstance.hostname == hostname)
-        if (position := after(AgentInstance.first_seen_at, AgentInstance.id, cursor)) is not None:
-            query = query.where(position)
-        rows = await query.order_by(AgentInstance.first_seen_at, AgentInstance.id).limit(limit + 1)
+        rows = await keyset_rows(
+            query, AgentInstance.first_seen_at, AgentInstance.id, cursor, limit
+        )
         return AgentPage(
             items=[msgspec.convert(row, AgentOut) for row in rows[:limit]],
             next_cursor=next_cursor(rows, limit, "first_seen_at"),

@@ -114,6 +114,19 @@ def after(at_column: Any, id_column: Any, cursor: str | None) -> Any:
     return (at_column > position.at) | ((at_column == position.at) & (id_column > last_id))
 
 
+async def keyset_rows(
+    query: Any, at_column: Any, id_column: Any, cursor: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """One page of `query` in (at, id) order after `cursor`, plus one row to tell whether
+    another page follows (see `next_cursor`)."""
+    if (position := after(at_column, id_column, cursor)) is not None:
+        query = query.where(position)
+    rows: list[dict[str, Any]] = (
+        await query.order_by(at_column, id_column).limit(limit + 1).output(load_json=True)
+    )
+    return rows
+
+
 async def org_row(
     table: Any, org_id: uuid.UUID, row_id: uuid.UUID, noun: str, *columns: Any
 ) -> dict[str, Any]:

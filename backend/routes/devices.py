@@ -19,7 +19,7 @@ from backend.routes.common import (
     Limit,
     OrgId,
     ServicesDep,
-    after,
+    keyset_rows,
     next_cursor,
     org_row,
 )
@@ -158,13 +158,7 @@ class DeviceController(Controller):
         query = Device.select(*_COLUMNS).where(Device.org_id == org_id)
         if gateway_id is not None:
             query = query.where(Device.gateway_id == gateway_id)
-        if (position := after(Device.created_at, Device.id, cursor)) is not None:
-            query = query.where(position)
-        rows = (
-            await query.order_by(Device.created_at, Device.id)
-            .limit(limit + 1)
-            .output(load_json=True)
-        )
+        rows = await keyset_rows(query, Device.created_at, Device.id, cursor, limit)
         return DevicePage(
             items=[msgspec.convert(row, DeviceOut) for row in rows[:limit]],
             next_cursor=next_cursor(rows, limit, "created_at"),

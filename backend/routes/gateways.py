@@ -20,7 +20,7 @@ from backend.routes.common import (
     Limit,
     OrgId,
     ServicesDep,
-    after,
+    keyset_rows,
     next_cursor,
     org_row,
 )
@@ -150,12 +150,8 @@ class GatewayController(Controller):
         query = GatewayInstance.select().where(GatewayInstance.org_id == org_id)
         if status is not None:
             query = query.where(GatewayInstance.status == status.upper())
-        if (position := after(GatewayInstance.created_at, GatewayInstance.id, cursor)) is not None:
-            query = query.where(position)
-        rows = (
-            await query.order_by(GatewayInstance.created_at, GatewayInstance.id)
-            .limit(limit + 1)
-            .output(load_json=True)
+        rows = await keyset_rows(
+            query, GatewayInstance.created_at, GatewayInstance.id, cursor, limit
         )
         return GatewayPage(
             items=[gateway_out(row) for row in rows[:limit]],

@@ -19,7 +19,7 @@ from backend.routes.common import (
     Limit,
     OrgId,
     ServicesDep,
-    after,
+    keyset_rows,
     next_cursor,
     org_row,
 )
@@ -214,13 +214,7 @@ class PolicyController(Controller):
         self, org_id: OrgId, cursor: FromQuery[str | None] = None, limit: Limit = DEFAULT_LIMIT
     ) -> PolicyPage:
         query = Policy.select().where(Policy.org_id == org_id)
-        if (position := after(Policy.created_at, Policy.id, cursor)) is not None:
-            query = query.where(position)
-        rows = (
-            await query.order_by(Policy.created_at, Policy.id)
-            .limit(limit + 1)
-            .output(load_json=True)
-        )
+        rows = await keyset_rows(query, Policy.created_at, Policy.id, cursor, limit)
         return PolicyPage(
             items=[policy_out(row) for row in rows[:limit]],
             next_cursor=next_cursor(rows, limit, "created_at"),

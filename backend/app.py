@@ -23,9 +23,20 @@ from backend.control.sweeper import sweep_forever
 from backend.crypto import secret_box_for
 from backend.db import Database
 from backend.errors import BackendError
+from backend.keycheck import check_secret_key
 from backend.logging import configure_logging, get_logger
 from backend.maintenance import maintenance_loop, run_maintenance
-from backend.routes import agents, commands, devices, gateways, health, ingest, logs, policies
+from backend.routes import (
+    admin_tokens,
+    agents,
+    commands,
+    devices,
+    gateways,
+    health,
+    ingest,
+    logs,
+    policies,
+)
 from backend.routes.common import provide_org_id, provide_services, require_admin
 from backend.routes.ingest_schema import uplink_components
 from backend.services import Services
@@ -123,6 +134,7 @@ def admin_router() -> Router:
             policies.PolicyController,
             devices.DeviceController,
             logs.LogController,
+            admin_tokens.AdminTokenController,
         ],
         security=[{"adminToken": []}],
     )
@@ -144,6 +156,8 @@ def create_app(config: Config) -> Litestar:
         hub = ControlHub(services)
         tasks: list[asyncio.Task[None]] = []
         try:
+            async with services.pool.acquire() as conn:
+                await check_secret_key(conn, services.secrets)
             await run_maintenance(services)
             await hub.start()
             services.control = hub

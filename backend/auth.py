@@ -56,6 +56,9 @@ def matches(value: str, stored_hash: str) -> bool:
 class GatewayIdentity:
     gateway_id: uuid.UUID
     org_id: uuid.UUID
+    # The hash of the key this identity was proven with: a long-lived connection checks it
+    # against the gateway's current one before each message, so a rotation ends it.
+    api_key_hash: str = ""
 
 
 async def authenticate_admin(conn: Any, authorization: str | None) -> uuid.UUID:
@@ -67,12 +70,14 @@ async def authenticate_admin(conn: Any, authorization: str | None) -> uuid.UUID:
     prefix = lookup_prefix(token)
     if prefix is not None:
         rows = await conn.fetch(
-            "SELECT org_id, token_hash FROM admin_tokens"
+            "SELECT org_id, token_hash, expires_at <= now() AS expired FROM admin_tokens"
             " WHERE lookup_prefix = $1 AND revoked_at IS NULL",
             prefix,
         )
         for row in rows:
             if matches(token, row["token_hash"]):
+                if row["expired"]:
+                    raise Unauthorized("the admin token has expired; create a new one")
                 return row["org_id"]  # type: ignore[no-any-return]
     raise Unauthorized("the admin token is not valid (unknown or revoked)")
 
@@ -90,8 +95,27 @@ async def authenticate_gateway(conn: Any, api_key: str | None) -> GatewayIdentit
         )
         for row in rows:
             if matches(api_key, row["api_key_hash"]):
-                return GatewayIdentity(gateway_id=row["id"], org_id=row["org_id"])
+                return GatewayIdentity(
+                    gateway_id=row["id"], org_id=row["org_id"], api_key_hash=row["api_key_hash"]
+                )
     raise Unauthorized("the API key is not valid (unknown, rotated or the gateway is disabled)")
+
+
+async def gateway_still_valid(conn: Any, identity: GatewayIdentity) -> bool:
+    """Whether `identity`'s key is still the gateway's key and the gateway is enabled.
+
+    Takes a share lock on the gateway's row (call it inside a transaction): a rotation or
+    disable waits until the caller's transaction ends, so whatever the caller sends before
+    committing went to a connection that was valid while it was sent.
+    """
+    stored = await conn.fetchval(
+        "SELECT api_key_hash FROM gateway_instances WHERE id = $1 AND disabled_at IS NULL"
+        " FOR SHARE",
+        identity.gateway_id,
+    )
+    return stored is not None and hmac.compare_digest(
+        str(stored).encode(), identity.api_key_hash.encode()
+    )
 
 
 async def create_organization(conn: Any, name: str) -> tuple[uuid.UUID, str]:

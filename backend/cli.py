@@ -18,9 +18,10 @@ import asyncpg  # type: ignore[import-untyped]
 
 from backend.auth import create_organization
 from backend.config import Config, ConfigError, load_config
-from backend.crypto import SecretKeyError, load_or_create_key
+from backend.crypto import SecretBox, SecretKeyError, load_or_create_key
 from backend.db import MigrationFailed, migrate
 from backend.embedded import embedded_postgres
+from backend.keycheck import check_secret_key
 from backend.logging import configure_logging, get_logger
 
 log = get_logger("backend.cli")
@@ -60,9 +61,9 @@ def serve(config: Config, host: str, port: int, workers: int) -> int:
         # Workers are separate processes that read their config from the environment.
         os.environ["TD_DATABASE_URL"] = url
         os.environ["TD_DATA_DIR"] = str(config.data_path.resolve())
-        if not config.secret_key:
-            # Created once here, so workers never race to create it.
-            load_or_create_key(config.data_path)
+        # Created once here (when not configured), so workers never race to create it.
+        key = config.secret_key or load_or_create_key(config.data_path)
+        asyncio.run(_check_key(url, SecretBox(key)))
         log.info("serving", host=host, port=port, workers=workers, embedded=not config.database_url)
         Server(
             "backend.app:create_app_from_env",
@@ -79,6 +80,14 @@ def serve(config: Config, host: str, port: int, workers: int) -> int:
             websockets=True,
         ).serve()
     return 0
+
+
+async def _check_key(url: str, secrets: SecretBox) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await check_secret_key(conn, secrets)
+    finally:
+        await conn.close()
 
 
 async def _create_org(url: str, name: str) -> dict[str, str]:

@@ -38,6 +38,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     maintenance_interval: PositiveFloat = 3600.0
     expiry_check_interval: PositiveFloat = 1.0
     instance_name: str = ""
+    # Bearer token for the per-organisation series of /metrics (td_fleet_gateway_*, which
+    # name every organisation's gateways); None: /metrics serves process-level series only.
+    metrics_token: str | None = None
 
     @property
     def data_path(self) -> Path:

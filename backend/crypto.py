@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from pathlib import Path
 
@@ -28,8 +30,13 @@ def load_or_create_key(data_dir: Path) -> bytes:
     return key
 
 
+# HMAC'd under the key to fingerprint it: tells keys apart without revealing anything of them.
+_FINGERPRINT_MESSAGE = b"td-backend secret key fingerprint v1"
+
+
 class SecretBox:
     def __init__(self, key: bytes | str) -> None:
+        self._key = key.encode() if isinstance(key, str) else key
         try:
             self._fernet = Fernet(key)
         except (ValueError, TypeError) as exc:
@@ -38,6 +45,10 @@ class SecretBox:
                 " generate one with `python -c 'from cryptography.fernet import Fernet;"
                 " print(Fernet.generate_key().decode())'`"
             ) from exc
+
+    def fingerprint(self) -> str:
+        """Names this key (the same for the same key) and reveals nothing of it."""
+        return hmac.new(self._key, _FINGERPRINT_MESSAGE, hashlib.sha256).hexdigest()
 
     def encrypt(self, plaintext: str) -> str:
         return self._fernet.encrypt(plaintext.encode()).decode()

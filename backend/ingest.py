@@ -1,9 +1,10 @@
 """Exactly-once log ingest: inflate, decode, then COPY + one INSERT … ON CONFLICT DO NOTHING.
 
-The batch id is claimed first (`ingest_batches`, primary key) in the same transaction as the
-logs, so a retried batch touches nothing, and a concurrent copy of it waits on that row and
-then sees it as a duplicate. Logs retried inside a different batch are dropped by the unique
-(ts, id) index of agent_logs.
+The batch id is claimed first (`ingest_batches`, keyed by (gateway_id, id)) in the same
+transaction as the logs, so a retried batch touches nothing, and a concurrent copy of it waits
+on that row and then sees it as a duplicate. Logs retried inside a different batch are dropped
+by the unique (org_id, ts, id) index of agent_logs. Both keys name the sender, so one
+organisation's gateway can never suppress another's logs by sending their ids first.
 """
 
 from __future__ import annotations
@@ -164,7 +165,7 @@ async def _store(
     async with pool.acquire() as conn, conn.transaction():
         claimed = await conn.fetchval(
             "INSERT INTO ingest_batches (id, org_id, gateway_id, log_count, accepted)"
-            " VALUES ($1, $2, $3, $4, 0) ON CONFLICT (id) DO NOTHING RETURNING id",
+            " VALUES ($1, $2, $3, $4, 0) ON CONFLICT (gateway_id, id) DO NOTHING RETURNING id",
             batch.batch_id,
             gateway.org_id,
             gateway.gateway_id,
@@ -198,13 +199,16 @@ async def _store(
             "INSERT INTO agent_logs"
             " (ts, id, org_id, gateway_id, agent_id, agent_uid, kind, received_at, data)"
             " SELECT ts, id, $1, $2, agent_id, agent_uid, kind, now(), data FROM ingest_staging"
-            " ON CONFLICT (ts, id) DO NOTHING",
+            " ON CONFLICT (org_id, ts, id) DO NOTHING",
             gateway.org_id,
             gateway.gateway_id,
         )
         accepted = int(status.rsplit(" ", 1)[1])
         await conn.execute(
-            "UPDATE ingest_batches SET accepted = $2 WHERE id = $1", batch.batch_id, accepted
+            "UPDATE ingest_batches SET accepted = $3 WHERE gateway_id = $1 AND id = $2",
+            gateway.gateway_id,
+            batch.batch_id,
+            accepted,
         )
     return IngestOutcome(
         IngestResponse(accepted=accepted, duplicates=log_count - accepted), log_count

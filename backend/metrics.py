@@ -38,6 +38,11 @@ class Metrics:
             "Control channel connections accepted",
             registry=self.registry,
         )
+        self.control_status_coalesced = Counter(
+            "td_control_status_coalesced_total",
+            "Gateway status reports merged into a later one (sent faster than the heartbeat)",
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -33,7 +33,9 @@ class AdminToken(Table, tablename="admin_tokens"):
     org_id = ForeignKey(references=Organization)
     lookup_prefix = Varchar(length=16, index=True)
     token_hash = Varchar(length=64)
+    name = Varchar(length=200, default="initial")
     created_at = Timestamptz(default=TimestamptzNow())
+    expires_at = Timestamptz(null=True, default=None)
     revoked_at = Timestamptz(null=True, default=None)
 
 
@@ -165,7 +167,7 @@ class DeviceCommand(Table, tablename="device_commands"):
 
 
 class AgentLog(Table, tablename="agent_logs"):
-    """Partitioned by month on `ts`; unique on (ts, id). Written only by COPY in ingest."""
+    """Partitioned by month on `ts`; unique on (org_id, ts, id). Written only by ingest."""
 
     id = UUID(primary_key=True)
     ts = Timestamptz()
@@ -179,6 +181,8 @@ class AgentLog(Table, tablename="agent_logs"):
 
 
 class IngestBatch(Table, tablename="ingest_batches"):
+    """Keyed by (gateway_id, id): a batch id is unique per gateway only."""
+
     id = UUID(primary_key=True)
     org_id = UUID()
     gateway_id = UUID()

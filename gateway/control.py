@@ -35,6 +35,7 @@ from gateway.state import State
 from gateway.uplink import Uplink, backoff_delay
 from protocol import codec
 from protocol.control import (
+    MAX_AGENTS_PER_REPORT,
     AgentAssignment,
     AgentsSeen,
     BackendMessage,
@@ -53,7 +54,7 @@ log = structlog.get_logger("gateway.control")
 
 CONTROL_PATH = "/v2/gateways/control"
 OUTBOX_SIZE = 10_000
-AGENTS_PER_REPORT = 10_000
+AGENTS_PER_REPORT = MAX_AGENTS_PER_REPORT
 CONNECT_TIMEOUT_S = 15.0
 # How long a command result may take to leave before a restart goes ahead anyway.
 RESULT_DELIVERY_S = 3.0

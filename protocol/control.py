@@ -44,6 +44,17 @@ DEVICE_COMMAND_TYPES: tuple[str, ...] = (
 )
 
 
+# Bounds a gateway's messages must keep; a message past one is refused whole (decoding fails
+# naming the field), not truncated: these values are composed by the gateway itself, so one
+# past its bound is a bug or an attack, and a cut-off sentence or a silently shortened list
+# would be stored as if the gateway had said it.
+MAX_FAULT_CHARS = 1024
+# The gateway reports its agents in chunks of this many (one message each).
+MAX_AGENTS_PER_REPORT = 1000
+# Any one control message, in bytes; larger frames close the connection (1009).
+MAX_CONTROL_MESSAGE_BYTES = 2 * 1024 * 1024
+
+
 class BufferFigures(msgspec.Struct, kw_only=True):
     queue_depth: int = 0
     queue_bytes: int = 0
@@ -77,7 +88,7 @@ class Status(msgspec.Struct, tag_field="type", tag="status", kw_only=True):
     upload_error_streak: int = 0
     last_upload_at: UtcDatetime | None = None
     # A fault the operator should see (buffer near its cap, uploads failing); None when fine.
-    fault: str | None = None
+    fault: Annotated[str, Meta(max_length=MAX_FAULT_CHARS)] | None = None
 
 
 class PolicyAck(msgspec.Struct, tag_field="type", tag="policy_ack", kw_only=True):
@@ -104,7 +115,7 @@ class AgentSeen(msgspec.Struct, kw_only=True):
 
 
 class AgentsSeen(msgspec.Struct, tag_field="type", tag="agents_seen", kw_only=True):
-    agents: Annotated[list[AgentSeen], Meta(max_length=10_000)]
+    agents: Annotated[list[AgentSeen], Meta(max_length=MAX_AGENTS_PER_REPORT)]
 
 
 class DeviceState(msgspec.Struct, tag_field="type", tag="device_state", kw_only=True):

@@ -30,6 +30,12 @@ if TYPE_CHECKING:
 log = get_logger("backend.control")
 
 CHANNEL = "td_control"
+CLOSE_REVOKED = 4401
+REVOKED_REASON = "the API key was rotated or the gateway disabled"
+
+
+class SessionClosed(Exception):
+    """The peer went away or the session was closed here."""
 
 
 class Notice(msgspec.Struct, omit_defaults=True):
@@ -49,7 +55,8 @@ class ControlHub:
     def __init__(self, services: Services) -> None:
         self.services = services
         self.sessions: dict[uuid.UUID, GatewaySession] = {}
-        # Sessions until their cleanup is done (`sessions` drops them earlier).
+        # Every accepted socket, from before its hello until its cleanup is done (`sessions`
+        # holds only the current, greeted one per gateway): revocation reaches all of them.
         self._live: set[GatewaySession] = set()
         self._listener: Any = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -112,6 +119,8 @@ class ControlHub:
         async def run() -> None:
             try:
                 await work
+            except SessionClosed:
+                pass
             except Exception:
                 log.exception("control notification failed")
 
@@ -144,6 +153,9 @@ class ControlHub:
 
     async def gateway_revoked(self, gateway_id: uuid.UUID) -> None:
         await self._notify(Notice("revoked", gateway_id=str(gateway_id)))
+
+    async def enrollment_key_rotated(self, gateway_id: uuid.UUID) -> None:
+        await self._notify(Notice("enrollment_key", gateway_id=str(gateway_id)))
 
     async def command_created(self, gateway_id: uuid.UUID, command_id: uuid.UUID) -> None:
         await self._notify(Notice("command", gateway_id=str(gateway_id), id=str(command_id)))
@@ -182,6 +194,32 @@ class ControlHub:
                 del self._command_waiters[command_id]
 
     # ---- sessions on this instance -----------------------------------------------------
+
+    def admit(self, session: GatewaySession) -> None:
+        """Track an accepted socket at once, so a revocation closes it even before hello."""
+        self._live.add(session)
+
+    async def close_gateway(self, gateway_id: uuid.UUID, code: int, reason: str) -> None:
+        """Close every socket of the gateway held here, greeted or not."""
+        targets = [s for s in list(self._live) if s.gateway_id == gateway_id]
+        await asyncio.gather(*(s.close(code, reason) for s in targets))
+
+    async def close_revoked(self) -> int:
+        """Close sockets whose key is no longer their gateway's (or whose gateway is
+        disabled or gone): a backstop for a notice lost while the listener reconnected."""
+        live = [s for s in list(self._live) if not s.closed]
+        if not live:
+            return 0
+        async with self.services.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT id, api_key_hash FROM gateway_instances"
+                " WHERE id = ANY($1::uuid[]) AND disabled_at IS NULL",
+                list({s.gateway_id for s in live}),
+            )
+        current = {row["id"]: row["api_key_hash"] for row in rows}
+        stale = [s for s in live if current.get(s.gateway_id) != s.identity.api_key_hash]
+        await asyncio.gather(*(s.close(CLOSE_REVOKED, REVOKED_REASON) for s in stale))
+        return len(stale)
 
     async def register(self, session: GatewaySession) -> None:
         """Make `session` the gateway's connection; any older one, here or elsewhere, closes."""
@@ -224,6 +262,14 @@ class ControlHub:
                 else:
                     update = await state.policy(conn, org_id, uuid.UUID(notice.id))
                     updates = [update] if update is not None else []
+                valid = await conn.fetch(
+                    "SELECT id, api_key_hash FROM gateway_instances"
+                    " WHERE org_id = $1 AND disabled_at IS NULL",
+                    org_id,
+                )
+            # Only to sessions whose key is still current (the rest close on their notice).
+            current = {row["id"]: row["api_key_hash"] for row in valid}
+            targets = [s for s in targets if current.get(s.gateway_id) == s.identity.api_key_hash]
             # All sessions at once: one slow socket must not hold back the rest of the fleet.
             outcomes = await asyncio.gather(
                 *(self._send_when_ready(session, updates) for session in targets),
@@ -232,6 +278,10 @@ class ControlHub:
             for outcome in outcomes:
                 if isinstance(outcome, Exception):
                     log.error("policy push failed", error=repr(outcome))
+            return
+        if notice.kind == "revoked" and notice.gateway_id:
+            # Every socket of the gateway, also ones that have not said hello yet.
+            await self.close_gateway(uuid.UUID(notice.gateway_id), CLOSE_REVOKED, REVOKED_REASON)
             return
         found = self.sessions.get(uuid.UUID(notice.gateway_id)) if notice.gateway_id else None
         if found is None:
@@ -242,22 +292,23 @@ class ControlHub:
         match notice.kind:
             case "connected" if notice.connection_id != session.connection_id:
                 await session.close(4409, "replaced by a newer connection of the same gateway")
-            case "revoked":
-                await session.close(4401, "the API key was rotated or the gateway disabled")
             case "assignment":
-                async with self.services.pool.acquire() as conn:
+                async with session.authorised() as conn:
                     assigned = await state.assignments(
                         conn, session.gateway_id, uuid.UUID(notice.id)
                     )
-                await self._send_all(session, assigned)
+                    await self._send_all(session, assigned)
             case "device":
-                async with self.services.pool.acquire() as conn:
+                # Device configs carry passwords: sent only while the key is current.
+                async with session.authorised() as conn:
                     configs = await state.devices(
                         conn, session.gateway_id, self.services.secrets, uuid.UUID(notice.id)
                     )
-                await self._send_all(session, configs)
+                    await self._send_all(session, configs)
             case "device_deleted":
                 await session.send(state.deleted_device(uuid.UUID(notice.id)))
+            case "enrollment_key":
+                await session.send_welcome()
             case "command":
                 await session.deliver_commands(uuid.UUID(notice.id))
             case "cancel":

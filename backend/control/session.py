@@ -11,20 +11,23 @@ import contextlib
 import datetime as dt
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 from litestar.enums import ScopeType
 from litestar.types import Receive, Scope, Send
 
-from backend.auth import GatewayIdentity, authenticate_gateway
+from backend.auth import GatewayIdentity, authenticate_gateway, gateway_still_valid
 from backend.control import state
-from backend.control.hub import ControlHub
+from backend.control.hub import CLOSE_REVOKED, REVOKED_REASON, ControlHub, SessionClosed
+from backend.control.status import StatusCoalescer
 from backend.errors import Unauthorized
 from backend.logging import get_logger
 from backend.services import Services
 from protocol import codec
 from protocol.codec import ProtocolError
 from protocol.control import (
+    MAX_CONTROL_MESSAGE_BYTES,
     AgentsSeen,
     BackendMessage,
     CommandResult,
@@ -38,6 +41,7 @@ from protocol.control import (
 log = get_logger("backend.control")
 
 CLOSE_NORMAL = 1000
+CLOSE_TOO_BIG = 1009
 # last_seen_at is kept to the second: a burst of acks or results (a policy push to the whole
 # fleet) then costs one UPDATE per gateway, not one per message.
 TOUCH_EVERY_S = 1.0
@@ -45,15 +49,12 @@ CLOSE_PROTOCOL = 4400
 CLOSE_TIMEOUT = 4408
 
 
-class SessionClosed(Exception):
-    """The peer went away or the session was closed here."""
-
-
 class GatewaySession:
     def __init__(
         self, hub: ControlHub, identity: GatewayIdentity, receive: Receive, send: Send
     ) -> None:
         self.hub = hub
+        self.identity = identity
         self.gateway_id = identity.gateway_id
         self.org_id = identity.org_id
         # Stored in gateway_instances.connected_instance: which instance holds the socket.
@@ -67,6 +68,16 @@ class GatewaySession:
         self._closed = asyncio.Event()
         self._close_code = CLOSE_NORMAL
         self._touched_at = -TOUCH_EVERY_S
+        config = hub.services.config
+        self._statuses = StatusCoalescer(
+            config.heartbeat_interval,
+            self._record_status,
+            hub.services.metrics.control_status_coalesced.inc,
+        )
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
 
     async def wait_ready(self) -> bool:
         """True once the welcome is sent; False if the session ends first."""
@@ -88,6 +99,22 @@ class GatewaySession:
             self._touched_at = now
             await state.touch(conn, self.gateway_id)
 
+    # ---- authorisation -----------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def authorised(self) -> AsyncIterator[Any]:
+        """A connection in a transaction in which this session's key is still the gateway's
+        and the gateway is enabled; otherwise the session closes (4401) and SessionClosed.
+
+        Everything sent or written inside the block is covered: a rotation or disable waits
+        for the block to end (row share lock), and its notice then closes the session.
+        """
+        async with self.hub.services.pool.acquire() as conn, conn.transaction():
+            if not await gateway_still_valid(conn, self.identity):
+                await self.close(CLOSE_REVOKED, REVOKED_REASON)
+                raise SessionClosed
+            yield conn
+
     # ---- I/O ---------------------------------------------------------------------------
 
     async def send(self, message: BackendMessage) -> None:
@@ -95,6 +122,8 @@ class GatewaySession:
             return
         text = codec.json_encoder.encode(message).decode()
         async with self._send_lock:
+            if self._closed.is_set():
+                return
             try:
                 await self._send({"type": "websocket.send", "text": text})
             except (OSError, RuntimeError):
@@ -125,6 +154,9 @@ class GatewaySession:
             if not self._closed.is_set():
                 await self.close(CLOSE_TIMEOUT, f"nothing received for {silence_s:g} s")
             raise SessionClosed
+        if self._closed.is_set():
+            # Closed (revoked) while the message was arriving: it is not handled.
+            raise SessionClosed
         event = receive_task.result()
         if event["type"] == "websocket.disconnect":
             self._closed.set()
@@ -132,26 +164,35 @@ class GatewaySession:
         data: Any = event.get("text")
         if data is None:
             data = event.get("bytes") or b""
+        if len(data) > MAX_CONTROL_MESSAGE_BYTES:
+            await self.close(
+                CLOSE_TOO_BIG, f"a control message may be at most {MAX_CONTROL_MESSAGE_BYTES} bytes"
+            )
+            raise SessionClosed
         return codec.gateway_message.decode_json(data)
 
     # ---- the conversation --------------------------------------------------------------
 
     async def run(self) -> None:
-        services = self.hub.services
-        config = services.config
-        silence_limit = config.gateway_offline_after_s
+        """The whole session; the hub knows it (and can revoke it) from before `hello`."""
+        self.hub.admit(self)
+        registered = False
         try:
-            hello = await self._next_message(silence_limit)
-        except ProtocolError as exc:
-            await self.close(CLOSE_PROTOCOL, f"the first message must be hello: {exc}")
-            return
-        except SessionClosed:
-            return
-        if not isinstance(hello, Hello):
-            await self.close(CLOSE_PROTOCOL, "the first message must be hello")
-            return
-        await self.hub.register(self)
-        try:
+            # A rotation between the upgrade's check and `admit` sent its notice before the
+            # hub knew this session: look once more, now that any later notice reaches it.
+            async with self.authorised():
+                pass
+            silence_limit = self.hub.services.config.gateway_offline_after_s
+            try:
+                hello = await self._next_message(silence_limit)
+            except ProtocolError as exc:
+                await self.close(CLOSE_PROTOCOL, f"the first message must be hello: {exc}")
+                return
+            if not isinstance(hello, Hello):
+                await self.close(CLOSE_PROTOCOL, "the first message must be hello")
+                return
+            await self.hub.register(self)
+            registered = True
             await self._handshake(hello)
             log.info(
                 "gateway connected",
@@ -172,15 +213,18 @@ class GatewaySession:
         except SessionClosed:
             pass
         finally:
+            await self._statuses.aclose()
             self.hub.unregister(self)
             # Shielded: a server shutting down cancels this task, and the row must still say
             # OFFLINE (the hub waits for `finished` before the pool closes).
-            await asyncio.shield(self._mark_disconnected())
+            await asyncio.shield(self._finish(registered))
 
-    async def _mark_disconnected(self) -> None:
+    async def _finish(self, registered: bool) -> None:
         try:
-            async with self.hub.services.pool.acquire() as conn:
-                await state.mark_disconnected(conn, self.gateway_id, self.connection_id)
+            if registered:
+                async with self.hub.services.pool.acquire() as conn:
+                    await state.mark_disconnected(conn, self.gateway_id, self.connection_id)
+                log.info("gateway disconnected", gateway_id=str(self.gateway_id))
         except Exception as exc:
             # The sweeper marks it OFFLINE later from last_seen_at.
             log.warning(
@@ -189,40 +233,48 @@ class GatewaySession:
         finally:
             self.finished.set()
             self.hub.cleaned_up(self)
-        log.info("gateway disconnected", gateway_id=str(self.gateway_id))
+
+    async def _welcome(self, conn: Any) -> Welcome:
+        services = self.hub.services
+        row = await conn.fetchrow(
+            "SELECT enrollment_key_encrypted FROM gateway_instances WHERE id = $1",
+            self.gateway_id,
+        )
+        return Welcome(
+            gateway_id=str(self.gateway_id),
+            enrollment_key=services.secrets.decrypt(row["enrollment_key_encrypted"]),
+            heartbeat_interval_s=services.config.heartbeat_interval,
+            policies=await state.org_policies(conn, self.org_id),
+            assignments=await state.assignments(conn, self.gateway_id),
+            devices=await state.devices(conn, self.gateway_id, services.secrets),
+            server_time=dt.datetime.now(dt.UTC),
+        )
 
     async def _handshake(self, hello: Hello) -> None:
-        services = self.hub.services
-        async with services.pool.acquire() as conn:
+        # The welcome carries the enrollment key and device passwords: it is built and sent
+        # only while the key is known to be current (see `authorised`).
+        async with self.authorised() as conn:
             await state.mark_connected(
                 conn, self.gateway_id, self.connection_id, hello.hostname, hello.version, hello
             )
-            row = await conn.fetchrow(
-                "SELECT enrollment_key_encrypted FROM gateway_instances WHERE id = $1",
-                self.gateway_id,
-            )
-            policies = await state.org_policies(conn, self.org_id)
-            welcome = Welcome(
-                gateway_id=str(self.gateway_id),
-                enrollment_key=services.secrets.decrypt(row["enrollment_key_encrypted"]),
-                heartbeat_interval_s=services.config.heartbeat_interval,
-                policies=policies,
-                assignments=await state.assignments(conn, self.gateway_id),
-                devices=await state.devices(conn, self.gateway_id, services.secrets),
-                server_time=dt.datetime.now(dt.UTC),
-            )
-        await self.send(welcome)
-        # Drift repair: a revision older than current is sent again on its own as well.
-        for update in policies:
-            known = hello.policy_revisions.get(update.policy_id)
-            if known is not None and known < update.revision:
-                await self.send(update)
+            welcome = await self._welcome(conn)
+            await self.send(welcome)
+            # Drift repair: a revision older than current is sent again on its own as well.
+            for update in welcome.policies:
+                known = hello.policy_revisions.get(update.policy_id)
+                if known is not None and known < update.revision:
+                    await self.send(update)
         self.ready.set()
         await self.deliver_commands()
 
+    async def send_welcome(self) -> None:
+        """A fresh welcome mid-session (the gateway applies it as on connect): how a new
+        enrollment key reaches the gateway."""
+        async with self.authorised() as conn:
+            await self.send(await self._welcome(conn))
+
     async def deliver_commands(self, command_id: uuid.UUID | None = None) -> None:
-        services = self.hub.services
-        async with services.pool.acquire() as conn:
+        async with self.authorised() as conn:
             commands = await state.claim_commands(conn, self.gateway_id, command_id)
             # sync_policy: the current policies and assignments go out just before it, so
             # the gateway has what to sync to when it runs the command.
@@ -233,25 +285,33 @@ class GatewaySession:
                 ]
             else:
                 refresh = []
-        for message in refresh:
-            await self.send(message)
-        for command in commands:
-            await self.send(command)
+            for message in refresh:
+                await self.send(message)
+            for command in commands:
+                await self.send(command)
 
     async def resync(self) -> None:
         """After a gap in notifications: everything pending, plus current policies."""
-        async with self.hub.services.pool.acquire() as conn:
-            policies = await state.org_policies(conn, self.org_id)
-        for update in policies:
-            await self.send(update)
+        async with self.authorised() as conn:
+            for update in await state.org_policies(conn, self.org_id):
+                await self.send(update)
         await self.deliver_commands()
 
+    async def _record_status(self, status: Status) -> None:
+        try:
+            async with self.authorised() as conn:
+                await state.record_status(conn, self.gateway_id, self.org_id, status)
+        except SessionClosed:
+            pass
+
     async def _handle(self, message: Any) -> None:
+        if isinstance(message, Status):
+            # Authorised when it is stored (at most once per heartbeat interval).
+            await self._statuses.offer(message)
+            return
         hub = self.hub
-        async with hub.services.pool.acquire() as conn:
+        async with self.authorised() as conn:
             match message:
-                case Status():
-                    await state.record_status(conn, self.gateway_id, self.org_id, message)
                 case AgentsSeen():
                     await state.record_agents_seen(conn, self.gateway_id, self.org_id, message)
                     await self._touch(conn)

@@ -1,4 +1,5 @@
-"""Background work every instance runs: command expiry and marking silent gateways OFFLINE."""
+"""Background work every instance runs: command expiry, marking silent gateways OFFLINE, and
+closing sockets whose key was revoked (a backstop for a lost notice)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ async def sweep_forever(hub: ControlHub) -> None:
     while True:
         try:
             await expire_once(hub)
+            await hub.close_revoked()
             if loop.time() >= next_offline_check:
                 await mark_offline_once(hub)
                 next_offline_check = loop.time() + config.heartbeat_interval

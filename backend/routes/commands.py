@@ -11,7 +11,7 @@ from litestar import Controller, get, post
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from msgspec import Meta
 
-from backend.errors import InvalidRequest, NotFound
+from backend.errors import Conflict, InvalidRequest, NotFound
 from backend.logging import get_logger
 from backend.routes.common import (
     ADMIN_ERRORS,
@@ -20,6 +20,7 @@ from backend.routes.common import (
     OrgId,
     ServicesDep,
     decode_cursor,
+    error_responses,
     next_cursor,
 )
 from backend.routes.devices import device_out
@@ -104,7 +105,18 @@ async def _create(
         columns += ", device_id"
         values += ", $7"
         args.append(device_id)
-    async with services.connection() as conn:
+    async with services.connection() as conn, conn.transaction():
+        # Share-locked, so a concurrent disable either sees this command (and cancels it) or
+        # happened first (and this answers 409).
+        disabled = await conn.fetchval(
+            "SELECT disabled_at IS NOT NULL FROM gateway_instances WHERE id = $1 FOR SHARE",
+            gateway_id,
+        )
+        if disabled:
+            raise Conflict(
+                f"gateway {gateway_id} is disabled; enable it"
+                f" (POST /v2/gateways/{gateway_id}/enable) before sending it commands"
+            )
         row = await conn.fetchrow(
             f"INSERT INTO {table} ({columns}) VALUES ({values}) RETURNING *", *args
         )
@@ -234,7 +246,7 @@ class GatewayCommandController(Controller):
     path = "/v2/gateways/{gateway_id:uuid}/commands"
     tags = ["commands"]
 
-    @post("/", status_code=202, responses=ADMIN_ERRORS)
+    @post("/", status_code=202, responses=error_responses(400, 401, 404, 409))
     async def create_gateway_command(
         self,
         org_id: OrgId,
@@ -293,7 +305,7 @@ class DeviceCommandController(Controller):
     path = "/v2/devices/{device_id:uuid}/commands"
     tags = ["commands"]
 
-    @post("/", status_code=202, responses=ADMIN_ERRORS)
+    @post("/", status_code=202, responses=error_responses(400, 401, 404, 409))
     async def create_device_command(
         self,
         org_id: OrgId,

@@ -11,7 +11,7 @@ from litestar import Controller, delete, get, patch, post
 from litestar.params import FromPath, FromQuery, JSONBody
 from msgspec import Meta
 
-from backend.errors import InvalidRequest
+from backend.errors import Conflict, InvalidRequest
 from backend.logging import get_logger
 from backend.routes.common import (
     ADMIN_ERRORS,
@@ -19,6 +19,7 @@ from backend.routes.common import (
     Limit,
     OrgId,
     ServicesDep,
+    error_responses,
     keyset_rows,
     next_cursor,
     org_row,
@@ -120,14 +121,22 @@ class DeviceController(Controller):
     path = "/v2/devices"
     tags = ["devices"]
 
-    @post("/", status_code=201, responses=ADMIN_ERRORS)
+    @post("/", status_code=201, responses=error_responses(400, 401, 404, 409))
     async def create_device(
         self, org_id: OrgId, services: ServicesDep, data: JSONBody[DeviceCreate]
     ) -> DeviceOut:
-        if not await GatewayInstance.exists().where(
-            (GatewayInstance.id == data.gateway_id) & (GatewayInstance.org_id == org_id)
-        ):
+        gateway = (
+            await GatewayInstance.select(GatewayInstance.disabled_at)
+            .where((GatewayInstance.id == data.gateway_id) & (GatewayInstance.org_id == org_id))
+            .first()
+        )
+        if gateway is None:
             raise InvalidRequest(f"gateway_id: no gateway {data.gateway_id} in this organisation")
+        if gateway["disabled_at"] is not None:
+            raise Conflict(
+                f"gateway_id: gateway {data.gateway_id} is disabled; enable it before adding"
+                " devices to it"
+            )
         device_id = uuid.uuid4()
         await Device.insert(
             Device(

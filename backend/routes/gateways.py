@@ -1,4 +1,5 @@
-"""Gateways: create (keys shown once), list with live status, disable, rotate the API key."""
+"""Gateways: create (keys shown once), list with live status, disable / enable / delete, rotate
+the API key or the enrollment key."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ import uuid
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, get, post
+from litestar import Controller, delete, get, post
 from litestar.params import FromPath, FromQuery, JSONBody
 from msgspec import Meta
 
 from backend.auth import ENROLLMENT_KEY, GATEWAY_API_KEY, new_secret
-from backend.errors import InvalidRequest
+from backend.errors import Conflict, InvalidRequest
 from backend.logging import get_logger
 from backend.routes.common import (
     ADMIN_ERRORS,
@@ -45,6 +46,11 @@ class GatewayCreated(msgspec.Struct):
 class KeyRotated(msgspec.Struct):
     id: uuid.UUID
     api_key: str
+
+
+class EnrollmentKeyRotated(msgspec.Struct):
+    id: uuid.UUID
+    enrollment_key: str
 
 
 class GatewayOut(msgspec.Struct):
@@ -109,6 +115,18 @@ async def gateway_row(org_id: uuid.UUID, gateway_id: uuid.UUID) -> dict[str, Any
     return await org_row(GatewayInstance, org_id, gateway_id, "gateway")
 
 
+async def enabled_gateway_row(org_id: uuid.UUID, gateway_id: uuid.UUID) -> dict[str, Any]:
+    """The organisation's gateway, or Conflict when it is disabled: work queued for a gateway
+    that cannot connect would only wait until it expires."""
+    row = await gateway_row(org_id, gateway_id)
+    if row["disabled_at"] is not None:
+        raise Conflict(
+            f"gateway {gateway_id} is disabled; enable it (POST /v2/gateways/{gateway_id}/enable)"
+            " first"
+        )
+    return row
+
+
 class GatewayController(Controller):
     path = "/v2/gateways"
     tags = ["gateways"]
@@ -168,11 +186,26 @@ class GatewayController(Controller):
     ) -> GatewayOut:
         """Revoke the gateway: its key stops working at once and its control channel closes."""
         await gateway_row(org_id, gateway_id)
-        await GatewayInstance.update({GatewayInstance.disabled_at: dt.datetime.now(dt.UTC)}).where(
-            (GatewayInstance.id == gateway_id) & (GatewayInstance.disabled_at.is_null())
-        )
+        async with services.connection() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE gateway_instances SET disabled_at = now()"
+                " WHERE id = $1 AND org_id = $2 AND disabled_at IS NULL",
+                gateway_id,
+                org_id,
+            )
+            # Its open commands can no longer run: end them now rather than at expiry.
+            canceled = []
+            for table in ("gateway_commands", "device_commands"):
+                canceled += await conn.fetch(
+                    f"UPDATE {table} SET status = 'CANCELED', finished_at = now(),"
+                    " error = 'the gateway was disabled'"
+                    " WHERE gateway_id = $1 AND status IN ('PENDING', 'SENT') RETURNING id",
+                    gateway_id,
+                )
         if services.control is not None:
             await services.control.gateway_revoked(gateway_id)
+            for row in canceled:
+                await services.control.command_finished(row["id"])
         log.info("gateway disabled", org_id=str(org_id), gateway_id=str(gateway_id))
         return gateway_out(await gateway_row(org_id, gateway_id))
 
@@ -193,6 +226,50 @@ class GatewayController(Controller):
             await services.control.gateway_revoked(gateway_id)
         log.info("gateway key rotated", org_id=str(org_id), gateway_id=str(gateway_id))
         return KeyRotated(id=gateway_id, api_key=api_key.value)
+
+    @post("/{gateway_id:uuid}/enable", status_code=200, responses=ADMIN_ERRORS)
+    async def enable_gateway(self, org_id: OrgId, gateway_id: FromPath[uuid.UUID]) -> GatewayOut:
+        """Undo disable: the gateway's current API key works again (rotate it if it leaked)."""
+        await gateway_row(org_id, gateway_id)
+        await GatewayInstance.update({GatewayInstance.disabled_at: None}).where(
+            (GatewayInstance.id == gateway_id) & (GatewayInstance.org_id == org_id)
+        )
+        log.info("gateway enabled", org_id=str(org_id), gateway_id=str(gateway_id))
+        return gateway_out(await gateway_row(org_id, gateway_id))
+
+    @delete("/{gateway_id:uuid}", status_code=204, responses=ADMIN_ERRORS)
+    async def delete_gateway(
+        self, org_id: OrgId, services: ServicesDep, gateway_id: FromPath[uuid.UUID]
+    ) -> None:
+        """Delete the gateway with its devices, commands, agents and snapshots; its control
+        channel closes. The logs it uploaded stay (they are records) until retention."""
+        await gateway_row(org_id, gateway_id)
+        await GatewayInstance.delete().where(
+            (GatewayInstance.id == gateway_id) & (GatewayInstance.org_id == org_id)
+        )
+        if services.control is not None:
+            await services.control.gateway_revoked(gateway_id)
+        log.info("gateway deleted", org_id=str(org_id), gateway_id=str(gateway_id))
+
+    @post("/{gateway_id:uuid}/rotate-enrollment-key", status_code=200, responses=ADMIN_ERRORS)
+    async def rotate_enrollment_key(
+        self, org_id: OrgId, services: ServicesDep, gateway_id: FromPath[uuid.UUID]
+    ) -> EnrollmentKeyRotated:
+        """A new enrollment key, shown once and pushed to the gateway (a fresh welcome);
+        agents registering with the old one are refused once the gateway has it."""
+        await gateway_row(org_id, gateway_id)
+        enrollment_key = new_secret(ENROLLMENT_KEY)
+        await GatewayInstance.update(
+            {
+                GatewayInstance.enrollment_key_encrypted: services.secrets.encrypt(
+                    enrollment_key.value
+                )
+            }
+        ).where((GatewayInstance.id == gateway_id) & (GatewayInstance.org_id == org_id))
+        if services.control is not None:
+            await services.control.enrollment_key_rotated(gateway_id)
+        log.info("gateway enrollment key rotated", org_id=str(org_id), gateway_id=str(gateway_id))
+        return EnrollmentKeyRotated(id=gateway_id, enrollment_key=enrollment_key.value)
 
     @get("/{gateway_id:uuid}/snapshots", responses=ADMIN_ERRORS)
     async def list_snapshots(

@@ -1,16 +1,19 @@
-"""Liveness, readiness (database reachable) and Prometheus metrics."""
+"""Liveness, readiness (database reachable) and Prometheus metrics (fleet series by token)."""
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 from typing import Any
 
 import msgspec
 from litestar import Request, Response, get
 
+from backend.errors import Unauthorized
 from backend.fleet_metrics import render_fleet
 from backend.logging import get_logger
 from backend.routes.common import error_responses, services_of
+from backend.services import Services
 
 log = get_logger("backend.metrics")
 
@@ -39,10 +42,41 @@ async def ready(request: Request[Any, Any, Any]) -> Response[Any]:
     return Response(HealthOut(status="ready"), status_code=200)
 
 
-@get("/metrics", tags=["ops"], media_type="text/plain; version=0.0.4")
+def _fleet_allowed(services: Services, authorization: str | None) -> bool:
+    """Whether the caller may see every organisation's gateways: only with TD_METRICS_TOKEN.
+    No Authorization header: False (process-level series only); a wrong one: Unauthorized."""
+    if authorization is None:
+        return False
+    expected = services.config.metrics_token
+    if not expected:
+        raise Unauthorized(
+            "this backend has no TD_METRICS_TOKEN; scrape /metrics without Authorization"
+            " (process-level series only) or set TD_METRICS_TOKEN"
+        )
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        token.strip().encode(), expected.encode()
+    ):
+        raise Unauthorized("send `Authorization: Bearer <TD_METRICS_TOKEN>`")
+    return True
+
+
+@get(
+    "/metrics",
+    tags=["ops"],
+    media_type="text/plain; version=0.0.4",
+    responses=error_responses(401),
+    description=(
+        "Process-level series for anyone; the per-organisation fleet series"
+        " (td_fleet_gateway*) only with `Authorization: Bearer <TD_METRICS_TOKEN>`."
+    ),
+)
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     services = services_of(request)
+    fleet = _fleet_allowed(services, request.headers.get("authorization"))
     text = services.metrics.render()
+    if not fleet:
+        return Response(text, media_type="text/plain; version=0.0.4")
     # The fleet figures come from the database; without it, the process metrics still answer.
     try:
         async with asyncio.timeout(2.0), services.pool.acquire() as conn:

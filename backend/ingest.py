@@ -23,6 +23,7 @@ import msgspec
 import zstandard
 
 from backend.auth import GatewayIdentity
+from backend.control.state import proposed_agent_ids
 from backend.errors import InvalidRequest, PayloadTooLarge, RateLimited, UnsupportedMediaType
 from backend.partitions import LogPartitions, month_of
 from protocol.agent import Log
@@ -100,10 +101,17 @@ class IngestOutcome:
     log_count: int
 
 
-async def _agent_ids(conn: Any, gateway: GatewayIdentity, uids: list[str]) -> dict[str, Any]:
-    """Ids of the gateway's agents by uid, creating the ones not seen before."""
-    if not uids:
+async def _agent_ids(
+    conn: Any, gateway: GatewayIdentity, proposed: dict[str, uuid.UUID | None]
+) -> dict[str, Any]:
+    """Ids of the gateway's agents by uid, creating the ones not seen before.
+
+    `proposed` holds the gateway's own id for each uid: a new row takes it when no row
+    anywhere has it, so the id an agent got at registration is the one the API shows. An
+    agent an operator deleted is not brought back (its logs keep the gateway's id)."""
+    if not proposed:
         return {}
+    uids = list(proposed)
     rows = await conn.fetch(
         "SELECT agent_uid, id FROM agent_instances WHERE gateway_id = $1 AND agent_uid = ANY($2)",
         gateway.gateway_id,
@@ -112,13 +120,28 @@ async def _agent_ids(conn: Any, gateway: GatewayIdentity, uids: list[str]) -> di
     ids = {row["agent_uid"]: row["id"] for row in rows}
     missing = [uid for uid in uids if uid not in ids]
     if missing:
+        deleted = await conn.fetch(
+            "SELECT agent_uid, agent_id FROM agent_deletions"
+            " WHERE gateway_id = $1 AND agent_id = ANY($2::uuid[])",
+            gateway.gateway_id,
+            [proposed[uid] for uid in missing if proposed[uid] is not None],
+        )
+        for row in deleted:
+            if proposed.get(row["agent_uid"]) == row["agent_id"]:
+                ids[row["agent_uid"]] = row["agent_id"]
+        missing = [uid for uid in missing if uid not in ids]
+    if missing:
         await conn.execute(
-            "INSERT INTO agent_instances (id, org_id, gateway_id, agent_uid)"
-            " SELECT gen_random_uuid(), $1, $2, uid FROM unnest($3::text[]) AS uid"
+            "INSERT INTO agent_instances (id, org_id, gateway_id, agent_uid, gateway_agent_id)"
+            " SELECT CASE WHEN a.proposed IS NOT NULL AND NOT EXISTS"
+            " (SELECT 1 FROM agent_instances x WHERE x.id = a.proposed)"
+            " THEN a.proposed ELSE gen_random_uuid() END, $1, $2, a.uid, a.proposed"
+            " FROM unnest($3::text[], $4::uuid[]) AS a(uid, proposed)"
             " ON CONFLICT (gateway_id, agent_uid) DO NOTHING",
             gateway.org_id,
             gateway.gateway_id,
             missing,
+            [proposed[uid] for uid in missing],
         )
         rows = await conn.fetch(
             "SELECT agent_uid, id FROM agent_instances"
@@ -173,12 +196,14 @@ async def _store(
         )
         if claimed is None:
             return IngestOutcome(IngestResponse(accepted=0, duplicate=True), log_count)
-        agent_uids = [
-            group.agent_uid
-            for group in batch.groups
-            if not group.agent_uid.startswith(DEVICE_GROUP_PREFIX)
-        ]
-        agent_ids = await _agent_ids(conn, gateway, agent_uids)
+        proposed = proposed_agent_ids(
+            [
+                (group.agent_uid, group.agent_id)
+                for group in batch.groups
+                if not group.agent_uid.startswith(DEVICE_GROUP_PREFIX)
+            ]
+        )
+        agent_ids = await _agent_ids(conn, gateway, proposed)
         encode = _json.encode
         records = [
             (

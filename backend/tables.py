@@ -113,6 +113,22 @@ class AgentInstance(Table, tablename="agent_instances"):
     status = Varchar(length=16, default="ONLINE")
     first_seen_at = Timestamptz(default=TimestamptzNow())
     last_seen_at = Timestamptz(default=TimestamptzNow())
+    # ACTIVE, REVOKED or RESET (an operator's last decision), and when it was taken.
+    access = Varchar(length=16, default="ACTIVE")
+    access_changed_at = Timestamptz(null=True, default=None)
+    # The gateway's id for the agent, where it differs from `id` (rows older than that).
+    gateway_agent_id = UUID(null=True, default=None)
+
+
+class AgentDeletion(Table, tablename="agent_deletions"):
+    """An agent an operator deleted, until its gateway has surely forgotten it too."""
+
+    id = UUID(primary_key=True)
+    org_id = ForeignKey(references=Organization)
+    gateway_id = ForeignKey(references=GatewayInstance)
+    agent_uid = Varchar(length=128)
+    agent_id = UUID()
+    deleted_at = Timestamptz(default=TimestamptzNow())
 
 
 class Device(Table, tablename="devices"):
@@ -200,6 +216,7 @@ ALL_TABLES: list[type[Table]] = [
     GatewayStatusSnapshot,
     GatewayPolicyState,
     AgentInstance,
+    AgentDeletion,
     Device,
     GatewayCommand,
     DeviceCommand,

@@ -108,10 +108,9 @@ def run(backend: BackendProcess, scratch: Path, commands: int) -> dict[str, Any]
         scratch / "gateway",
         "--backend-url",
         backend.url,
-        "--api-key",
-        api_key,
         "--log-level",
         "warning",
+        env={"TD_GATEWAY_API_KEY": api_key},
     )
     (scratch / "gateway").mkdir()
     try:

@@ -76,10 +76,9 @@ def main() -> None:
                     data,
                     "--backend-url",
                     backend.url,
-                    "--api-key",
-                    api_key,
                     "--log-level",
                     "warning",
+                    env={"TD_GATEWAY_API_KEY": api_key},
                 )
                 launched = time.perf_counter()
                 gateway.start()

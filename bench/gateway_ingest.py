@@ -209,12 +209,10 @@ def main() -> None:
                 "127.0.0.1:0",
                 "--data-dir",
                 str(data),
-                "--enrollment-key",
-                "bench",
                 "--log-level",
                 "warning",
             ],
-            env={**os.environ, "TD_BACKEND_URL": ""},
+            env={**os.environ, "TD_BACKEND_URL": "", "TD_ENROLLMENT_KEY": "bench"},
         )
         try:
             bare_url = _wait_for(address, bare)

@@ -1,6 +1,7 @@
 """The agent-facing HTTP API, a plain ASGI app (see gateway/http_io.py for why).
 
 POST /v1/agents/register   X-Enrollment-Key   -> {"agent_id", "token", "policy"}
+                           (+ Bearer token to re-register a uid already registered)
 POST /v1/logs              Bearer token       -> 202 {"accepted": n} after commit
 GET  /v1/policy            Bearer token       -> policy + ETag; If-None-Match; ?wait=S
 GET  /health, /metrics, /schema
@@ -18,7 +19,7 @@ import trio
 from gateway import openapi
 from gateway.buffer import Buffer
 from gateway.config import GatewayConfig
-from gateway.errors import BufferFull, BufferTooLarge, StorageError
+from gateway.errors import AgentRevoked, BufferFull, BufferTooLarge, IdentityTaken, StorageError
 from gateway.health import Health
 from gateway.http_io import (
     ClientGone,
@@ -36,7 +37,7 @@ from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.metrics import Metrics
 from gateway.state import Agent, State, etag
 from protocol import codec
-from protocol.agent import LogsResponse, RegisterResponse
+from protocol.agent import AGENT_LOG_KINDS, LogsResponse, RegisterResponse, reserved_uid_prefix
 
 log = structlog.get_logger("gateway.api")
 
@@ -141,7 +142,34 @@ class AgentApi:
             request = codec.register_request.decode(body, headers.get("content-type"))
         except codec.ProtocolError as exc:
             raise HttpError(400, "invalid_body", str(exc)) from None
-        agent, token = await self._state.register(request)
+        prefix = reserved_uid_prefix(request.agent_uid)
+        if prefix is not None:
+            raise HttpError(
+                400,
+                "invalid_body",
+                f"$.agent_uid: the prefix {prefix!r} is reserved for the gateway's own"
+                " sources; choose an agent_uid that does not start with it",
+            )
+        scheme, _, presented = headers.get("authorization", "").partition(" ")
+        try:
+            agent, token = await self._state.register(
+                request, presented.strip() if scheme.lower() == "bearer" else ""
+            )
+        except AgentRevoked:
+            raise HttpError(
+                403,
+                "agent_revoked",
+                f"agent_uid {request.agent_uid!r} was revoked by an operator; it can register"
+                " again after an operator resets it (POST /v2/agents/{id}/reset)",
+            ) from None
+        except IdentityTaken:
+            raise HttpError(
+                409,
+                "agent_uid_taken",
+                f"agent_uid {request.agent_uid!r} is already registered on this gateway;"
+                " re-register with that agent's current token (Authorization: Bearer), or ask"
+                " an operator to reset it (POST /v2/agents/{id}/reset)",
+            ) from None
         log.info("agent_registered", agent_id=agent.agent_id, agent_uid=agent.agent_uid)
         policy = self._state.policy_for(agent.agent_uid)
         answer = RegisterResponse(agent_id=agent.agent_id, token=token, policy=policy)
@@ -156,7 +184,10 @@ class AgentApi:
             request = codec.logs_request.decode(body, headers.get("content-type"))
             codec.check_log_times(request.logs)
         except codec.ProtocolError as exc:
-            raise HttpError(400, "invalid_body", str(exc)) from None
+            detail = str(exc)
+            if exc.path.endswith(".kind"):
+                detail += f"; an agent may send {', '.join(AGENT_LOG_KINDS)}"
+            raise HttpError(400, "invalid_body", detail) from None
         n_logs = len(request.logs)
         if n_logs:
             payload = codec.msgpack_encoder.encode(request.logs)

@@ -9,7 +9,6 @@ rest. An upload cut short stays buffered under its batch id and is resent after 
 
 from __future__ import annotations
 
-import os
 from functools import partial
 from pathlib import Path
 
@@ -19,15 +18,17 @@ import hypercorn.trio
 import structlog
 import trio
 
+from gateway import datadir
 from gateway.api import AgentApi
-from gateway.buffer import Buffer
+from gateway.buffer import BUFFER_FILE, Buffer
 from gateway.config import GatewayConfig
 from gateway.control import ControlChannel
 from gateway.devices.manager import DeviceManager
 from gateway.health import Health
 from gateway.health import build as build_health
 from gateway.metrics import LiveFigures, Metrics
-from gateway.state import State
+from gateway.sealing import SecretBox
+from gateway.state import STATE_FILE, State
 from gateway.uplink import Uplink
 from protocol.agent import Log
 
@@ -49,18 +50,27 @@ class Gateway:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         data = config.data_path
-        data.mkdir(parents=True, exist_ok=True)
+        datadir.secure(data, (STATE_FILE, DEVICES_FILE, BUFFER_FILE))
+        box = SecretBox(config.api_key)
         self.metrics = Metrics()
-        self.state = State(data)
+        self.state = State(data, box)
         self.buffer = Buffer(
             data,
             max_bytes=config.buffer_max_bytes,
             overflow=config.buffer_overflow,
             durability=config.durability,
         )
-        self.uplink = Uplink(config, self.buffer, self.metrics, gateway_id=self.gateway_id)
+        self.uplink = Uplink(
+            config,
+            self.buffer,
+            self.metrics,
+            gateway_id=self.gateway_id,
+            agent_id_of=self.state.agent_id_of,
+        )
         self._devices_db = apsw.Connection(str(data / DEVICES_FILE))
-        self.devices = DeviceManager(self._devices_db, poll_interval_s=config.device_poll_s)
+        self.devices = DeviceManager(
+            self._devices_db, poll_interval_s=config.device_poll_s, box=box
+        )
         self.control = ControlChannel(
             config,
             self.state,
@@ -189,7 +199,4 @@ class _FirstBind:
 
 def _write_address(data_dir: Path, address: str) -> None:
     # Written atomically: tools polling for the file never read half an address.
-    target = data_dir / ADDRESS_FILE
-    temporary = target.with_suffix(".tmp")
-    temporary.write_text(address + "\n")
-    os.replace(temporary, target)
+    datadir.write_private(data_dir / ADDRESS_FILE, address + "\n")

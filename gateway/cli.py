@@ -30,7 +30,7 @@ EXIT_STORAGE = 1
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="td-gateway", description="TD on-site gateway")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="serve agents and upload their logs")
+    run = commands.add_parser("run", help="serve agents and upload their logs", allow_abbrev=False)
     run.add_argument("--config", metavar="TD_CONFIG", help="TOML file with settings")
     settings.add_flags(run)
     return parser
@@ -47,6 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"td-gateway: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
     logsetup.configure(config.log_level)
+    # Whatever the gateway creates (SQLite side files, files moved aside) is its user's only.
+    os.umask(0o077)
     try:
         return trio.run(_serve, config)
     except StorageError as exc:

@@ -3,6 +3,10 @@ variables and `--flags` (later sources win), and passed down explicitly.
 
 A bad value stops start-up with one line naming the setting, how to set it and what it
 accepts, e.g. `TD_BUFFER_OVERFLOW (--buffer-overflow): got 'x'; accepted: drop_oldest, reject`.
+
+Secrets (the API key, the enrollment key) come only from the environment, a file named by
+`TD_GATEWAY_API_KEY_FILE` / `TD_ENROLLMENT_KEY_FILE` (e.g. a container secret), or the TOML
+file: never from `--flags`, which every user of the host can read in the process list.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ class GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     data_dir: str = ".td-gateway"
     # Until the control channel delivers one, agents enrol with this key (it stays an override).
     enrollment_key: str = ""
+    # Files holding the two secrets above (their contents, trailing newline stripped, win).
+    api_key_file: str = ""
+    enrollment_key_file: str = ""
 
     buffer_max_bytes: Annotated[int, Meta(ge=64 * 1024)] = GiB
     buffer_overflow: Literal["drop_oldest", "reject"] = "drop_oldest"
@@ -80,8 +87,11 @@ class GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
 # Names that do not follow TD_<FIELD> are spelled out; they are part of the external contract.
 _ENV_NAMES = {
     "api_key": "TD_GATEWAY_API_KEY",
+    "api_key_file": "TD_GATEWAY_API_KEY_FILE",
     "heartbeat_interval_s": "TD_HEARTBEAT_INTERVAL",
 }
+# Settings that are secrets, and the setting naming the file each may be read from.
+SECRET_FILES = {"api_key": "api_key_file", "enrollment_key": "enrollment_key_file"}
 _FIELDS: tuple[mi.Field, ...] = mi.type_info(GatewayConfig).fields  # type: ignore[attr-defined]
 _SIZE = re.compile(r"^\s*([0-9]+)\s*([KMG]i?B?)?\s*$", re.IGNORECASE)
 _SIZE_FACTORS = {"k": 1024, "m": MiB, "g": GiB}
@@ -118,6 +128,14 @@ def load(
     for field in _FIELDS:
         if field.name.endswith("_bytes") and isinstance(values.get(field.name), str):
             values[field.name] = _parse_size(values[field.name])
+    for secret, file_setting in SECRET_FILES.items():
+        path = values.get(file_setting)
+        if path:
+            if values.get(secret):
+                raise ConfigError(
+                    f"{env_name(secret)} and {env_name(file_setting)}: set one, not both"
+                )
+            values[secret] = _read_secret(str(path), env_name(file_setting))
     try:
         return msgspec.convert(values, GatewayConfig, strict=False)
     except msgspec.ValidationError as exc:
@@ -125,10 +143,20 @@ def load(
 
 
 def parse_flags(argv: Sequence[str]) -> dict[str, str]:
-    """The settings given as `--flags`; anything else in argv is an error."""
-    parser = argparse.ArgumentParser(prog="td-gateway run", add_help=False)
+    """The settings given as `--flags`; anything else in argv is an error, and so is a
+    secret given as a flag."""
+    for arg in argv:
+        for secret in SECRET_FILES:
+            if arg.split("=", 1)[0] == flag_name(secret):
+                raise ConfigError(
+                    f"{flag_name(secret)} is not accepted (a flag shows in the process list):"
+                    f" set {env_name(secret)} or {env_name(SECRET_FILES[secret])}"
+                )
+    # No abbreviations: `--api-key` must never pass for `--api-key-file`.
+    parser = argparse.ArgumentParser(prog="td-gateway run", add_help=False, allow_abbrev=False)
     for field in _FIELDS:
-        parser.add_argument(flag_name(field.name), dest=field.name, default=None)
+        if field.name not in SECRET_FILES:
+            parser.add_argument(flag_name(field.name), dest=field.name, default=None)
     namespace, rest = parser.parse_known_args(list(argv))
     if rest:
         raise ConfigError(f"unknown argument {rest[0]!r}; see `td-gateway run --help`")
@@ -136,8 +164,10 @@ def parse_flags(argv: Sequence[str]) -> dict[str, str]:
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
-    """Declare every setting as a flag on `parser`, for `--help`."""
+    """Declare every setting but the secrets as a flag on `parser`, for `--help`."""
     for field in _FIELDS:
+        if field.name in SECRET_FILES:
+            continue
         parser.add_argument(
             flag_name(field.name),
             dest=field.name,
@@ -159,6 +189,19 @@ def _read_toml(path: str) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise ConfigError(f"config file {path}: [gateway] must be a table")
     return table
+
+
+def _read_secret(path: str, setting: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as file:
+            value = file.read().rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError(f"{setting}: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{setting}: {path} is not UTF-8 text") from None
+    if not value:
+        raise ConfigError(f"{setting}: {path} is empty")
+    return value
 
 
 def _parse_size(text: str) -> int | str:

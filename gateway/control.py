@@ -36,6 +36,7 @@ from gateway.uplink import Uplink, backoff_delay
 from protocol import codec
 from protocol.control import (
     MAX_AGENTS_PER_REPORT,
+    AgentAccess,
     AgentAssignment,
     AgentsSeen,
     BackendMessage,
@@ -319,6 +320,8 @@ class ControlChannel:
                 await self._apply_policy(message)
             case AgentAssignment(agent_uid=uid, policy_id=policy_id):
                 await self._state.assign(uid, policy_id)
+            case AgentAccess():
+                await self._apply_access(message)
             case DeviceConfig():
                 await self._configure_device(message)
             case Command():
@@ -340,6 +343,13 @@ class ControlChannel:
             await self._state.assign(assignment.agent_uid, assignment.policy_id)
         for device in welcome.devices:
             await self._configure_device(device)
+        for decision in welcome.agent_access:
+            await self._apply_access(decision)
+
+    async def _apply_access(self, decision: AgentAccess) -> None:
+        if await self._state.apply_access(decision):
+            log.info("agent_access_changed", agent_uid=decision.agent_uid,
+                     agent_id=decision.agent_id, action=decision.action)  # fmt: skip
 
     async def _apply_policy(self, update: PolicyUpdate) -> None:
         checksum = codec.policy_checksum(update.body)

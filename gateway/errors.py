@@ -4,7 +4,10 @@
      ├── ConfigError       a setting has a value the gateway cannot use (start-up fails)
      ├── BufferFull        the buffer is at its byte cap in `reject` mode (agents get 503)
      ├── BufferTooLarge    one request is bigger than the whole buffer cap (agents get 413)
-     └── StorageError      SQLite failed underneath the buffer or the state store
+     ├── StorageError      SQLite failed underneath the buffer or the state store
+     └── IdentityRefused   a registration may not take that agent_uid
+          ├── IdentityTaken    the uid belongs to a registered agent (agents get 409)
+          └── AgentRevoked     an operator revoked the uid (agents get 403)
 
 Foreign errors are translated (or handled) at one boundary each: APSW in gateway/buffer.py
 and gateway/state.py, httpx in gateway/uplink.py, trio-websocket in gateway/control.py.
@@ -35,3 +38,15 @@ class BufferTooLarge(GatewayError):
 
 class StorageError(GatewayError):
     """SQLite failed (disk full, I/O error, corruption found while running)."""
+
+
+class IdentityRefused(GatewayError):
+    """A registration may not take the agent_uid it asked for."""
+
+
+class IdentityTaken(IdentityRefused):
+    """The agent_uid is registered, and the caller showed neither its token nor a reset."""
+
+
+class AgentRevoked(IdentityRefused):
+    """An operator revoked the agent_uid; it registers again only after a reset."""

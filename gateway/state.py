@@ -1,6 +1,11 @@
 """What the gateway must remember apart from logs: registered agents (tokens hashed),
-policies and assignments, settings learnt from the backend, executed commands' results.
+operators' revocations and resets, policies and assignments, settings learnt from the
+backend (the enrollment key sealed, see gateway/sealing.py), executed commands' results.
 (Device configs live with the device manager, in devices.db.)
+
+An agent_uid belongs to the agent that registered it first: registering it again needs that
+agent's current token, or an operator's reset (a re-imaged PC), so no one on the LAN who
+knows the enrollment key can take over another agent's identity and history.
 
 Its own SQLite file, so a buffer file moved aside as corrupt never takes registrations with
 it. Reads are served from memory (loaded at start; there are thousands of agents, not
@@ -22,17 +27,24 @@ from typing import TypeVar
 
 import apsw
 import msgspec
+import structlog
 import trio
 
-from gateway.errors import StorageError
+from gateway.errors import AgentRevoked, IdentityTaken, StorageError
+from gateway.sealing import RESEND_REASON, SecretBox, Unsealable
 from gateway.sqlite import query
 from protocol import codec
 from protocol.agent import AgentPolicy, PolicyBody, RegisterRequest
-from protocol.control import AgentSeen, CommandResult, CommandStatus, PolicyUpdate
+from protocol.control import AgentAccess, AgentSeen, CommandResult, CommandStatus, PolicyUpdate
+
+log = structlog.get_logger("gateway.state")
 
 T = TypeVar("T")
 STATE_FILE = "state.db"
 BUILTIN_POLICY_ID = "builtin-default"
+# Settings kept sealed: in memory under their name, on disk under name + SEALED_SUFFIX.
+SECRET_SETTINGS = frozenset({"enrollment_key"})
+SEALED_SUFFIX = ".sealed"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS agents (
@@ -53,6 +65,14 @@ CREATE TABLE IF NOT EXISTS policies (
 );
 CREATE TABLE IF NOT EXISTS assignments (agent_uid TEXT PRIMARY KEY, policy_id TEXT);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- The last operator decision per agent_uid (revoke, reset, delete), by the backend's clock.
+-- 'active' is a reset that a registration has used up.
+CREATE TABLE IF NOT EXISTS agent_access (
+    agent_uid TEXT PRIMARY KEY,
+    agent_id TEXT NOT NULL,
+    action TEXT NOT NULL,
+    changed_at REAL NOT NULL
+);
 -- A row is written before a command runs and gets its result after: a row without a
 -- result is a command interrupted by a crash, which is answered, never run again.
 CREATE TABLE IF NOT EXISTS commands (
@@ -75,6 +95,17 @@ class Agent:
     last_seen_at: float
 
 
+@dataclass
+class Access:
+    agent_id: str
+    action: str  # revoke | reset | active
+    changed_at: float
+
+
+# A revoked agent's stored hash: no token hashes to it.
+_NO_TOKEN = b""
+
+
 def _hash(secret: str) -> bytes:
     # Tokens are 256 random bits, so one fast hash is enough: there is nothing to brute-force.
     return hashlib.sha256(secret.encode()).digest()
@@ -94,8 +125,12 @@ def etag(policy: AgentPolicy) -> str:
 class State:
     """Start with `await nursery.start(state.run)`; closed when that task ends."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, box: SecretBox | None = None) -> None:
         self.path = data_dir / STATE_FILE
+        self._box = box
+        self._access: dict[str, Access] = {}
+        # uids with a registration between its checks and its commit
+        self._registering: set[str] = set()
         self._conn: apsw.Connection | None = None
         self._limiter = trio.CapacityLimiter(1)
         self._commit_lock = trio.Lock()
@@ -123,6 +158,8 @@ class State:
     def _load(self) -> None:
         try:
             conn = apsw.Connection(str(self.path))
+            # Deleted rows (a plaintext secret from an older version) are overwritten.
+            conn.execute("PRAGMA secure_delete=ON")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             with conn:
@@ -136,10 +173,45 @@ class State:
                 update = msgspec.msgpack.decode(body, type=PolicyUpdate)
                 self._policies[update.policy_id] = update
             self._assignments = dict(query(conn, "SELECT agent_uid, policy_id FROM assignments"))
-            self._settings = dict(query(conn, "SELECT key, value FROM settings"))
+            for uid, agent_id, action, changed_at in query(
+                conn, "SELECT agent_uid, agent_id, action, changed_at FROM agent_access"
+            ):
+                self._access[uid] = Access(agent_id, action, changed_at)
+            self._settings = self._load_settings(conn)
         except apsw.Error as exc:
             raise StorageError(f"cannot open the gateway state at {self.path}: {exc}") from exc
         self._conn = conn
+
+    def _load_settings(self, conn: apsw.Connection) -> dict[str, str]:
+        """Settings with secrets opened; a secret stored in clear (older versions) is sealed
+        now, one sealed with another API key is dropped (the backend sends it again)."""
+        stored = dict(query(conn, "SELECT key, value FROM settings"))
+        settings = {k: v for k, v in stored.items() if not k.endswith(SEALED_SUFFIX)}
+        for name in SECRET_SETTINGS:
+            plain = settings.pop(name, None)
+            sealed = stored.get(name + SEALED_SUFFIX)
+            if plain is not None:
+                with conn:
+                    conn.execute("DELETE FROM settings WHERE key = ?", (name,))
+                    if self._box is not None:
+                        self._save_sealed(conn, name, plain)
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                settings[name] = plain
+            elif sealed is not None and self._box is not None:
+                try:
+                    settings[name] = self._box.open(sealed.encode()).decode()
+                except Unsealable:
+                    log.warning("sealed_setting_dropped", setting=name, reason=RESEND_REASON)
+                    with conn:
+                        conn.execute("DELETE FROM settings WHERE key = ?", (name + SEALED_SUFFIX,))
+        return settings
+
+    def _save_sealed(self, conn: apsw.Connection, name: str, value: str) -> None:
+        assert self._box is not None
+        conn.execute(
+            "INSERT OR REPLACE INTO settings(key, value) VALUES (?, ?)",
+            (name + SEALED_SUFFIX, self._box.seal(value.encode()).decode()),
+        )
 
     async def _write(self, fn: Callable[[apsw.Connection], T]) -> T:
         """Run `fn` in a transaction and return its result once committed.
@@ -171,9 +243,51 @@ class State:
         self._agents[agent.agent_id] = agent
         self._by_uid[agent.agent_uid] = agent.agent_id
 
-    async def register(self, request: RegisterRequest) -> tuple[Agent, str]:
-        """Register (or re-register, which rotates the token) an agent; returns its token."""
-        agent_id = self._by_uid.get(request.agent_uid) or str(uuid.uuid4())
+    async def register(
+        self, request: RegisterRequest, presented_token: str = ""
+    ) -> tuple[Agent, str]:
+        """Register an agent, or re-register it (which rotates its token); returns its token.
+
+        A registered uid takes a new registration only with its current token
+        (`presented_token`) or after an operator's reset: IdentityTaken otherwise,
+        AgentRevoked while an operator's revocation stands."""
+        uid = request.agent_uid
+        access = self._access.get(uid)
+        if access is not None and access.action == "revoke":
+            raise AgentRevoked(uid)
+        reset = access is not None and access.action == "reset"
+        existing = self._agents.get(self._by_uid.get(uid, ""))
+        if uid in self._registering:
+            raise IdentityTaken(uid)
+        if existing is not None and not reset and not self._holds_token(existing, presented_token):
+            raise IdentityTaken(uid)
+        # Kept across a reset (the same agent on a re-imaged PC) and after a revocation
+        # reached a gateway that had forgotten the agent: one id from start to finish.
+        if existing is not None:
+            agent_id = existing.agent_id
+        elif (
+            access is not None and _is_uuid(access.agent_id) and access.agent_id not in self._agents
+        ):
+            agent_id = access.agent_id
+        else:
+            agent_id = str(uuid.uuid4())
+        self._registering.add(uid)
+        try:
+            return await self._save_registration(request, agent_id, access if reset else None)
+        finally:
+            self._registering.discard(uid)
+
+    def _holds_token(self, agent: Agent, token: str) -> bool:
+        agent_id, _, secret = token.partition(".")
+        return (
+            agent_id == agent.agent_id
+            and bool(secret)
+            and hmac.compare_digest(agent.token_hash, _hash(secret))
+        )
+
+    async def _save_registration(
+        self, request: RegisterRequest, agent_id: str, used_reset: Access | None
+    ) -> tuple[Agent, str]:
         secret = secrets.token_urlsafe(32)
         agent = Agent(
             agent_id=agent_id,
@@ -184,8 +298,9 @@ class State:
             token_hash=_hash(secret),
             last_seen_at=time.time(),
         )
-        await self._write(
-            lambda conn: conn.execute(
+
+        def save(conn: apsw.Connection) -> None:
+            conn.execute(
                 "INSERT INTO agents(agent_id, agent_uid, hostname, os, version, token_hash,"
                 " registered_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT(agent_uid) DO UPDATE SET hostname = excluded.hostname,"
@@ -201,7 +316,15 @@ class State:
                     agent.last_seen_at,
                 ),
             )
-        )
+            if used_reset is not None:  # a reset allows one registration
+                conn.execute(
+                    "UPDATE agent_access SET action = 'active' WHERE agent_uid = ?",
+                    (agent.agent_uid,),
+                )
+
+        await self._write(save)
+        if used_reset is not None:
+            used_reset.action = "active"
         self._remember(agent)
         self.seen_since_report.add(agent_id)
         return agent, f"{agent_id}.{secret}"
@@ -220,6 +343,55 @@ class State:
 
     def agent(self, agent_id: str) -> Agent | None:
         return self._agents.get(agent_id)
+
+    def agent_id_of(self, agent_uid: str) -> str | None:
+        return self._by_uid.get(agent_uid)
+
+    async def apply_access(self, decision: AgentAccess) -> bool:
+        """Apply an operator's revoke / reset / delete; False when it is not newer than the
+        last one applied for that uid, or (delete) names another registration of the uid."""
+        uid = decision.agent_uid
+        changed_at = decision.changed_at.timestamp()
+        known = self._access.get(uid)
+        if known is not None and known.changed_at >= changed_at:
+            return False
+        current = self._agents.get(self._by_uid.get(uid, ""))
+        if decision.action == "delete":
+            if current is None or current.agent_id != decision.agent_id:
+                return False  # already gone, or the uid registered anew since
+            await self._forget(current)
+            return True
+
+        def save(conn: apsw.Connection) -> None:
+            conn.execute(
+                "INSERT OR REPLACE INTO agent_access(agent_uid, agent_id, action, changed_at)"
+                " VALUES (?, ?, ?, ?)",
+                (uid, decision.agent_id, decision.action, changed_at),
+            )
+            if decision.action == "revoke":
+                conn.execute(
+                    "UPDATE agents SET token_hash = ? WHERE agent_uid = ?", (_NO_TOKEN, uid)
+                )
+
+        await self._write(save)
+        self._access[uid] = Access(decision.agent_id, decision.action, changed_at)
+        if decision.action == "revoke" and current is not None:
+            current.token_hash = _NO_TOKEN
+        return True
+
+    async def _forget(self, agent: Agent) -> None:
+        def delete(conn: apsw.Connection) -> None:
+            conn.execute("DELETE FROM agents WHERE agent_id = ?", (agent.agent_id,))
+            conn.execute("DELETE FROM assignments WHERE agent_uid = ?", (agent.agent_uid,))
+            conn.execute("DELETE FROM agent_access WHERE agent_uid = ?", (agent.agent_uid,))
+
+        await self._write(delete)
+        self._agents.pop(agent.agent_id, None)
+        self._by_uid.pop(agent.agent_uid, None)
+        self._assignments.pop(agent.agent_uid, None)
+        self._access.pop(agent.agent_uid, None)
+        self.seen_since_report.discard(agent.agent_id)
+        self._policies_changed()
 
     def connected_agents(self, within_s: float = 120.0) -> int:
         since = time.time() - within_s
@@ -240,6 +412,7 @@ class State:
                         last_seen_at=dt.datetime.fromtimestamp(agent.last_seen_at, dt.UTC),
                         os=agent.os,
                         version=agent.version,
+                        agent_id=agent.agent_id,
                     )
                 )
         return ids, seen
@@ -317,13 +490,19 @@ class State:
         return self._settings.get(key)
 
     async def set_setting(self, key: str, value: str) -> None:
+        """Remember a setting; the SECRET_SETTINGS only sealed (never without a SecretBox)."""
         if self._settings.get(key) == value:
             return
-        await self._write(
-            lambda conn: conn.execute(
-                "INSERT OR REPLACE INTO settings(key, value) VALUES (?, ?)", (key, value)
+        if key in SECRET_SETTINGS:
+            if self._box is None:
+                raise StorageError(f"{key} is a secret and this state has no key to seal it")
+            await self._write(lambda conn: self._save_sealed(conn, key, value))
+        else:
+            await self._write(
+                lambda conn: conn.execute(
+                    "INSERT OR REPLACE INTO settings(key, value) VALUES (?, ?)", (key, value)
+                )
             )
-        )
         self._settings[key] = value
 
     # ---- commands --------------------------------------------------------------------------
@@ -384,6 +563,14 @@ class State:
             )
         )
         return [uuid.UUID(row[0]) for row in rows]
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
 
 
 class _PendingWrite:

@@ -47,6 +47,7 @@ Outcome = Literal["ok", "retry", "dead_letter"]
 class _RawAgentLogs(msgspec.Struct, kw_only=True):
     agent_uid: str
     logs: msgspec.Raw
+    agent_id: str | None = None
 
 
 class _RawUplinkBatch(msgspec.Struct, kw_only=True):
@@ -56,14 +57,19 @@ class _RawUplinkBatch(msgspec.Struct, kw_only=True):
     groups: list[_RawAgentLogs]
 
 
-def encode_batch(claim: Claim, gateway_id: str) -> bytes:
-    """The msgpack body of an UplinkBatch for `claim` (not yet compressed)."""
+def encode_batch(
+    claim: Claim, gateway_id: str, agent_id_of: Callable[[str], str | None] = lambda uid: None
+) -> bytes:
+    """The msgpack body of an UplinkBatch for `claim` (not yet compressed); each group
+    carries the gateway's id for its agent (`agent_id_of(agent_uid)`)."""
     batch = _RawUplinkBatch(
         batch_id=claim.batch_id,
         gateway_id=gateway_id,
         created_at=claim.created_at,
         groups=[
-            _RawAgentLogs(agent_uid=uid, logs=msgspec.Raw(unpack(packed)))
+            _RawAgentLogs(
+                agent_uid=uid, logs=msgspec.Raw(unpack(packed)), agent_id=agent_id_of(uid)
+            )
             for uid, packed in claim.groups
         ],
     )
@@ -114,6 +120,7 @@ class Uplink:
         buffer: Buffer,
         metrics: Metrics,
         gateway_id: Callable[[], str] = lambda: "",
+        agent_id_of: Callable[[str], str | None] = lambda uid: None,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         rng: random.Random | None = None,
@@ -122,6 +129,7 @@ class Uplink:
         self._buffer = buffer
         self._metrics = metrics
         self._gateway_id = gateway_id
+        self._agent_id_of = agent_id_of
         self._transport = transport
         self._rng = rng or random.Random()
         self._wake = trio.Event()
@@ -181,7 +189,7 @@ class Uplink:
     async def _deliver(
         self, client: httpx.AsyncClient, compressor: zstandard.ZstdCompressor, claim: Claim
     ) -> None:
-        raw = encode_batch(claim, self._gateway_id())
+        raw = encode_batch(claim, self._gateway_id(), self._agent_id_of)
         body = compressor.compress(raw)
         headers = {
             "Content-Type": codec.MSGPACK,

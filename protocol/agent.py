@@ -67,10 +67,24 @@ class DeviceEvent(_LogBase, tag="device_event", kw_only=True):
 
 Log = ActiveWindow | Idle | Activity | Session | DeviceEvent
 LOG_KINDS: tuple[str, ...] = ("active_window", "idle", "activity", "session", "device_event")
+# What an agent may send: device events come only from the gateway's own terminal readers, so
+# an agent cannot forge a door opening (the uplink still carries the full `Log` union).
+AgentLog = ActiveWindow | Idle | Activity | Session
+AGENT_LOG_KINDS: tuple[str, ...] = ("active_window", "idle", "activity", "session")
+# agent_uid prefixes the gateway keeps for its own sources (terminals log as `device:<id>`).
+RESERVED_UID_PREFIXES: tuple[str, ...] = ("device:", "gateway:", "system:")
+
+
+def reserved_uid_prefix(agent_uid: str) -> str | None:
+    """The reserved prefix `agent_uid` starts with (compared case-insensitively), or None."""
+    lowered = agent_uid.lower()
+    return next((p for p in RESERVED_UID_PREFIXES if lowered.startswith(p)), None)
 
 
 class LogsRequest(msgspec.Struct):
-    logs: Annotated[list[Log], Meta(max_length=MAX_LOGS_PER_REQUEST)]
+    """`POST /v1/logs` from an agent: only agent log kinds."""
+
+    logs: Annotated[list[AgentLog], Meta(max_length=MAX_LOGS_PER_REQUEST)]
 
 
 class LogsResponse(msgspec.Struct):

@@ -106,12 +106,18 @@ class CommandResult(msgspec.Struct, tag_field="type", tag="command_result", kw_o
     error: str | None = None
 
 
+AgentId = Annotated[str, Meta(max_length=64)]
+
+
 class AgentSeen(msgspec.Struct, kw_only=True):
     agent_uid: AgentUid
     hostname: Hostname
     last_seen_at: UtcDatetime
     os: ShortText | None = None
     version: ShortText | None = None
+    # The id the gateway gave the agent at registration; the backend adopts it for a new
+    # agent row, so register, /v2/agents and /v2/logs speak of one id.
+    agent_id: AgentId | None = None
 
 
 class AgentsSeen(msgspec.Struct, tag_field="type", tag="agents_seen", kw_only=True):
@@ -170,6 +176,22 @@ class DeviceConfig(msgspec.Struct, tag_field="type", tag="device_config", kw_onl
         )
 
 
+class AgentAccess(msgspec.Struct, tag_field="type", tag="agent_access", kw_only=True):
+    """An operator's decision about one agent of the gateway.
+
+    `revoke`: its token stops working and its uid cannot register again until `reset`;
+    `reset`: the next registration of the uid is allowed without the agent's token (a
+    re-imaged PC); `delete`: the gateway forgets the agent (its logs stay upstream).
+    Sent when it happens and again on every connect; `changed_at` (the backend's clock)
+    orders them, so a gateway applies each one once and never goes back to an older one.
+    """
+
+    agent_uid: AgentUid
+    agent_id: AgentId
+    action: Literal["revoke", "reset", "delete"]
+    changed_at: UtcDatetime
+
+
 class Command(msgspec.Struct, tag_field="type", tag="command", kw_only=True):
     id: uuid.UUID
     target: Literal["gateway", "device"]
@@ -191,6 +213,10 @@ class Welcome(msgspec.Struct, tag_field="type", tag="welcome", kw_only=True):
     assignments: list[AgentAssignment] = msgspec.field(default_factory=list)
     devices: list[DeviceConfig] = msgspec.field(default_factory=list)
     server_time: dt.datetime | None = None
+    # Revoked, reset and deleted agents of this gateway, for a gateway that was away.
+    agent_access: list[AgentAccess] = msgspec.field(default_factory=list)
 
 
-BackendMessage = Welcome | PolicyUpdate | AgentAssignment | DeviceConfig | Command | CancelCommand
+BackendMessage = (
+    Welcome | PolicyUpdate | AgentAssignment | DeviceConfig | Command | CancelCommand | AgentAccess
+)

@@ -19,6 +19,9 @@ from protocol.agent import AgentUid, Log, UtcDatetime
 class AgentLogs(msgspec.Struct, kw_only=True):
     agent_uid: AgentUid
     logs: list[Log]
+    # The gateway's id for the agent (see protocol.control.AgentSeen.agent_id); None for
+    # terminals and for agents the gateway no longer knows.
+    agent_id: Annotated[str, Meta(max_length=64)] | None = None
 
 
 class UplinkBatch(msgspec.Struct, kw_only=True):

@@ -130,9 +130,14 @@ def provision(data_dir: Path, ports: argparse.Namespace) -> dict[str, Any]:
 
 
 def register_demo_agent(stack_info: dict[str, Any]) -> str:
+    """Registers the demo agent; a later run re-registers it with the token it got last
+    (the gateway hands a registered agent_uid only to the holder of its token)."""
+    headers = {"X-Enrollment-Key": stack_info["enrollment_key"]}
+    if stack_info.get("demo_agent_token"):
+        headers["Authorization"] = f"Bearer {stack_info['demo_agent_token']}"
     response = httpx.post(
         f"{stack_info['gateway_url']}/v1/agents/register",
-        headers={"X-Enrollment-Key": stack_info["enrollment_key"]},
+        headers=headers,
         json={"agent_uid": "demo-pc", "hostname": "DEMO-PC", "os": "Windows 11"},
         timeout=10,
     ).raise_for_status()
@@ -232,7 +237,9 @@ def main() -> int:
                 },
             )
             wait_until_up(stack, f"{info['gateway_url']}/health")
-            print(summary(info, register_demo_agent(info)), flush=True)
+            info["demo_agent_token"] = register_demo_agent(info)
+            stack_file.write_text(json.dumps(info, indent=2))
+            print(summary(info, info["demo_agent_token"]), flush=True)
             while True:
                 stack.check_alive()
                 time.sleep(1)

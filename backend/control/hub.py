@@ -151,6 +151,10 @@ class ControlHub:
     async def device_deleted(self, gateway_id: uuid.UUID, device_id: uuid.UUID) -> None:
         await self._notify(Notice("device_deleted", gateway_id=str(gateway_id), id=str(device_id)))
 
+    async def agent_access_changed(self, gateway_id: uuid.UUID) -> None:
+        """An agent of the gateway was revoked, reset or deleted."""
+        await self._notify(Notice("agent_access", gateway_id=str(gateway_id)))
+
     async def gateway_revoked(self, gateway_id: uuid.UUID) -> None:
         await self._notify(Notice("revoked", gateway_id=str(gateway_id)))
 
@@ -309,6 +313,11 @@ class ControlHub:
                 await session.send(state.deleted_device(uuid.UUID(notice.id)))
             case "enrollment_key":
                 await session.send_welcome()
+            case "agent_access":
+                # The whole (short) list: the gateway skips what it has applied already.
+                async with self.services.pool.acquire() as conn:
+                    decisions = await state.agent_access(conn, session.gateway_id)
+                await self._send_all(session, decisions)
             case "command":
                 await session.deliver_commands(uuid.UUID(notice.id))
             case "cancel":

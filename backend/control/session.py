@@ -248,6 +248,7 @@ class GatewaySession:
             assignments=await state.assignments(conn, self.gateway_id),
             devices=await state.devices(conn, self.gateway_id, services.secrets),
             server_time=dt.datetime.now(dt.UTC),
+            agent_access=await state.agent_access(conn, self.gateway_id),
         )
 
     async def _handshake(self, hello: Hello) -> None:

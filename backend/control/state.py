@@ -11,6 +11,7 @@ import msgspec
 from backend.crypto import SecretBox
 from protocol.agent import PolicyBody
 from protocol.control import (
+    AgentAccess,
     AgentAssignment,
     AgentsSeen,
     Command,
@@ -106,6 +107,43 @@ async def assignments(
         )
         for row in rows
     ]
+
+
+_ACCESS_ACTIONS = {"REVOKED": "revoke", "RESET": "reset"}
+
+
+async def agent_access(conn: Any, gateway_id: uuid.UUID) -> list[AgentAccess]:
+    """The gateway's revoked, reset and deleted agents, oldest decision first (sent in
+    welcome and on every change; the gateway applies each decision once)."""
+    rows = await conn.fetch(
+        "SELECT agent_uid, coalesce(gateway_agent_id, id) AS agent_id, access AS action,"
+        " access_changed_at AS changed_at FROM agent_instances"
+        " WHERE gateway_id = $1 AND access IN ('REVOKED', 'RESET')"
+        " AND access_changed_at IS NOT NULL"
+        " UNION ALL SELECT agent_uid, agent_id, 'DELETED', deleted_at FROM agent_deletions"
+        " WHERE gateway_id = $1 ORDER BY changed_at",
+        gateway_id,
+    )
+    return [
+        AgentAccess(
+            agent_uid=row["agent_uid"],
+            agent_id=str(row["agent_id"]),
+            action=_ACCESS_ACTIONS.get(row["action"], "delete"),  # type: ignore[arg-type]
+            changed_at=row["changed_at"],
+        )
+        for row in rows
+    ]
+
+
+def proposed_agent_ids(pairs: list[tuple[str, str | None]]) -> dict[str, uuid.UUID | None]:
+    """The gateway's id for each agent uid, where it is one a row could adopt: a UUID that
+    no other uid in the same message claims too."""
+    ids = {uid: _uuid_or_none(text) if text else None for uid, text in pairs}
+    claims: dict[uuid.UUID, int] = {}
+    for agent_id in ids.values():
+        if agent_id is not None:
+            claims[agent_id] = claims.get(agent_id, 0) + 1
+    return {uid: i if i is not None and claims[i] == 1 else None for uid, i in ids.items()}
 
 
 async def devices(
@@ -215,17 +253,27 @@ async def record_agents_seen(
 ) -> None:
     if not seen.agents:
         return
+    proposed = proposed_agent_ids([(a.agent_uid, a.agent_id) for a in seen.agents])
+    # A new row takes the gateway's id for the agent when no row anywhere has it (never
+    # another gateway's or organisation's row); an agent an operator deleted is not
+    # brought back by a gateway that has not heard of the deletion yet.
     await conn.execute(
-        "INSERT INTO agent_instances"
-        " (id, org_id, gateway_id, agent_uid, hostname, os, version, status, last_seen_at)"
-        " SELECT gen_random_uuid(), $1, $2, a.uid, a.hostname, a.os, a.version, 'ONLINE', a.seen"
-        " FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])"
-        " AS a(uid, hostname, os, version, seen)"
+        "INSERT INTO agent_instances (id, org_id, gateway_id, agent_uid, hostname, os, version,"
+        " status, last_seen_at, gateway_agent_id)"
+        " SELECT CASE WHEN a.proposed IS NOT NULL AND NOT EXISTS"
+        " (SELECT 1 FROM agent_instances x WHERE x.id = a.proposed)"
+        " THEN a.proposed ELSE gen_random_uuid() END,"
+        " $1, $2, a.uid, a.hostname, a.os, a.version, 'ONLINE', a.seen, a.proposed"
+        " FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[],"
+        " $8::uuid[]) AS a(uid, hostname, os, version, seen, proposed)"
+        " WHERE a.proposed IS NULL OR NOT EXISTS (SELECT 1 FROM agent_deletions d"
+        " WHERE d.gateway_id = $2 AND d.agent_id = a.proposed)"
         " ON CONFLICT (gateway_id, agent_uid) DO UPDATE SET"
         " hostname = EXCLUDED.hostname,"
         " os = coalesce(EXCLUDED.os, agent_instances.os),"
         " version = coalesce(EXCLUDED.version, agent_instances.version),"
         " last_seen_at = greatest(agent_instances.last_seen_at, EXCLUDED.last_seen_at),"
+        " gateway_agent_id = coalesce(EXCLUDED.gateway_agent_id, agent_instances.gateway_agent_id),"
         " status = 'ONLINE'",
         org_id,
         gateway_id,
@@ -234,6 +282,7 @@ async def record_agents_seen(
         [a.os for a in seen.agents],
         [a.version for a in seen.agents],
         [a.last_seen_at for a in seen.agents],
+        [proposed[a.agent_uid] for a in seen.agents],
     )
 
 

@@ -1,4 +1,11 @@
-"""Agents seen by the organisation's gateways, and which policy each follows."""
+"""Agents seen by the organisation's gateways, which policy each follows, and operators'
+decisions about them: revoke (its token stops working at its gateway, its uid cannot
+register again), reset (its uid may register once more without its token, e.g. a
+re-imaged PC) and delete (forgotten here and at the gateway; its logs stay).
+
+Each decision is stamped with the database clock and reaches the gateway over the control
+channel at once, and again on every (re)connect, so a gateway that was away gets it too.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +13,11 @@ import datetime as dt
 import uuid
 
 import msgspec
-from litestar import Controller, get, patch
+from litestar import Controller, delete, get, patch, post
 from litestar.params import FromPath, FromQuery, JSONBody
 
 from backend.errors import InvalidRequest
+from backend.logging import get_logger
 from backend.routes.common import (
     ADMIN_ERRORS,
     DEFAULT_LIMIT,
@@ -20,7 +28,10 @@ from backend.routes.common import (
     next_cursor,
     org_row,
 )
+from backend.services import Services
 from backend.tables import AgentInstance, Policy
+
+log = get_logger("backend.agents")
 
 
 class AgentOut(msgspec.Struct):
@@ -34,6 +45,8 @@ class AgentOut(msgspec.Struct):
     status: str
     first_seen_at: dt.datetime
     last_seen_at: dt.datetime
+    # ACTIVE, REVOKED (by an operator) or RESET (may register once without its token).
+    access: str = "ACTIVE"
 
 
 class AgentPage(msgspec.Struct):
@@ -57,6 +70,7 @@ _COLUMNS = (
     AgentInstance.status,
     AgentInstance.first_seen_at,
     AgentInstance.last_seen_at,
+    AgentInstance.access,
 )
 
 
@@ -121,3 +135,64 @@ class AgentController(Controller):
         if services.control is not None:
             await services.control.agent_assigned(current.gateway_id, agent_id)
         return await agent_out(org_id, agent_id)
+
+    @post("/{agent_id:uuid}/revoke", status_code=200, responses=ADMIN_ERRORS)
+    async def revoke_agent(
+        self, org_id: OrgId, services: ServicesDep, agent_id: FromPath[uuid.UUID]
+    ) -> AgentOut:
+        """The agent's token stops working at its gateway; its uid cannot register again
+        until it is reset."""
+        return await _decide(services, org_id, agent_id, "REVOKED")
+
+    @post("/{agent_id:uuid}/reset", status_code=200, responses=ADMIN_ERRORS)
+    async def reset_agent(
+        self, org_id: OrgId, services: ServicesDep, agent_id: FromPath[uuid.UUID]
+    ) -> AgentOut:
+        """The next registration of the agent's uid at its gateway is allowed without the
+        agent's token (and ends a revocation)."""
+        return await _decide(services, org_id, agent_id, "RESET")
+
+    @delete("/{agent_id:uuid}", status_code=204, responses=ADMIN_ERRORS)
+    async def delete_agent(
+        self, org_id: OrgId, services: ServicesDep, agent_id: FromPath[uuid.UUID]
+    ) -> None:
+        """Forget the agent here and at its gateway; its logs stay."""
+        current = await agent_out(org_id, agent_id)
+        async with services.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO agent_deletions (org_id, gateway_id, agent_uid, agent_id, deleted_at)"
+                " SELECT org_id, gateway_id, agent_uid, coalesce(gateway_agent_id, id),"
+                " clock_timestamp() FROM agent_instances WHERE id = $1 AND org_id = $2",
+                agent_id,
+                org_id,
+            )
+            await conn.execute(
+                "DELETE FROM agent_instances WHERE id = $1 AND org_id = $2", agent_id, org_id
+            )
+        log.info("agent deleted", agent_id=str(agent_id), gateway_id=str(current.gateway_id))
+        if services.control is not None:
+            await services.control.agent_access_changed(current.gateway_id)
+
+
+async def _decide(
+    services: Services, org_id: uuid.UUID, agent_id: uuid.UUID, access: str
+) -> AgentOut:
+    current = await agent_out(org_id, agent_id)
+    async with services.pool.acquire() as conn:
+        # clock_timestamp, not now(): two decisions in a row must be ordered at the gateway.
+        await conn.execute(
+            "UPDATE agent_instances SET access = $3, access_changed_at = clock_timestamp()"
+            " WHERE id = $1 AND org_id = $2",
+            agent_id,
+            org_id,
+            access,
+        )
+    log.info(
+        "agent access changed",
+        agent_id=str(agent_id),
+        gateway_id=str(current.gateway_id),
+        access=access,
+    )
+    if services.control is not None:
+        await services.control.agent_access_changed(current.gateway_id)
+    return await agent_out(org_id, agent_id)

@@ -30,6 +30,7 @@ from gateway.devices.base import (
     UserRecord,
     create_adapter,
 )
+from gateway.sealing import RESEND_REASON, SecretBox, Unsealable
 from protocol.agent import DeviceEvent, Log
 from protocol.control import (
     DEVICE_COMMAND_TYPES,
@@ -64,7 +65,9 @@ ReportState = Callable[[DeviceState], Awaitable[object]]
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS device_configs (
     device_id TEXT PRIMARY KEY,
-    config BLOB NOT NULL  -- DeviceConfig as JSON, password included: kept nowhere else
+    -- DeviceConfig as JSON, password included and so sealed (gateway/sealing.py) when the
+    -- manager has a SecretBox: the credentials are kept nowhere else on the gateway.
+    config BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS device_cursors (
     device_id TEXT PRIMARY KEY,
@@ -107,8 +110,10 @@ class DeviceManager:
         event_interval_s: float = 10.0,
         adapter_factory: AdapterFactory = create_adapter,
         utcnow: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        box: SecretBox | None = None,
     ) -> None:
         self._db = db
+        self._box = box
         self._poll_interval_s = poll_interval_s
         self._event_interval_s = event_interval_s
         self._adapter_factory = adapter_factory
@@ -125,10 +130,41 @@ class DeviceManager:
         self._running: dict[uuid.UUID, trio.Event] = {}
         self._wake = trio.Event()
         self._config_changed = trio.Event()
+        # Deleted and replaced configs (with their passwords) are overwritten, not left in
+        # free pages of the file.
+        db.execute("PRAGMA secure_delete=ON")
         db.execute(_SCHEMA)
-        for (blob,) in db.execute("SELECT config FROM device_configs").fetchall():
-            assert isinstance(blob, bytes)
-            self._install(msgspec.json.decode(blob, type=DeviceConfig))
+        for device_id, blob in db.execute(
+            "SELECT device_id, config FROM device_configs"
+        ).fetchall():
+            assert isinstance(device_id, str) and isinstance(blob, bytes)
+            cfg = self._open_config(device_id, blob)
+            if cfg is not None:
+                self._install(cfg)
+
+    def _seal_config(self, cfg: DeviceConfig) -> bytes:
+        plain = msgspec.json.encode(cfg)
+        return self._box.seal(plain) if self._box is not None else plain
+
+    def _open_config(self, device_id: str, blob: bytes) -> DeviceConfig | None:
+        """The stored config; one stored in clear by an older version is sealed now, one
+        sealed with another API key is dropped (the backend sends it again at connect)."""
+        if blob.startswith(b"{"):
+            cfg = msgspec.json.decode(blob, type=DeviceConfig)
+            if self._box is not None:
+                self._db.execute(
+                    "UPDATE device_configs SET config = ? WHERE device_id = ?",
+                    (self._seal_config(cfg), device_id),
+                )
+            return cfg
+        if self._box is None:
+            return None
+        try:
+            return msgspec.json.decode(self._box.open(blob), type=DeviceConfig)
+        except Unsealable:
+            log.warning("device.config_dropped", device_id=device_id, reason=RESEND_REASON)
+            self._db.execute("DELETE FROM device_configs WHERE device_id = ?", (device_id,))
+            return None
 
     def __repr__(self) -> str:
         return f"DeviceManager(devices={sorted(self._configs)})"
@@ -168,7 +204,7 @@ class DeviceManager:
             self._db.execute(
                 "INSERT INTO device_configs (device_id, config) VALUES (?, ?) "
                 "ON CONFLICT (device_id) DO UPDATE SET config = excluded.config",
-                (cfg.device_id, msgspec.json.encode(cfg)),
+                (cfg.device_id, self._seal_config(cfg)),
             )
             self._install(cfg)
             log.info(

@@ -55,14 +55,13 @@ def start_gateway(backend: BackendProcess, data_dir: Path, api_key: str) -> Gate
         data_dir,
         "--backend-url",
         backend.url,
-        "--api-key",
-        api_key,
         "--control-backoff-base-s",
         "0.2",
         "--control-backoff-cap-s",
         "1",
         "--device-poll-s",
         "1",
+        env={"TD_GATEWAY_API_KEY": api_key},
     ).start()
     poll(lambda: health(gateway)["control_connected"] is True, 30, "control channel up")
     return gateway

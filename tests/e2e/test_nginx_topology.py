@@ -51,12 +51,12 @@ def test_two_backends_behind_nginx_serve_a_gateway(tmp_path: Path, database_url:
             gateway = GatewayProcess(
                 tmp_path / "gateway",
                 "--backend-url", proxy_url,
-                "--api-key", api_key,
                 "--ca-bundle", str(cert),
                 "--control-backoff-base-s", "0.2",
                 "--control-backoff-cap-s", "1",
                 "--upload-backoff-base-s", "0.05",
                 "--upload-backoff-cap-s", "0.5",
+                env={"TD_GATEWAY_API_KEY": api_key},
             ).start()  # fmt: skip
             poll(lambda: health(gateway)["control_connected"] is True, 30, "control via nginx")
 

@@ -45,19 +45,21 @@ def start_gateway(
     enrollment key agents use."""
     enrollment_key = "e2e-enrollment"
     backend_flags: list[str] = []
+    env = {}
     if backend is not None:
         _, api_key, enrollment_key = backend.create_gateway(name)
-        backend_flags = ["--backend-url", backend.url, "--api-key", api_key]
+        backend_flags = ["--backend-url", backend.url]
+        env["TD_GATEWAY_API_KEY"] = api_key
+    env["TD_ENROLLMENT_KEY"] = enrollment_key
     gateway = GatewayProcess(
         tmp_path / name,
         *backend_flags,
-        "--enrollment-key",
-        enrollment_key,
         "--upload-backoff-base-s",
         "0.05",
         "--upload-backoff-cap-s",
         "0.5",
         *flags,
+        env=env,
     )
     return gateway.start(), enrollment_key
 

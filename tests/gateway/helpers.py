@@ -59,12 +59,15 @@ async def running_gateway(config: GatewayConfig) -> AsyncIterator[tuple[Gateway,
             gateway.request_stop()
 
 
-async def register(client: httpx.AsyncClient, agent_uid: str = "agent-1") -> str:
-    """Registers an agent; returns its bearer token."""
+async def register(client: httpx.AsyncClient, agent_uid: str = "agent-1", token: str = "") -> str:
+    """Registers an agent (re-registers it with its current `token`); returns its token."""
+    headers = {"X-Enrollment-Key": ENROLLMENT_KEY}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     response = await client.post(
         "/v1/agents/register",
         json={"agent_uid": agent_uid, "hostname": "ws-1", "os": "windows"},
-        headers={"X-Enrollment-Key": ENROLLMENT_KEY},
+        headers=headers,
     )
     assert response.status_code == 200, response.text
     token: str = response.json()["token"]

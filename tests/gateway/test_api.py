@@ -139,7 +139,7 @@ async def test_registration_needs_the_enrollment_key(tmp_path: Path) -> None:
         assert missing_field.status_code == 400
         assert "hostname" in missing_field.json()["detail"]
         first = await register(client, "a")
-        second = await register(client, "a")  # re-registering rotates the token
+        second = await register(client, "a", token=first)  # re-registering rotates the token
         assert (await client.get("/v1/policy", headers=bearer(first))).status_code == 401
         assert (await client.get("/v1/policy", headers=bearer(second))).status_code == 200
 

@@ -13,7 +13,7 @@ from tests.gateway.process import GATEWAY, GatewayProcess
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_run_listens_on_port_zero_and_stops_cleanly_on_a_signal(tmp_path: Path, sig: int) -> None:
-    gateway = GatewayProcess(tmp_path / "gw", "--enrollment-key", "k").start()
+    gateway = GatewayProcess(tmp_path / "gw", env={"TD_ENROLLMENT_KEY": "k"}).start()
     try:
         assert httpx.get(gateway.url + "/health").json()["status"] == "ok"
     finally:

@@ -27,12 +27,11 @@ def start_gateway(
         tmp_path / name,
         "--backend-url",
         backend.url,
-        "--api-key",
-        api_key,
         "--control-backoff-base-s",
         "0.2",
         "--control-backoff-cap-s",
         "1",
+        env={"TD_GATEWAY_API_KEY": api_key},
     ).start()
     return gateway, gateway_id, enrollment_key
 
@@ -227,14 +226,11 @@ def test_a_refused_key_is_one_clear_line_and_agents_are_still_served(
             tmp_path / "gw",
             "--backend-url",
             backend.url,
-            "--api-key",
-            "not-a-key",
-            "--enrollment-key",
-            "local",
             "--control-backoff-base-s",
             "0.1",
             "--control-backoff-cap-s",
             "0.2",
+            env={"TD_GATEWAY_API_KEY": "not-a-key", "TD_ENROLLMENT_KEY": "local"},
         ).start()
         try:
             poll(lambda: gateway.log_text().count("control_refused") >= 1, 30, "refusal")
@@ -267,7 +263,10 @@ def test_policy_and_command_through_another_backend_instance(
             # Enrolled through A, connected to B.
             gateway_id, api_key, enrollment_key = instance_a.create_gateway("gw")
             gateway = GatewayProcess(
-                tmp_path / "gw", "--backend-url", instance_b.url, "--api-key", api_key
+                tmp_path / "gw",
+                "--backend-url",
+                instance_b.url,
+                env={"TD_GATEWAY_API_KEY": api_key},
             ).start()
             try:
                 poll(lambda: health(gateway)["control_connected"] is True, 30, "connected to B")

@@ -80,7 +80,7 @@ POLICY = PolicyBody(
 )
 
 AGENT_MESSAGES: list[Any] = [
-    LogsRequest(logs=some_logs()),
+    LogsRequest(logs=some_logs()[:-1]),  # agents send no device events
     LogsResponse(accepted=6),
     RegisterRequest(agent_uid="ws-001", hostname="pc-1", os="Windows 11", version="1.2.0"),
     RegisterResponse(

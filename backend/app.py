@@ -41,6 +41,7 @@ from backend.routes.common import provide_org_id, provide_services, require_admi
 from backend.routes.ingest_schema import uplink_components
 from backend.services import Services
 from backend.shutdown import on_stop_signal
+from backend.url_guard import url_guard
 from protocol.codec import ProtocolError
 
 log = get_logger("backend.app")
@@ -92,6 +93,11 @@ def handle_error(request: Request[Any, Any, Any], exc: Exception) -> Response[An
             return _error(400, "invalid_request", str(exc))
         case ValidationException():
             return _error(400, "invalid_request", _validation_detail(exc))
+        case asyncpg.exceptions.DataError() | asyncpg.exceptions.ProgramLimitExceededError():
+            # A last net: every edge bounds its values (protocol.bounds), so reaching this is
+            # a missed bound, logged as such; still the client's data, so never a 500.
+            log.error("value the edge let through", path=request.url.path, error=str(exc))
+            return _error(400, "invalid_request", f"a value cannot be stored: {exc}")
         case (
             OSError()
             | asyncpg.PostgresConnectionError()
@@ -185,7 +191,7 @@ def create_app(config: Config) -> Litestar:
         dependencies={"services": Provide(provide_services)},
         exception_handlers={Exception: handle_error},
         lifespan=[lifespan],
-        middleware=[DefineMiddleware(services.metrics.middleware)],
+        middleware=[url_guard, DefineMiddleware(services.metrics.middleware)],
         openapi_config=OpenAPIConfig(
             title="TD backend",
             version="2",

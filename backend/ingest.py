@@ -25,9 +25,10 @@ import zstandard
 from backend.auth import GatewayIdentity
 from backend.control.state import proposed_agent_ids
 from backend.errors import InvalidRequest, PayloadTooLarge, RateLimited, UnsupportedMediaType
-from backend.partitions import LogPartitions, month_of
+from backend.partitions import LogPartitions
 from protocol.agent import Log
-from protocol.codec import ProtocolError, check_log_times
+from protocol.codec import ProtocolError
+from protocol.storable import LogWindow, make_storable
 from protocol.uplink import IngestResponse, UplinkBatch
 
 DEVICE_GROUP_PREFIX = "device:"
@@ -153,25 +154,30 @@ async def _agent_ids(
     return ids
 
 
-def _months(batch: UplinkBatch) -> set[dt.date]:
-    """The months the batch's logs fall in; InvalidRequest names a log whose ts is absurd
-    (each month stored gets its own partition, so a broken clock is refused, not stored)."""
+def _storable_months(batch: UplinkBatch, window: LogWindow) -> set[dt.date]:
+    """The months the batch's logs fall in, after protocol.storable made each log storable;
+    InvalidRequest names a log outside `window` (a partition per month: a broken clock is
+    refused, not given one)."""
     months: set[dt.date] = set()
+    now = dt.datetime.now(dt.UTC)
     for g, group in enumerate(batch.groups):
         try:
-            check_log_times(group.logs, f"$.groups[{g}].logs")
+            months |= make_storable(group.logs, f"$.groups[{g}].logs", now, window)
         except ProtocolError as exc:
             raise InvalidRequest(str(exc)) from None
-        months.update(month_of(log.ts) for log in group.logs)
     return months
 
 
 async def store_batch(
-    pool: Any, partitions: LogPartitions, gateway: GatewayIdentity, batch: UplinkBatch
+    pool: Any,
+    partitions: LogPartitions,
+    gateway: GatewayIdentity,
+    batch: UplinkBatch,
+    window: LogWindow,
 ) -> IngestOutcome:
     """Store a decoded batch exactly once; `batch.gateway_id` is ignored (the key says who)."""
     log_count = batch.log_count()
-    months = _months(batch)
+    months = _storable_months(batch, window)
     await partitions.ensure(pool, months)
     try:
         return await _store(pool, gateway, batch, log_count)

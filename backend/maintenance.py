@@ -16,8 +16,9 @@ async def run_maintenance(services: Services, now: dt.datetime | None = None) ->
     now = now or dt.datetime.now(dt.UTC)
     config = services.config
     pool = services.pool
-    await services.partitions.ensure_ahead(pool, now.date())
-    log_cutoff = now - dt.timedelta(days=config.log_retention_days)
+    retention = dt.timedelta(days=config.log_retention_days)
+    await services.partitions.ensure_window(pool, now, retention)
+    log_cutoff = now - retention
     dropped = await services.partitions.drop_older_than(pool, log_cutoff)
     async with pool.acquire() as conn:
         snapshots = await conn.execute(

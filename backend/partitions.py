@@ -7,8 +7,13 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
+
+from backend.errors import Unavailable
+
 _PARTITION_NAME = re.compile(r"^agent_logs_y(\d{4})m(\d{2})$")
 _CREATE_LOCK_ID = 0x7D_70_61_72
+_LOCK_TIMEOUT_MS = 5000
 
 
 def month_of(ts: dt.datetime) -> dt.date:
@@ -47,25 +52,41 @@ class LogPartitions:
         self._known.clear()
 
     async def ensure(self, pool: Any, months: Iterable[dt.date]) -> None:
-        missing = set(months) - self._known
-        if not missing:
-            return
-        async with pool.acquire() as conn, conn.transaction():
-            # Two instances creating the same month at once would race in the catalog.
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _CREATE_LOCK_ID)
-            for month in sorted(missing):
-                await conn.execute(
-                    f"CREATE TABLE IF NOT EXISTS {partition_name(month)} PARTITION OF agent_logs"
-                    f" FOR VALUES FROM ('{month.isoformat()} 00:00:00+00')"
-                    f" TO ('{next_month(month).isoformat()} 00:00:00+00')"
-                )
-        self._known |= missing
+        """Create the missing months' partitions, each in a short transaction of its own.
 
-    async def ensure_ahead(self, pool: Any, today: dt.date, months_ahead: int = 2) -> None:
-        """The current month and the next `months_ahead`, so the usual case never waits."""
-        month = dt.date(today.year, today.month, 1)
-        wanted = [month]
+        Never inside an ingest transaction: `CREATE TABLE … PARTITION OF` locks agent_logs
+        exclusively, so it is held for one statement, and gives up (503, retry) rather than
+        queue behind a long query while every other reader queues behind it."""
+        for month in sorted(set(months) - self._known):
+            try:
+                async with pool.acquire() as conn, conn.transaction():
+                    await conn.execute(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT_MS}ms'")
+                    # Two instances creating the same month at once would race in the catalog.
+                    await conn.execute("SELECT pg_advisory_xact_lock($1)", _CREATE_LOCK_ID)
+                    await conn.execute(
+                        f"CREATE TABLE IF NOT EXISTS {partition_name(month)}"
+                        " PARTITION OF agent_logs"
+                        f" FOR VALUES FROM ('{month.isoformat()} 00:00:00+00')"
+                        f" TO ('{next_month(month).isoformat()} 00:00:00+00')"
+                    )
+            except asyncpg.exceptions.LockNotAvailableError:
+                raise Unavailable(
+                    f"the partition for {month:%Y-%m} is being created behind a long query;"
+                    " retry shortly"
+                ) from None
+            self._known.add(month)
+
+    async def ensure_window(
+        self, pool: Any, now: dt.datetime, retention: dt.timedelta, months_ahead: int = 2
+    ) -> None:
+        """Every month retention keeps, the current one and the next `months_ahead`: every
+        month a log can be accepted for (protocol.storable) exists before it arrives."""
+        month = month_of(now - retention)
+        last = month_of(now)
         for _ in range(months_ahead):
+            last = next_month(last)
+        wanted = [month]
+        while month < last:
             month = next_month(month)
             wanted.append(month)
         async with pool.acquire() as conn:

@@ -9,6 +9,7 @@ GET  /health, /metrics, /schema
 
 from __future__ import annotations
 
+import datetime as dt
 import hmac
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -36,7 +37,7 @@ from gateway.http_io import (
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.metrics import Metrics
 from gateway.state import Agent, State, etag
-from protocol import codec
+from protocol import codec, storable
 from protocol.agent import AGENT_LOG_KINDS, LogsResponse, RegisterResponse, reserved_uid_prefix
 
 log = structlog.get_logger("gateway.api")
@@ -103,6 +104,12 @@ class AgentApi:
         except StorageError as exc:
             log.error("storage_error", path=path, error=str(exc))
             await respond_error(send, HttpError(500, "storage_error", str(exc)))
+        except Exception:
+            # A bug, not the client's data: still an answer with a body, never a dropped one.
+            log.exception("unhandled_error", path=path)
+            await respond_error(
+                send, HttpError(500, "internal_error", "the gateway failed; the error is logged")
+            )
         finally:
             route = path if handler is not None else "other"
             self._metrics.count_request(route, status)
@@ -182,7 +189,9 @@ class AgentApi:
         body = await read_body(receive, headers, self._config.max_request_bytes)
         try:
             request = codec.logs_request.decode(body, headers.get("content-type"))
-            codec.check_log_times(request.logs)
+            now = dt.datetime.now(dt.UTC)
+            months = storable.make_storable(request.logs, "$.logs", now, storable.AGENT_WINDOW)
+            storable.check_months(months, "$.logs", storable.AGENT_WINDOW)
         except codec.ProtocolError as exc:
             detail = str(exc)
             if exc.path.endswith(".kind"):

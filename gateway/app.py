@@ -9,6 +9,7 @@ rest. An upload cut short stays buffered under its batch id and is resent after 
 
 from __future__ import annotations
 
+import datetime as dt
 from functools import partial
 from pathlib import Path
 
@@ -30,7 +31,9 @@ from gateway.metrics import LiveFigures, Metrics
 from gateway.sealing import SecretBox
 from gateway.state import STATE_FILE, State
 from gateway.uplink import Uplink
+from protocol import storable
 from protocol.agent import Log
+from protocol.codec import ProtocolError
 
 log = structlog.get_logger("gateway")
 
@@ -88,8 +91,21 @@ class Gateway:
 
     async def append(self, agent_uid: str, logs: list[Log]) -> None:
         """Buffer logs that did not come over HTTP (device events use `device:<id>`);
-        returns once committed."""
-        await self.buffer.append(agent_uid, logs)
+        returns once committed. A log the backend could not store (a terminal with a broken
+        clock) is logged and left out here rather than dead-lettered upstream."""
+        now = dt.datetime.now(dt.UTC)
+        storable_logs: list[Log] = []
+        for entry in logs:
+            try:
+                storable.make_storable([entry], "$", now, storable.AGENT_WINDOW)
+            except ProtocolError as exc:
+                log.warning(
+                    "log_not_storable", agent_uid=agent_uid, id=str(entry.id), error=str(exc)
+                )
+                continue
+            storable_logs.append(entry)
+        if storable_logs:
+            await self.buffer.append(agent_uid, storable_logs)
 
     def gateway_id(self) -> str:
         return self.state.setting("gateway_id") or ""

@@ -13,15 +13,22 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from protocol.bounds import INT64_MAX, NO_NUL, Revision
+
 MAX_LOGS_PER_REQUEST = 1000
 
 UtcDatetime = Annotated[dt.datetime, Meta(tz=True)]
-NonNegativeInt = Annotated[int, Meta(ge=0)]
-ShortText = Annotated[str, Meta(max_length=256)]
+# Stored in jsonb and read by other programs: 64 bits at most, so every side can hold it.
+NonNegativeInt = Annotated[int, Meta(ge=0, le=INT64_MAX)]
+# Text an agent or gateway chooses: NUL (which PostgreSQL cannot store) is refused.
+ShortText = Annotated[str, Meta(max_length=256, pattern=NO_NUL)]
+AgentUid = Annotated[str, Meta(min_length=1, max_length=128, pattern=NO_NUL)]
+Hostname = Annotated[str, Meta(min_length=1, max_length=255, pattern=NO_NUL)]
+# Text an agent copies from other programs (window titles, URLs, terminal fields): nobody
+# chose its NUL, so protocol.storable replaces it with U+FFFD instead of refusing the batch.
+CapturedText = Annotated[str, Meta(max_length=256)]
 Title = Annotated[str, Meta(max_length=1024)]
 Url = Annotated[str, Meta(max_length=2048)]
-AgentUid = Annotated[str, Meta(min_length=1, max_length=128)]
-Hostname = Annotated[str, Meta(min_length=1, max_length=255)]
 ClockTime = Annotated[str, Meta(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")]
 
 
@@ -31,7 +38,7 @@ class _LogBase(msgspec.Struct, tag_field="kind", kw_only=True):
 
 
 class ActiveWindow(_LogBase, tag="active_window", kw_only=True):
-    app: ShortText
+    app: CapturedText
     title: Title = ""
     url: Url | None = None
     duration_ms: NonNegativeInt
@@ -55,14 +62,14 @@ class Session(_LogBase, tag="session", kw_only=True):
 class DeviceEvent(_LogBase, tag="device_event", kw_only=True):
     """An access event read from a terminal (who opened which door, when)."""
 
-    device_id: ShortText
+    device_id: CapturedText
     serial_no: NonNegativeInt
     major: NonNegativeInt
     minor: NonNegativeInt
-    employee_no: ShortText | None = None
-    card_no: ShortText | None = None
+    employee_no: CapturedText | None = None
+    card_no: CapturedText | None = None
     door: NonNegativeInt | None = None
-    verify_mode: ShortText | None = None
+    verify_mode: CapturedText | None = None
 
 
 Log = ActiveWindow | Idle | Activity | Session | DeviceEvent
@@ -127,7 +134,7 @@ class AgentPolicy(msgspec.Struct, kw_only=True):
     """The policy an agent gets from `GET /v1/policy` and at registration."""
 
     policy_id: str
-    revision: int
+    revision: Revision
     checksum: str
     body: PolicyBody
 

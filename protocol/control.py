@@ -14,6 +14,16 @@ import msgspec
 from msgspec import Meta
 
 from protocol.agent import AgentUid, Hostname, PolicyBody, ShortText, UtcDatetime
+from protocol.bounds import (
+    NO_NUL,
+    Count,
+    FreeFormError,
+    Measure,
+    Name64,
+    Revision,
+    Text4k,
+    check_free_form,
+)
 
 
 class CommandStatus(enum.StrEnum):
@@ -55,13 +65,22 @@ MAX_AGENTS_PER_REPORT = 1000
 MAX_CONTROL_MESSAGE_BYTES = 2 * 1024 * 1024
 
 
+def _free_form(value: dict[str, Any] | None, field: str) -> None:
+    """Refuse a free-form object jsonb cannot store (msgspec reports it at the struct)."""
+    if value is not None:
+        try:
+            check_free_form(value, field)
+        except FreeFormError as exc:
+            raise ValueError(str(exc)) from None
+
+
 class BufferFigures(msgspec.Struct, kw_only=True):
-    queue_depth: int = 0
-    queue_bytes: int = 0
-    queue_max_bytes: int = 0
-    oldest_age_s: float = 0.0
-    dropped_total: int = 0
-    dead_letter_total: int = 0
+    queue_depth: Count = 0
+    queue_bytes: Count = 0
+    queue_max_bytes: Count = 0
+    oldest_age_s: Measure = 0.0
+    dropped_total: Count = 0
+    dead_letter_total: Count = 0
 
 
 # ---- gateway -> backend -------------------------------------------------------------------
@@ -71,39 +90,46 @@ class Hello(msgspec.Struct, tag_field="type", tag="hello", kw_only=True):
     version: ShortText
     hostname: Hostname
     # policy_id -> revision the gateway has applied; older than current means re-send.
-    policy_revisions: dict[str, int] = msgspec.field(default_factory=dict)
+    policy_revisions: Annotated[dict[Name64, Revision], Meta(max_length=10_000)] = msgspec.field(
+        default_factory=dict
+    )
     buffer: BufferFigures = msgspec.field(default_factory=BufferFigures)
     # Ids of commands the gateway has a stored result for, so SENT ones can be resolved.
-    known_command_ids: list[uuid.UUID] = msgspec.field(default_factory=list)
+    known_command_ids: Annotated[list[uuid.UUID], Meta(max_length=100_000)] = msgspec.field(
+        default_factory=list
+    )
 
 
 class Status(msgspec.Struct, tag_field="type", tag="status", kw_only=True):
     ts: UtcDatetime
-    cpu_percent: float = 0.0
-    memory_percent: float = 0.0
-    disk_free_bytes: int = 0
-    disk_total_bytes: int = 0
+    cpu_percent: Measure = 0.0
+    memory_percent: Measure = 0.0
+    disk_free_bytes: Count = 0
+    disk_total_bytes: Count = 0
     buffer: BufferFigures = msgspec.field(default_factory=BufferFigures)
-    connected_agents: int = 0
-    upload_error_streak: int = 0
+    connected_agents: Count = 0
+    upload_error_streak: Count = 0
     last_upload_at: UtcDatetime | None = None
     # A fault the operator should see (buffer near its cap, uploads failing); None when fine.
-    fault: Annotated[str, Meta(max_length=MAX_FAULT_CHARS)] | None = None
+    fault: Annotated[str, Meta(max_length=MAX_FAULT_CHARS, pattern=NO_NUL)] | None = None
 
 
 class PolicyAck(msgspec.Struct, tag_field="type", tag="policy_ack", kw_only=True):
-    policy_id: str
-    revision: int
-    checksum: str
+    policy_id: Name64
+    revision: Revision
+    checksum: Name64
     applied: bool
-    reason: str | None = None
+    reason: Text4k | None = None
 
 
 class CommandResult(msgspec.Struct, tag_field="type", tag="command_result", kw_only=True):
     command_id: uuid.UUID
     status: CommandStatus
     result: dict[str, Any] | None = None
-    error: str | None = None
+    error: Text4k | None = None
+
+    def __post_init__(self) -> None:
+        _free_form(self.result, "result")
 
 
 AgentId = Annotated[str, Meta(max_length=64)]
@@ -127,11 +153,14 @@ class AgentsSeen(msgspec.Struct, tag_field="type", tag="agents_seen", kw_only=Tr
 class DeviceState(msgspec.Struct, tag_field="type", tag="device_state", kw_only=True):
     """A device's health as the gateway last saw it (polled device info)."""
 
-    device_id: str
+    device_id: Name64
     online: bool
     checked_at: UtcDatetime
     info: dict[str, Any] | None = None
-    error: str | None = None
+    error: Text4k | None = None
+
+    def __post_init__(self) -> None:
+        _free_form(self.info, "info")
 
 
 GatewayMessage = Hello | Status | PolicyAck | CommandResult | AgentsSeen | DeviceState
@@ -142,7 +171,7 @@ GatewayMessage = Hello | Status | PolicyAck | CommandResult | AgentsSeen | Devic
 
 class PolicyUpdate(msgspec.Struct, tag_field="type", tag="policy_update", kw_only=True):
     policy_id: str
-    revision: int
+    revision: Revision
     checksum: str
     body: PolicyBody
     is_default: bool = False
@@ -199,6 +228,9 @@ class Command(msgspec.Struct, tag_field="type", tag="command", kw_only=True):
     payload: dict[str, Any] = msgspec.field(default_factory=dict)
     expires_at: UtcDatetime
     device_id: str | None = None
+
+    def __post_init__(self) -> None:
+        _free_form(self.payload, "payload")
 
 
 class CancelCommand(msgspec.Struct, tag_field="type", tag="cancel_command", kw_only=True):

@@ -26,6 +26,7 @@ from backend.routes.common import (
 from backend.routes.devices import device_out
 from backend.routes.gateways import gateway_row
 from backend.services import Services
+from protocol.bounds import NO_NUL, FreeFormError, check_free_form
 from protocol.control import DEVICE_COMMAND_TYPES, GATEWAY_COMMAND_TYPES
 
 log = get_logger("backend.admin")
@@ -37,9 +38,15 @@ Wait = Annotated[
 
 
 class CommandCreate(msgspec.Struct, kw_only=True):
-    type: Annotated[str, Meta(min_length=1, max_length=64)]
+    type: Annotated[str, Meta(min_length=1, max_length=64, pattern=NO_NUL)]
     payload: dict[str, Any] = msgspec.field(default_factory=dict)
     expires_in_s: Annotated[float, Meta(gt=0, le=7 * 86_400)] | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            check_free_form(self.payload, "payload")
+        except FreeFormError as exc:
+            raise ValueError(str(exc)) from None
 
 
 class CommandOut(msgspec.Struct, kw_only=True):

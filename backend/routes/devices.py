@@ -26,10 +26,12 @@ from backend.routes.common import (
 )
 from backend.services import Services
 from backend.tables import Device, GatewayInstance
+from protocol.bounds import NO_NUL
 
 log = get_logger("backend.admin")
 
-ShortText = Annotated[str, Meta(min_length=1, max_length=256)]
+ShortText = Annotated[str, Meta(min_length=1, max_length=256, pattern=NO_NUL)]
+Password = Annotated[str, Meta(max_length=256, pattern=NO_NUL)]
 Port = Annotated[int, Meta(ge=1, le=65535)]
 Vendor = Literal["hikvision"]
 Scheme = Literal["http", "https"]
@@ -42,7 +44,7 @@ class DeviceCreate(msgspec.Struct, kw_only=True):
     host: ShortText
     port: Port = 80
     username: ShortText
-    password: Annotated[str, Meta(max_length=256)]
+    password: Password
     scheme: Scheme = "http"
     enabled: bool = True
 
@@ -55,7 +57,7 @@ class DeviceChange(msgspec.Struct, kw_only=True):
     host: ShortText | None = None
     port: Port | None = None
     username: ShortText | None = None
-    password: Annotated[str, Meta(max_length=256)] | None = None
+    password: Password | None = None
     scheme: Scheme | None = None
     enabled: bool | None = None
 

@@ -26,10 +26,11 @@ from backend.routes.common import (
     org_row,
 )
 from backend.tables import GatewayInstance, GatewayStatusSnapshot
+from protocol.bounds import INT64_MAX, NO_NUL
 
 log = get_logger("backend.admin")
 
-Name = Annotated[str, Meta(min_length=1, max_length=200)]
+Name = Annotated[str, Meta(min_length=1, max_length=200, pattern=NO_NUL)]
 
 
 class GatewayCreate(msgspec.Struct):
@@ -300,6 +301,9 @@ class GatewayController(Controller):
 
 def _snapshot_cursor(cursor: str) -> int:
     try:
-        return int(cursor)
+        position = int(cursor)
     except ValueError:
         raise InvalidRequest("cursor: pass next_cursor as given") from None
+    if not 0 <= position <= INT64_MAX:
+        raise InvalidRequest("cursor: pass next_cursor as given")
+    return position

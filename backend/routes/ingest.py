@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 import uuid
 from typing import Annotated, Any
@@ -16,6 +17,7 @@ from backend.logging import get_logger
 from backend.routes.common import error_responses, services_of
 from backend.routes.ingest_schema import IngestOperation
 from protocol import codec
+from protocol.storable import backend_window
 from protocol.uplink import IngestResponse
 
 log = get_logger("backend.ingest")
@@ -54,7 +56,8 @@ async def ingest_logs(
             batch.batch_id = uuid.UUID(idempotency_key)
         except ValueError:
             raise InvalidRequest("Idempotency-Key: must be the batch id (a UUID)") from None
-    outcome = await store_batch(services.pool, services.partitions, gateway, batch)
+    window = backend_window(dt.timedelta(days=services.config.log_retention_days))
+    outcome = await store_batch(services.pool, services.partitions, gateway, batch, window)
     metrics = services.metrics
     if outcome.response.duplicate:
         metrics.ingest_batches.labels("duplicate").inc()

@@ -26,11 +26,12 @@ from backend.routes.common import (
 from backend.services import Services
 from backend.tables import GatewayInstance, GatewayPolicyState, Policy, PolicyRevision
 from protocol.agent import PolicyBody
+from protocol.bounds import INT32_MAX, NO_NUL
 from protocol.codec import policy_checksum
 
 log = get_logger("backend.admin")
 
-Name = Annotated[str, Meta(min_length=1, max_length=200)]
+Name = Annotated[str, Meta(min_length=1, max_length=200, pattern=NO_NUL)]
 
 
 class PolicyCreate(msgspec.Struct, kw_only=True):
@@ -46,7 +47,7 @@ class PolicyChange(msgspec.Struct, kw_only=True):
 
 
 class Rollback(msgspec.Struct):
-    revision: Annotated[int, Meta(ge=1)]
+    revision: Annotated[int, Meta(ge=1, le=INT32_MAX)]
 
 
 class PolicyOut(msgspec.Struct, kw_only=True):

@@ -195,7 +195,7 @@ async def test_logs_are_keyset_paginated_and_filtered(
     client: AsyncTestClient[Litestar], org: Org
 ) -> None:
     gateway = await create_gateway(client, org)
-    start = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+    start = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=1)
     # Equal timestamps on purpose: the id breaks ties, so no log is skipped or repeated.
     pc1 = [log(ts=start + dt.timedelta(minutes=i // 2)) for i in range(7)]
     pc2 = [log("session", ts=start + dt.timedelta(minutes=i)) for i in range(3)]

@@ -5,6 +5,7 @@ import gzip
 import uuid
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 import msgspec
 import pytest
 import zstandard
@@ -14,6 +15,8 @@ from litestar.testing import AsyncTestClient
 from tests.backend.conftest import Org, batch, count_logs, create_gateway, log
 
 pytestmark = pytest.mark.anyio
+
+PARTITION_COUNT = "SELECT count(*) FROM pg_inherits WHERE inhparent = 'agent_logs'::regclass"
 
 
 async def post_batch(
@@ -75,20 +78,53 @@ async def test_msgpack_and_idempotency_key(
     assert await count_logs(migrated_url) == 2
 
 
-async def test_a_log_in_a_month_without_partition_lands(
+async def test_a_log_in_a_month_whose_partition_went_missing_lands(
     client: AsyncTestClient[Litestar], org: Org, migrated_url: str
 ) -> None:
     gateway = await create_gateway(client, org)
-    far = dt.datetime(2031, 7, 4, 12, 0, tzinfo=dt.UTC)
-    past = dt.datetime(2019, 2, 28, 23, 59, 59, tzinfo=dt.UTC)
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(days=45)
+    # Maintenance made every month of the window at start; another instance dropped one.
+    conn = await asyncpg.connect(migrated_url)
+    try:
+        await conn.execute(f"DROP TABLE agent_logs_y{old.year:04d}m{old.month:02d}")
+    finally:
+        await conn.close()
 
-    response = await post_batch(
-        client, gateway["api_key"], batch({"pc": [log(ts=far), log(ts=past)]})
-    )
+    response = await post_batch(client, gateway["api_key"], batch({"pc": [log(ts=old), log()]}))
 
     assert response.json() == {"accepted": 2}
-    assert await count_logs(migrated_url, "ts = $1", far) == 1
-    assert await count_logs(migrated_url, "ts = $1", past) == 1
+    assert await count_logs(migrated_url, "ts = $1", old) == 1
+
+
+@pytest.mark.parametrize(
+    ("offset", "reason"),
+    [(dt.timedelta(days=-365), "past retention"), (dt.timedelta(days=3), "wrong clock")],
+)
+async def test_a_log_outside_the_window_is_refused_and_makes_no_partition(
+    client: AsyncTestClient[Litestar],
+    org: Org,
+    migrated_url: str,
+    offset: dt.timedelta,
+    reason: str,
+) -> None:
+    gateway = await create_gateway(client, org)
+    conn = await asyncpg.connect(migrated_url)
+    try:
+        before = await conn.fetchval(PARTITION_COUNT)
+        response = await post_batch(
+            client,
+            gateway["api_key"],
+            batch({"pc": [log(), log(ts=dt.datetime.now(dt.UTC) + offset)]}),
+        )
+        after = await conn.fetchval(PARTITION_COUNT)
+    finally:
+        await conn.close()
+
+    assert response.status_code == 400
+    assert response.json()["detail"].startswith("$.groups[0].logs[1].ts: ")
+    assert reason in response.json()["detail"]
+    assert after == before
+    assert await count_logs(migrated_url) == 0
 
 
 async def test_agents_are_created_and_device_groups_are_not_agents(

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol import codec
+from protocol import codec, storable
 from protocol.agent import (
     MAX_LOGS_PER_REQUEST,
     ActiveWindow,
@@ -387,6 +387,6 @@ def test_a_broken_clock_is_named(ts: dt.datetime) -> None:
         Idle(id=uuid.uuid4(), ts=ts, duration_ms=1),
     ]
     with pytest.raises(ProtocolError) as info:
-        codec.check_log_times(logs, "$.groups[2].logs")
+        storable.make_storable(logs, "$.groups[2].logs", NOW, storable.AGENT_WINDOW)
     assert info.value.path == "$.groups[2].logs[1].ts"
-    codec.check_log_times(logs[:1])
+    storable.make_storable(logs[:1], "$.logs", NOW, storable.AGENT_WINDOW)

@@ -18,7 +18,7 @@ import trio
 from gateway import openapi
 from gateway.buffer import Buffer
 from gateway.config import GatewayConfig
-from gateway.errors import BufferFull, BufferTooLarge, StorageError
+from gateway.errors import BufferFull, BufferTooLarge, StorageError, StorageFull
 from gateway.health import Health
 from gateway.http_io import (
     ClientGone,
@@ -100,8 +100,15 @@ class AgentApi:
         except ClientGone:
             status = 499
         except StorageError as exc:
+            # The gateway's own storage failed (a full disk, most often), not the request:
+            # 503 + Retry-After has agents keep the logs and try again later.
             log.error("storage_error", path=path, error=str(exc))
-            await respond_error(send, HttpError(500, "storage_error", str(exc)))
+            code = "storage_full" if isinstance(exc, StorageFull) else "storage_error"
+            retry_after = exc.retry_after_s if isinstance(exc, StorageFull) else 10
+            status = 503
+            await respond_error(
+                send, HttpError(503, code, str(exc), {"Retry-After": str(retry_after)})
+            )
         finally:
             route = path if handler is not None else "other"
             self._metrics.count_request(route, status)

@@ -57,6 +57,7 @@ class Gateway:
             max_bytes=config.buffer_max_bytes,
             overflow=config.buffer_overflow,
             durability=config.durability,
+            dead_letter_max_bytes=config.dead_letter_max_bytes,
         )
         self.uplink = Uplink(config, self.buffer, self.metrics, gateway_id=self.gateway_id)
         self._devices_db = apsw.Connection(str(data / DEVICES_FILE))
@@ -100,6 +101,7 @@ class Gateway:
         return build_health(
             self.buffer.stats,
             corrupt_files=self.buffer.corrupt_files,
+            storage_problem=self.buffer.storage_problem,
             last_upload_at=uplink.last_upload_at,
             backend_connected=self.backend_connected(),
             connected_agents=self.state.connected_agents(),

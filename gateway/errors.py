@@ -5,6 +5,7 @@
      ├── BufferFull        the buffer is at its byte cap in `reject` mode (agents get 503)
      ├── BufferTooLarge    one request is bigger than the whole buffer cap (agents get 413)
      └── StorageError      SQLite failed underneath the buffer or the state store
+          └── StorageFull  the disk holding the data directory is full (agents get 503)
 
 Foreign errors are translated (or handled) at one boundary each: APSW in gateway/buffer.py
 and gateway/state.py, httpx in gateway/uplink.py, trio-websocket in gateway/control.py.
@@ -35,3 +36,12 @@ class BufferTooLarge(GatewayError):
 
 class StorageError(GatewayError):
     """SQLite failed (disk full, I/O error, corruption found while running)."""
+
+
+class StorageFull(StorageError):
+    """The file system under the data directory has no space left; it passes once space
+    returns (the next commit succeeds)."""
+
+    def __init__(self, message: str, retry_after_s: int = 10) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

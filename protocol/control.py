@@ -51,6 +51,9 @@ class BufferFigures(msgspec.Struct, kw_only=True):
     oldest_age_s: float = 0.0
     dropped_total: int = 0
     dead_letter_total: int = 0
+    # Refused logs the gateway holds for an operator, and those it could not keep.
+    dead_letters: int = 0
+    dead_letter_dropped_total: int = 0
 
 
 # ---- gateway -> backend -------------------------------------------------------------------

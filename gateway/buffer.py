@@ -221,7 +221,8 @@ class Buffer:
             failure: StorageError
             if isinstance(exc, apsw.FullError):
                 failure = StorageFull(
-                    f"the disk holding the buffer is full ({exc}); free space there"
+                    "no space left for the buffer on the data directory's file system"
+                    f" (SQLite: {exc}); free space there"
                 )
             else:
                 failure = StorageError(f"the buffer could not commit: {exc}")

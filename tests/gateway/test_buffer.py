@@ -14,9 +14,10 @@ import zstandard
 from gateway.buffer import BUFFER_FILE, Buffer
 from gateway.buffer_store import ROW_OVERHEAD, Claim, DeadLog, Settled, unpack
 from gateway.errors import BufferFull, BufferTooLarge, StorageError
+from gateway.sqlite import query
 from protocol import codec
 from protocol.agent import Log
-from tests.gateway.helpers import make_logs, varied_logs
+from tests.gateway.helpers import make_config, make_logs, running_gateway, varied_logs
 
 LogList = msgspec.msgpack.Decoder(list[Log])
 
@@ -302,3 +303,23 @@ async def test_corruption_found_while_running_starts_a_fresh_file(tmp_path: Path
         assert len(buffer.corrupt_files) == 1
         await buffer.append("a", make_logs(7))
         assert buffer.stats is not None and buffer.stats.queue_depth == 7
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize(("setting", "synchronous"), [(None, 2), ("normal", 1)])
+async def test_durability_is_full_unless_normal_is_chosen(
+    tmp_path: Path, setting: str | None, synchronous: int
+) -> None:
+    # SQLite's `synchronous` belongs to the connection, so it is read on the gateway's own
+    # connection to its buffer file: 2 (FULL) fsyncs the WAL at every commit, 1 (NORMAL)
+    # only at checkpoints.
+    overrides = {} if setting is None else {"durability": setting}
+    config = make_config(tmp_path, **overrides)
+    async with running_gateway(config) as (gateway, _):
+        store = gateway.buffer._store
+        assert store is not None
+        assert gateway.buffer.path == tmp_path / BUFFER_FILE
+        assert query(store.conn, "PRAGMA synchronous") == [(synchronous,)]
+        assert query(store.conn, "PRAGMA journal_mode") == [("wal",)]
+        await gateway.append("agent", make_logs(3))
+        assert gateway.health().queue_depth == 3

@@ -114,6 +114,7 @@ class Gateway:
             buffer=self.buffer.stats,
             connected_agents=self.state.connected_agents(),
             backend_connected=self.backend_connected(),
+            storage_problem=self.buffer.storage_problem,
         )
 
     # ---- running ---------------------------------------------------------------------------

@@ -36,6 +36,7 @@ class LiveFigures:
     buffer: BufferStats | None
     connected_agents: int
     backend_connected: bool
+    storage_problem: str | None = None
 
 
 class _LiveCollector(Collector):
@@ -53,6 +54,11 @@ class _LiveCollector(Collector):
             "td_gateway_backend_connected",
             "1 when the last upload attempt reached the backend.",
             value=int(figures.backend_connected),
+        )
+        yield GaugeMetricFamily(
+            "td_gateway_storage_failing",
+            "1 while the buffer cannot commit (e.g. the disk is full; see /health).",
+            value=int(figures.storage_problem is not None),
         )
         stats = figures.buffer
         if stats is None:

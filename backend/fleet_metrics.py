@@ -25,6 +25,9 @@ SELECT id::text AS gateway_id, org_id::text AS org_id, name, status,
        coalesce((last_status -> 'buffer' ->> 'queue_depth')::float8, 0) AS queue_depth,
        coalesce((last_status -> 'buffer' ->> 'dropped_total')::float8, 0) AS dropped_total,
        coalesce((last_status -> 'buffer' ->> 'dead_letter_total')::float8, 0) AS dead_letters,
+       coalesce((last_status -> 'buffer' ->> 'dead_letters')::float8, 0) AS dead_held,
+       coalesce((last_status -> 'buffer' ->> 'dead_letter_dropped_total')::float8, 0)
+           AS dead_dropped,
        coalesce((last_status ->> 'upload_error_streak')::float8, 0) AS upload_error_streak
 FROM gateway_instances
 WHERE disabled_at IS NULL
@@ -70,8 +73,20 @@ class _FleetCollector(Collector):
             "Logs in batches the backend refused as invalid.",
             labels=LABELS,
         )
+        held = GaugeMetricFamily(
+            "td_fleet_gateway_dead_letters",
+            "Refused logs the gateway holds for an operator (td-gateway dead-letters).",
+            labels=LABELS,
+        )
+        not_kept = CounterMetricFamily(
+            "td_fleet_gateway_dead_letters_dropped",
+            "Refused logs the gateway could not keep: its dead-letter space was full.",
+            labels=LABELS,
+        )
         for row in self._rows:
             labels = [row["org_id"], row["gateway_id"], row["name"]]
+            held.add_metric(labels, row["dead_held"])
+            not_kept.add_metric(labels, row["dead_dropped"])
             up.add_metric(labels, 0 if row["status"] == "OFFLINE" else 1)
             error.add_metric(labels, 1 if row["status"] == "ERROR" else 0)
             cap = row["queue_max_bytes"]
@@ -80,7 +95,7 @@ class _FleetCollector(Collector):
             streak.add_metric(labels, row["upload_error_streak"])
             dropped.add_metric(labels, row["dropped_total"])
             dead.add_metric(labels, row["dead_letters"])
-        yield from (up, error, fill, depth, streak, dropped, dead)
+        yield from (up, error, fill, depth, streak, dropped, dead, held, not_kept)
 
 
 async def render_fleet(conn: Any) -> bytes:

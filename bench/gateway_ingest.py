@@ -1,11 +1,14 @@
 """Agent ingest benchmark: 100-log JSON posts over 64 keep-alive connections to (a) the
-gateway (`td-gateway run`, commit before 202) and (b) a bare ASGI app that only reads the
-body, both under hypercorn's trio worker, in the same run. Prints one JSON object.
+gateway (`td-gateway run`, commit before 202) with its default `TD_DURABILITY=full` (fsync
+at every group commit), (b) the same with `normal` (no fsync), and (c) a bare ASGI app that
+only reads the body, all under hypercorn's trio worker, in the same run. Prints one JSON
+object; `ratio_vs_bare` is the default (full) gateway's.
 
 The load generator is a separate process (trio, raw HTTP/1.1, pre-built requests) so it
-costs as little CPU as possible next to the server on the same machine. Rounds alternate
-bare, gateway, bare, gateway... (a warm-up, then a fixed window each); `ratio_vs_bare` is the
-median of the per-round ratios, the other figures come from that median round. Only
+costs as little CPU as possible next to the server on the same machine. Rounds go
+bare, full, normal, bare, full, normal... (a warm-up, then a fixed window each);
+`ratio_vs_bare` is the median of the per-round ratios, the other figures come from that
+median round. Only
 127.0.0.1 is used. On a shared 2-core machine the figures move with the neighbours' load:
 compare `round_ratios` across runs, not single numbers.
 """
@@ -196,48 +199,70 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+def _start_gateway(data: Path, durability: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            GATEWAY,
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(data),
+            "--log-level",
+            "warning",
+            "--durability",
+            durability,
+        ],
+        env={**os.environ, "TD_BACKEND_URL": "", "TD_ENROLLMENT_KEY": "bench"},
+    )
+
+
+def _register(url: str) -> str:
+    token: str = httpx.post(
+        url + "/v1/agents/register",
+        json={"agent_uid": "bench", "hostname": "bench"},
+        headers={"X-Enrollment-Key": "bench"},
+    ).json()["token"]
+    return token
+
+
 def main() -> None:
+    durabilities = ("full", "normal")
     with tempfile.TemporaryDirectory(prefix="td-bench-ingest-") as root:
         address = Path(root) / "bare.addr"
-        data = Path(root) / "gateway"
         bare = subprocess.Popen([sys.executable, __file__, "--serve-bare", str(address)])
-        gateway = subprocess.Popen(
-            [
-                GATEWAY,
-                "run",
-                "--listen",
-                "127.0.0.1:0",
-                "--data-dir",
-                str(data),
-                "--log-level",
-                "warning",
-            ],
-            env={**os.environ, "TD_BACKEND_URL": "", "TD_ENROLLMENT_KEY": "bench"},
-        )
+        gateways = {d: _start_gateway(Path(root) / d, d) for d in durabilities}
         try:
             bare_url = _wait_for(address, bare)
-            url = _wait_for(data / "gateway.addr", gateway)
-            token = httpx.post(
-                url + "/v1/agents/register",
-                json={"agent_uid": "bench", "hostname": "bench"},
-                headers={"X-Enrollment-Key": "bench"},
-            ).json()["token"]
-            # Interleaved rounds: the machine is shared, so both targets see the same noise.
-            bare_rounds, gateway_rounds = [], []
+            urls = {d: _wait_for(Path(root) / d / "gateway.addr", p) for d, p in gateways.items()}
+            tokens = {d: _register(url) for d, url in urls.items()}
+            # Interleaved rounds: the machine is shared, so every target sees the same noise.
+            bare_rounds: list[dict[str, Any]] = []
+            rounds: dict[str, list[dict[str, Any]]] = {d: [] for d in durabilities}
             for _ in range(ROUNDS):
                 bare_rounds.append(_run_load(bare_url, "unused"))
-                gateway_rounds.append(_run_load(url, token))
-            queued = httpx.get(url + "/health").json()["queue_depth"]
+                for d in durabilities:
+                    rounds[d].append(_run_load(urls[d], tokens[d]))
+            queued = {
+                d: httpx.get(url + "/health").json()["queue_depth"] for d, url in urls.items()
+            }
         finally:
             _stop(bare)
-            _stop(gateway)
-    # Each round pairs a bare run with a gateway run under the same background noise; the
+            for process in gateways.values():
+                _stop(process)
+    # Each round pairs a bare run with gateway runs under the same background noise; the
     # median of the paired ratios is the figure, the median round gives the rest.
-    ratios = [
-        g["logs_per_s"] / b["logs_per_s"] for g, b in zip(gateway_rounds, bare_rounds, strict=True)
+    ratios = {
+        d: [g["logs_per_s"] / b["logs_per_s"] for g, b in zip(rounds[d], bare_rounds, strict=True)]
+        for d in durabilities
+    }
+    full_vs_normal = [
+        f["logs_per_s"] / n["logs_per_s"]
+        for f, n in zip(rounds["full"], rounds["normal"], strict=True)
     ]
-    middle = sorted(range(ROUNDS), key=lambda i: ratios[i])[ROUNDS // 2]
-    gw, bare_run = gateway_rounds[middle], bare_rounds[middle]
+    middle = sorted(range(ROUNDS), key=lambda i: ratios["full"][i])[ROUNDS // 2]
+    gw, bare_run = rounds["full"][middle], bare_rounds[middle]
+    normal_middle = sorted(range(ROUNDS), key=lambda i: ratios["normal"][i])[ROUNDS // 2]
     print(
         json.dumps(
             {
@@ -245,15 +270,24 @@ def main() -> None:
                 "logs_per_post": LOGS_PER_POST,
                 "rounds": ROUNDS,
                 "measure_s": MEASURE_S,
+                "durability": "full",
                 "logs_per_s": round(gw["logs_per_s"]),
                 "bare_logs_per_s": round(bare_run["logs_per_s"]),
-                "ratio_vs_bare": round(statistics.median(ratios), 2),
+                "ratio_vs_bare": round(statistics.median(ratios["full"]), 2),
                 "p99_ms": round(gw["p99_ms"], 1),
                 "p50_ms": round(gw["p50_ms"], 1),
                 "bare_p99_ms": round(bare_run["p99_ms"], 1),
-                "round_ratios": [round(ratio, 2) for ratio in ratios],
+                "round_ratios": [round(ratio, 2) for ratio in ratios["full"]],
+                "normal_logs_per_s": round(rounds["normal"][normal_middle]["logs_per_s"]),
+                "normal_ratio_vs_bare": round(statistics.median(ratios["normal"]), 2),
+                "normal_round_ratios": [round(ratio, 2) for ratio in ratios["normal"]],
+                "full_vs_normal": round(statistics.median(full_vs_normal), 2),
                 "non_202": sum(
-                    n for r in gateway_rounds for code, n in r["statuses"].items() if code != "202"
+                    n
+                    for d in durabilities
+                    for r in rounds[d]
+                    for code, n in r["statuses"].items()
+                    if code != "202"
                 ),
                 "buffered_logs_at_end": queued,
             }

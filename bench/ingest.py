@@ -4,7 +4,8 @@ Starts an embedded PostgreSQL under a temp dir and `td-backend serve` as its own
 127.0.0.1, posts BATCHES msgpack batches of LOGS_PER_BATCH logs (dedupe on: every batch has
 an Idempotency-Key and every log its id) and COPYs the same rows with `copy_records_to_table`
 into a plain table with the same columns and indexes, the two alternating in slices; then
-checks every log was stored once. Prints one JSON object.
+checks every log was stored once. Both sides get the same concurrency: CONCURRENCY HTTP
+connections posting, CONCURRENCY PostgreSQL connections copying. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -133,6 +134,22 @@ async def post_batches(client: httpx.AsyncClient, api_key: str, batches: list[An
     return time.perf_counter() - started
 
 
+async def copy_batches(pool: asyncpg.Pool, rows: list[list[tuple[Any, ...]]]) -> float:
+    """COPY each batch's rows over CONCURRENCY connections; seconds until all are in."""
+    queue: asyncio.Queue[list[tuple[Any, ...]]] = asyncio.Queue()
+    for batch_rows in rows:
+        queue.put_nowait(batch_rows)
+
+    async def worker() -> None:
+        async with pool.acquire() as conn:
+            while not queue.empty():
+                await conn.copy_records_to_table("bench_copy", records=queue.get_nowait())
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    return time.perf_counter() - started
+
+
 def copy_rows(batches: list[Any]) -> list[list[tuple[Any, ...]]]:
     """The rows the endpoint would store, built before timing the COPY."""
     org_id, gateway_id = uuid.uuid4(), uuid.uuid4()
@@ -168,24 +185,21 @@ async def measure(url: str, db_url: str, api_key: str, batches: list[Any]) -> tu
     """
     rows = copy_rows(batches)
     endpoint_s = copy_s = 0.0
-    conn = await asyncpg.connect(db_url)
+    pool = await asyncpg.create_pool(db_url, min_size=CONCURRENCY, max_size=CONCURRENCY)
     try:
-        await conn.execute(
+        await pool.execute(
             "CREATE TABLE bench_copy (LIKE agent_logs INCLUDING DEFAULTS INCLUDING INDEXES)"
         )
         async with httpx.AsyncClient(base_url=url, timeout=60.0) as client:
             step = len(batches) // ROUNDS
             for start in range(0, len(batches), step):
                 endpoint_s += await post_batches(client, api_key, batches[start : start + step])
-                started = time.perf_counter()
-                for batch_rows in rows[start : start + step]:
-                    await conn.copy_records_to_table("bench_copy", records=batch_rows)
-                copy_s += time.perf_counter() - started
-        copied = await conn.fetchval("SELECT count(*) FROM bench_copy")
+                copy_s += await copy_batches(pool, rows[start : start + step])
+        copied = await pool.fetchval("SELECT count(*) FROM bench_copy")
         assert copied == BATCHES * LOGS_PER_BATCH, copied
-        await conn.execute("DROP TABLE bench_copy")
+        await pool.execute("DROP TABLE bench_copy")
     finally:
-        await conn.close()
+        await pool.close()
     return endpoint_s, copy_s
 
 
@@ -259,6 +273,7 @@ def main() -> None:
                 "batches": BATCHES,
                 "logs_per_batch": LOGS_PER_BATCH,
                 "concurrency": CONCURRENCY,
+                "copy_concurrency": CONCURRENCY,
                 "endpoint_logs_per_s": round(endpoint_rate),
                 "raw_copy_rows_per_s": round(copy_rate),
                 "ratio_vs_copy": round(endpoint_rate / copy_rate, 3),

@@ -20,7 +20,14 @@ import trio
 from gateway import openapi
 from gateway.buffer import Buffer
 from gateway.config import GatewayConfig
-from gateway.errors import AgentRevoked, BufferFull, BufferTooLarge, IdentityTaken, StorageError
+from gateway.errors import (
+    AgentRevoked,
+    BufferFull,
+    BufferTooLarge,
+    IdentityTaken,
+    StorageError,
+    StorageFull,
+)
 from gateway.health import Health
 from gateway.http_io import (
     ClientGone,
@@ -102,10 +109,18 @@ class AgentApi:
         except ClientGone:
             status = 499
         except StorageError as exc:
+            # The gateway's own storage failed (a full disk, most often), not the request:
+            # 503 + Retry-After has agents keep the logs and try again later.
             log.error("storage_error", path=path, error=str(exc))
-            await respond_error(send, HttpError(500, "storage_error", str(exc)))
+            code = "storage_full" if isinstance(exc, StorageFull) else "storage_error"
+            retry_after = exc.retry_after_s if isinstance(exc, StorageFull) else 10
+            status = 503
+            await respond_error(
+                send, HttpError(503, code, str(exc), {"Retry-After": str(retry_after)})
+            )
         except Exception:
             # A bug, not the client's data: still an answer with a body, never a dropped one.
+            status = 500
             log.exception("unhandled_error", path=path)
             await respond_error(
                 send, HttpError(500, "internal_error", "the gateway failed; the error is logged")

@@ -62,6 +62,7 @@ class Gateway:
             max_bytes=config.buffer_max_bytes,
             overflow=config.buffer_overflow,
             durability=config.durability,
+            dead_letter_max_bytes=config.dead_letter_max_bytes,
         )
         self.uplink = Uplink(
             config,
@@ -126,6 +127,7 @@ class Gateway:
         return build_health(
             self.buffer.stats,
             corrupt_files=self.buffer.corrupt_files,
+            storage_problem=self.buffer.storage_problem,
             last_upload_at=uplink.last_upload_at,
             backend_connected=self.backend_connected(),
             connected_agents=self.state.connected_agents(),
@@ -138,6 +140,7 @@ class Gateway:
             buffer=self.buffer.stats,
             connected_agents=self.state.connected_agents(),
             backend_connected=self.backend_connected(),
+            storage_problem=self.buffer.storage_problem,
         )
 
     # ---- running ---------------------------------------------------------------------------

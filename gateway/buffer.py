@@ -5,9 +5,15 @@ channel; it takes every operation waiting, runs them in ONE transaction in a wor
 (APSW calls block), commits, and only then wakes each caller. So `append` returns after the
 logs are on disk, and a hundred concurrent requests cost one fsync, not a hundred.
 
+Durability `full` (the default) makes SQLite fsync the WAL at every commit, so a 202 means
+the logs are on stable storage; group commit keeps that to one fsync per burst. `normal`
+skips the fsync: it survives a crash of the process, not a power cut.
+
 A buffer file SQLite cannot read, at start or later, is renamed aside with a timestamp (kept
 for salvage) and a fresh one is used; such files are listed by `corrupt_files` (and so in
-/health) until an operator removes them.
+/health) until an operator removes them. A full disk fails the commit with StorageFull (the
+agent API answers 503 + Retry-After) and is reported in `storage_problem` until a commit
+that adds logs succeeds again.
 """
 
 from __future__ import annotations
@@ -27,8 +33,16 @@ import apsw
 import structlog
 import trio
 
-from gateway.buffer_store import BufferStats, BufferStore, Claim, TxEffects
-from gateway.errors import GatewayError, StorageError
+from gateway.buffer_store import (
+    DEAD_LETTER_MAX_BYTES,
+    BufferStats,
+    BufferStore,
+    Claim,
+    DeadLog,
+    Settled,
+    TxEffects,
+)
+from gateway.errors import GatewayError, StorageError, StorageFull
 from protocol import codec
 from protocol.agent import Log
 
@@ -57,10 +71,12 @@ class Buffer:
         *,
         max_bytes: int,
         overflow: Literal["drop_oldest", "reject"] = "drop_oldest",
-        durability: Literal["normal", "full"] = "normal",
+        durability: Literal["normal", "full"] = "full",
+        dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES,
     ) -> None:
         self.path = data_dir / BUFFER_FILE
         self._max_bytes = max_bytes
+        self._dead_letter_max_bytes = dead_letter_max_bytes
         self._overflow: Literal["drop_oldest", "reject"] = overflow
         self._durability: Literal["normal", "full"] = durability
         self._send, self._receive = trio.open_memory_channel[_Op[Any]](math.inf)
@@ -72,6 +88,8 @@ class Buffer:
         self.stats: BufferStats | None = None
         self.transactions = 0
         self.corrupt_moved_to: list[str] = []
+        # Why the last commit failed (e.g. the disk is full), until one that adds logs succeeds.
+        self.storage_problem: str | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -117,6 +135,7 @@ class Buffer:
                 max_bytes=self._max_bytes,
                 overflow=self._overflow,
                 durability=self._durability,
+                dead_letter_max_bytes=self._dead_letter_max_bytes,
             )
             # Reading the head and the totals touches the pages a damaged file breaks first,
             # without a full integrity check whose cost would grow with the backlog.
@@ -167,6 +186,10 @@ class Buffer:
                 self._in_flight.clear()
             if stats is not None:
                 self.stats = stats
+            if fx.failure is not None:
+                self.storage_problem = fx.failure
+            elif fx.appended:
+                self.storage_problem = None
             self.transactions += 1
             self._in_flight -= fx.dropped_uploads
             if fx.appended:
@@ -195,15 +218,23 @@ class Buffer:
                 store.rollback(saved)
                 raise
         except apsw.Error as exc:
-            failure = StorageError(f"the buffer could not commit: {exc}")
+            failure: StorageError
+            if isinstance(exc, apsw.FullError):
+                failure = StorageFull(
+                    "no space left for the buffer on the data directory's file system"
+                    f" (SQLite: {exc}); free space there"
+                )
+            else:
+                failure = StorageError(f"the buffer could not commit: {exc}")
             for op in ops:
                 op.error = failure
             log.error("buffer_commit_failed", error=str(exc))
             corrupt = isinstance(exc, (apsw.CorruptError, apsw.NotADBError))
+            fx = TxEffects(corrupt=corrupt, failure=str(failure))
             try:
-                return TxEffects(corrupt=corrupt), store.stats()
+                return fx, store.stats()
             except apsw.Error:
-                return TxEffects(corrupt=corrupt), None
+                return fx, None
         try:
             store.reclaim_space()
         except apsw.Error as exc:  # space comes back on the next drain instead
@@ -261,11 +292,10 @@ class Buffer:
         finally:
             self._in_flight.discard(batch_id)
 
-    async def dead_letter(self, batch_id: uuid.UUID, status: int, detail: str) -> int:
+    async def settle(self, batch_id: uuid.UUID, dead: list[DeadLog]) -> Settled:
+        """Delete an uploaded batch in one commit, keeping its refused logs as dead letters."""
         now = time.time()
         try:
-            return await self._submit(
-                lambda store, fx: store.dead_letter(batch_id, status, detail, now)
-            )
+            return await self._submit(lambda store, fx: store.settle(batch_id, dead, now))
         finally:
             self._in_flight.discard(batch_id)

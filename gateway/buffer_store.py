@@ -6,9 +6,13 @@ uploaded oldest first: an upload batch is formed by stamping the oldest unassign
 a batch id (stored, so a retry after a restart sends the same rows under the same
 Idempotency-Key), and the rows are deleted only once the backend acknowledged that batch.
 
-Everything the file holds (queued rows and dead letters) counts against the byte cap.
-Running totals live in a small table updated in the same transaction as the rows, so
-start-up reads a handful of rows however long the backlog is.
+Queued rows count against the byte cap (`drop_oldest` or `reject` past it). Dead letters,
+the logs the backend refused one by one, live in their own bounded space: the byte cap
+never evicts them; past their own cap a refused log is counted (`dead_letter_dropped`) and
+logged instead of kept. Running totals live in a small table updated in the same
+transaction as the rows, so start-up reads a handful of rows however long the backlog is.
+Another connection (`td-gateway dead-letters`) may change the file while the gateway runs:
+`begin` notices through `PRAGMA data_version` and re-reads the totals.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -31,6 +36,9 @@ ROW_OVERHEAD = 64
 UPLOAD_MAX_BYTES = 16 * 1024 * 1024
 # Reclaim disk space once the queue has drained and this many pages are free.
 VACUUM_MIN_FREE_PAGES = 256
+DEAD_LETTER_MAX_BYTES = 64 * 1024 * 1024
+# The backend's reason is kept with each dead letter, cut to this length.
+DETAIL_MAX_CHARS = 2000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rows (
@@ -70,6 +78,8 @@ TOTALS = (
     "dropped_total",
     "dead_letter_total",
     "dead_letter_batches",
+    "dead_logs",
+    "dead_letter_dropped",
 )
 # One row, so a commit updates every running total with a single statement.
 _TOTALS_SCHEMA = (
@@ -94,6 +104,9 @@ class BufferStats:
     dead_letter_total: int
     dead_letter_batches: int
     oldest_created_at: float | None
+    dead_logs: int = 0  # held now (dead_letter_total counts every refusal ever)
+    dead_max_bytes: int = DEAD_LETTER_MAX_BYTES
+    dead_letter_dropped: int = 0  # refused logs not kept: the dead-letter space was full
 
     def oldest_age_s(self, now: float | None = None) -> float:
         if self.oldest_created_at is None:
@@ -112,6 +125,24 @@ class Claim:
     nbytes: int
 
 
+@dataclass(frozen=True)
+class DeadLog:
+    """One log of an upload batch the backend refused, with the backend's reason."""
+
+    group: int  # index into the batch's `groups`
+    agent_uid: str
+    packed_log: bytes  # msgpack of a one-element list[Log]
+    status: int
+    detail: str
+
+
+@dataclass(frozen=True)
+class Settled:
+    uploaded: int  # logs the backend took
+    dead_lettered: int  # refused logs kept as dead letters
+    dead_letter_dropped: int  # refused logs not kept (dead-letter space full)
+
+
 @dataclass
 class TxEffects:
     """What a transaction did that the async side must learn about after the commit."""
@@ -119,6 +150,7 @@ class TxEffects:
     appended: bool = False
     dropped_uploads: set[uuid.UUID] = field(default_factory=set)
     corrupt: bool = False  # SQLite found the file damaged: the buffer starts a fresh one
+    failure: str | None = None  # why the transaction did not commit
 
 
 class BufferStore:
@@ -131,8 +163,10 @@ class BufferStore:
         max_bytes: int,
         overflow: Literal["drop_oldest", "reject"],
         durability: Literal["normal", "full"],
+        dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES,
     ) -> None:
         self.max_bytes = max_bytes
+        self.dead_letter_max_bytes = dead_letter_max_bytes
         # Logs compress ~3x, so the same byte cap rides out a three times longer outage.
         # Level 1 costs ~30 us per 100 logs, paid here in the writer thread, off the event loop.
         self._compressor = zstandard.ZstdCompressor(level=1)
@@ -146,8 +180,10 @@ class BufferStore:
         with self.conn:
             self.conn.execute(_SCHEMA)
             self.conn.execute(_TOTALS_SCHEMA)
+            self._add_missing_totals()
             self.conn.execute("INSERT OR IGNORE INTO totals(id) VALUES (1)")
         self.totals = self._read_totals()
+        self._data_version = self._read_data_version()
         self._totals_changed = False
         # The head row's created_at, re-read only after something deleted rows.
         self._oldest: float | None = None
@@ -165,6 +201,11 @@ class BufferStore:
         """Start a write transaction; returns the totals to restore if it rolls back."""
         self.conn.execute("BEGIN IMMEDIATE")
         self._claimed_in_tx = set()
+        version = self._read_data_version()
+        if version != self._data_version:  # another connection committed (the CLI)
+            self._data_version = version
+            self.totals = self._read_totals()
+            self._oldest_known = False
         return dict(self.totals)
 
     def commit(self) -> None:
@@ -255,24 +296,52 @@ class BufferStore:
         """Delete an uploaded batch; returns how many logs it still held (0 if dropped)."""
         return self._delete_upload(batch_id.bytes)
 
-    def dead_letter(self, batch_id: uuid.UUID, status: int, detail: str, now: float) -> int:
-        """Move a batch the backend refused into dead_letters; returns its log count."""
-        self.conn.execute(
-            "INSERT INTO dead_letters(upload_id, agent_uid, n_logs, nbytes, created_at,"
-            " failed_at, status, detail, payload)"
-            " SELECT upload_id, agent_uid, n_logs, nbytes, created_at, ?, ?, ?, payload"
-            " FROM rows WHERE upload_id = ? ORDER BY rowid",
-            (now, status, detail[:2000], batch_id.bytes),
+    def settle(self, batch_id: uuid.UUID, dead: Sequence[DeadLog], now: float) -> Settled:
+        """Delete an uploaded batch, keeping the logs the backend refused as dead letters.
+
+        Nothing happens to a batch drop_oldest already removed (its logs are counted there).
+        """
+        found = query(
+            self.conn,
+            "SELECT created_at FROM rows WHERE upload_id = ? ORDER BY rowid",
+            (batch_id.bytes,),
         )
+        if not found:
+            return Settled(0, 0, 0)
+        kept = lost = added_bytes = 0
+        for item in dead:
+            payload = self._compressor.compress(item.packed_log)
+            detail = item.detail[:DETAIL_MAX_CHARS]
+            nbytes = len(payload) + len(item.agent_uid) + len(detail) + ROW_OVERHEAD
+            if self.totals["dead_bytes"] + added_bytes + nbytes > self.dead_letter_max_bytes:
+                lost += 1
+                continue
+            self.conn.execute(
+                "INSERT INTO dead_letters(upload_id, agent_uid, n_logs, nbytes, created_at,"
+                " failed_at, status, detail, payload) VALUES (?, ?, 1, ?, ?, ?, ?, ?, ?)",
+                (
+                    batch_id.bytes,
+                    item.agent_uid,
+                    nbytes,
+                    found[min(item.group, len(found) - 1)][0],
+                    now,
+                    item.status,
+                    detail,
+                    payload,
+                ),
+            )
+            kept += 1
+            added_bytes += nbytes
         n_logs = self._delete_upload(batch_id.bytes)
-        if n_logs:
-            moved = query(
-                self.conn,
-                "SELECT COALESCE(SUM(nbytes), 0) FROM dead_letters WHERE upload_id = ?",
-                (batch_id.bytes,),
-            )[0][0]
-            self._add(dead_bytes=moved, dead_letter_total=n_logs, dead_letter_batches=1)
-        return n_logs
+        if dead:
+            self._add(
+                dead_bytes=added_bytes,
+                dead_logs=kept,
+                dead_letter_total=len(dead),
+                dead_letter_dropped=lost,
+                dead_letter_batches=1,
+            )
+        return Settled(n_logs - len(dead), kept, lost)
 
     # ---- after the commit ------------------------------------------------------------------
 
@@ -292,6 +361,9 @@ class BufferStore:
             dead_letter_total=t["dead_letter_total"],
             dead_letter_batches=t["dead_letter_batches"],
             oldest_created_at=self._oldest,
+            dead_logs=t["dead_logs"],
+            dead_max_bytes=self.dead_letter_max_bytes,
+            dead_letter_dropped=t["dead_letter_dropped"],
         )
 
     def reclaim_space(self) -> None:
@@ -306,7 +378,11 @@ class BufferStore:
     # ---- internals -------------------------------------------------------------------------
 
     def _used(self) -> int:
-        return self.totals["queue_bytes"] + self.totals["dead_bytes"]
+        return self.totals["queue_bytes"]
+
+    def add_totals(self, **deltas: int) -> None:
+        """Change running totals in the open transaction (saved at commit)."""
+        self._add(**deltas)
 
     def _add(self, **deltas: int) -> None:
         for name, delta in deltas.items():
@@ -322,27 +398,18 @@ class BufferStore:
                 self.conn,
                 "SELECT rowid, upload_id, n_logs, nbytes FROM rows ORDER BY rowid LIMIT 1",
             )
-            if head:
-                rowid, upload_id, n_logs, nbytes = head[0]
-                if upload_id is not None:
-                    freed_logs, freed = self._delete_upload_sized(upload_id)
-                    fx.dropped_uploads.add(uuid.UUID(bytes=upload_id))
-                else:
-                    self.conn.execute("DELETE FROM rows WHERE rowid = ?", (rowid,))
-                    self._add(queue_logs=-n_logs, queue_rows=-1, queue_bytes=-nbytes)
-                    freed_logs, freed = n_logs, nbytes
-                self._add(dropped_total=freed_logs)
+            if not head:
+                raise AssertionError("buffer totals disagree with its rows")
+            rowid, upload_id, n_logs, nbytes = head[0]
+            if upload_id is not None:
+                freed_logs, freed = self._delete_upload_sized(upload_id)
+                fx.dropped_uploads.add(uuid.UUID(bytes=upload_id))
             else:
-                freed = self._drop_oldest_dead_letter()
+                self.conn.execute("DELETE FROM rows WHERE rowid = ?", (rowid,))
+                self._add(queue_logs=-n_logs, queue_rows=-1, queue_bytes=-nbytes)
+                freed_logs, freed = n_logs, nbytes
+            self._add(dropped_total=freed_logs)
             excess -= freed
-
-    def _drop_oldest_dead_letter(self) -> int:
-        head = query(self.conn, "SELECT rowid, nbytes FROM dead_letters ORDER BY rowid LIMIT 1")
-        if not head:
-            raise AssertionError("buffer totals disagree with its rows")
-        self.conn.execute("DELETE FROM dead_letters WHERE rowid = ?", (head[0][0],))
-        self._add(dead_bytes=-head[0][1])
-        return int(head[0][1])
 
     def _delete_upload(self, upload_id: bytes) -> int:
         return self._delete_upload_sized(upload_id)[0]
@@ -378,6 +445,22 @@ class BufferStore:
     def _read_totals(self) -> dict[str, int]:
         row = query(self.conn, _READ_TOTALS)[0]
         return {name: int(value) for name, value in zip(TOTALS, row, strict=True)}
+
+    def _read_data_version(self) -> int:
+        return int(query(self.conn, "PRAGMA data_version")[0][0])
+
+    def _add_missing_totals(self) -> None:
+        """Files written before a total existed get its column, computed from the rows."""
+        present = {row[1] for row in query(self.conn, "PRAGMA table_info(totals)")}
+        for name in TOTALS:
+            if name not in present:
+                self.conn.execute(
+                    f"ALTER TABLE totals ADD COLUMN {name} INTEGER NOT NULL DEFAULT 0"
+                )
+        if "dead_logs" not in present:
+            self.conn.execute(
+                "UPDATE totals SET dead_logs = (SELECT COALESCE(SUM(n_logs), 0) FROM dead_letters)"
+            )
 
 
 def unpack(packed: bytes) -> bytes:

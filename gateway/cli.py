@@ -1,4 +1,5 @@
-"""`td-gateway run`: settings from --flags, TD_* environment variables and --config FILE.
+"""`td-gateway run`: settings from --flags, TD_* environment variables and --config FILE;
+`td-gateway dead-letters ...` (gateway/dead_letters.py).
 
 Exit codes: 0 after SIGTERM/SIGINT, 75 (EXIT_RESTART) when the backend asked for a restart,
 2 for a bad setting (one line saying which and what it accepts), 1 when storage fails.
@@ -17,7 +18,7 @@ import structlog
 import trio
 
 from gateway import config as settings
-from gateway import logsetup
+from gateway import dead_letters, logsetup
 from gateway.app import Gateway
 from gateway.errors import ConfigError, StorageError
 
@@ -33,12 +34,15 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="serve agents and upload their logs", allow_abbrev=False)
     run.add_argument("--config", metavar="TD_CONFIG", help="TOML file with settings")
     settings.add_flags(run)
+    dead_letters.add_parser(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     namespace, _ = _parser().parse_known_args(args)  # --help and the subcommand
+    if namespace.command == "dead-letters":
+        return dead_letters.run(_parser().parse_args(args))
     config_file = namespace.config or os.environ.get("TD_CONFIG")
     flags = _without_config_flag(args[1:])
     try:

@@ -45,7 +45,10 @@ class GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
 
     buffer_max_bytes: Annotated[int, Meta(ge=64 * 1024)] = GiB
     buffer_overflow: Literal["drop_oldest", "reject"] = "drop_oldest"
-    durability: Literal["normal", "full"] = "normal"
+    # full: fsync at every commit, a 202 survives a power cut; normal: survives a crash only.
+    durability: Literal["normal", "full"] = "full"
+    # Dead letters' own space, apart from buffer_max_bytes (which never evicts them).
+    dead_letter_max_bytes: Annotated[int, Meta(ge=64 * 1024)] = 64 * MiB
     max_request_bytes: Annotated[int, Meta(ge=1024, le=256 * MiB)] = 4 * MiB
 
     upload_max_logs: Annotated[int, Meta(ge=1, le=100_000)] = 5000

@@ -285,6 +285,7 @@ class ControlChannel:
                     connected_agents=self._state.connected_agents(),
                     error_streak=uplink.error_streak,
                     last_upload_at=uplink.last_upload_at,
+                    storage_problem=self._buffer.storage_problem,
                 )
             )
             # A pong must come back within one interval: a dead peer is noticed in two.

@@ -5,6 +5,7 @@
      ├── BufferFull        the buffer is at its byte cap in `reject` mode (agents get 503)
      ├── BufferTooLarge    one request is bigger than the whole buffer cap (agents get 413)
      ├── StorageError      SQLite failed underneath the buffer or the state store
+     │    └── StorageFull  the disk holding the data directory is full (agents get 503)
      └── IdentityRefused   a registration may not take that agent_uid
           ├── IdentityTaken    the uid belongs to a registered agent (agents get 409)
           └── AgentRevoked     an operator revoked the uid (agents get 403)
@@ -50,3 +51,12 @@ class IdentityTaken(IdentityRefused):
 
 class AgentRevoked(IdentityRefused):
     """An operator revoked the agent_uid; it registers again only after a reset."""
+
+
+class StorageFull(StorageError):
+    """The file system under the data directory has no space left; it passes once space
+    returns (the next commit succeeds)."""
+
+    def __init__(self, message: str, retry_after_s: int = 10) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

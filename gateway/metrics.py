@@ -36,6 +36,7 @@ class LiveFigures:
     buffer: BufferStats | None
     connected_agents: int
     backend_connected: bool
+    storage_problem: str | None = None
 
 
 class _LiveCollector(Collector):
@@ -54,6 +55,11 @@ class _LiveCollector(Collector):
             "1 when the last upload attempt reached the backend.",
             value=int(figures.backend_connected),
         )
+        yield GaugeMetricFamily(
+            "td_gateway_storage_failing",
+            "1 while the buffer cannot commit (e.g. the disk is full; see /health).",
+            value=int(figures.storage_problem is not None),
+        )
         stats = figures.buffer
         if stats is None:
             return
@@ -61,6 +67,16 @@ class _LiveCollector(Collector):
             ("td_gateway_buffer_logs", "Logs waiting in the buffer.", stats.queue_depth),
             ("td_gateway_buffer_bytes", "Bytes of queued logs.", stats.queue_bytes),
             ("td_gateway_buffer_dead_letter_bytes", "Bytes of dead letters.", stats.dead_bytes),
+            (
+                "td_gateway_buffer_dead_letter_max_bytes",
+                "The dead letters' own byte cap.",
+                stats.dead_max_bytes,
+            ),
+            (
+                "td_gateway_dead_letters",
+                "Refused logs held for an operator (td-gateway dead-letters).",
+                stats.dead_logs,
+            ),
             ("td_gateway_buffer_max_bytes", "The buffer's byte cap.", stats.max_bytes),
             (
                 "td_gateway_buffer_oldest_age_seconds",
@@ -79,6 +95,11 @@ class _LiveCollector(Collector):
             "td_gateway_logs_dead_lettered",
             "Logs in batches the backend refused as invalid.",
             value=stats.dead_letter_total,
+        )
+        yield CounterMetricFamily(
+            "td_gateway_dead_letters_dropped",
+            "Refused logs not kept because the dead-letter space was full.",
+            value=stats.dead_letter_dropped,
         )
 
 
@@ -106,7 +127,8 @@ class Metrics:
         )
         self.upload_batches = Counter(
             "td_gateway_upload_batches",
-            "Upload batches by outcome (ok, dead_letter).",
+            "Upload POSTs by outcome (ok; refused: a 4xx that splits the batch; split: a"
+            " refused batch settled after splitting).",
             ["outcome"],
             registry=self.registry,
         )

@@ -39,7 +39,10 @@ def _errors(*codes: int) -> dict[str, Any]:
         401: "Missing or invalid credentials",
         413: "Body larger than the gateway accepts (also after gzip inflation)",
         415: "Unsupported Content-Encoding",
-        503: "Buffer full (reject mode) or no enrollment key yet; see Retry-After",
+        503: (
+            "Buffer full (reject mode), the gateway's disk full (storage_full), or no"
+            " enrollment key yet; see Retry-After"
+        ),
     }
     return {str(code): _answer(meaning[code], ErrorBody) for code in codes}
 

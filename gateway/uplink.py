@@ -4,8 +4,15 @@ A batch is claimed from the buffer (its id stored with its rows), sent with that
 `Idempotency-Key` until the backend answers, and deleted only after a 2xx. Connection
 errors, timeouts, 5xx, 408 and 429 are retried forever with full-jitter exponential backoff
 (honouring Retry-After); 401/403 too, because a wrong key is the operator's to fix, not the
-batch's fault. Any other 4xx means the batch itself is unacceptable: it goes to the
-dead-letter table so the queue keeps moving. httpx errors are translated here, nowhere else.
+batch's fault.
+
+Any other 4xx (413 too large, 400 invalid, ...) says something in the batch is unacceptable,
+not which log: the batch is bisected. Each half is sent as its own batch, under an id
+derived from the parent's and the half's range (`part_id`), so a resend after a restart is
+still deduplicated by id; refused halves are split again, down to single logs. A single log
+still refused becomes a dead letter with the backend's reason; everything else is stored.
+Only then is the parent batch removed from the buffer, in the same commit that keeps its
+dead letters. httpx errors are translated here, nowhere else.
 """
 
 from __future__ import annotations
@@ -27,19 +34,25 @@ import trio
 import zstandard
 
 from gateway.buffer import Buffer
-from gateway.buffer_store import Claim, unpack
+from gateway.buffer_store import Claim, DeadLog, unpack
 from gateway.config import GatewayConfig
 from gateway.errors import StorageError
 from gateway.metrics import Metrics
 from protocol import codec
+from protocol.agent import Log
+from protocol.uplink import AgentLogs, UplinkBatch
 
 log = structlog.get_logger("gateway.uplink")
 
 INGEST_PATH = "/v2/ingest/logs"
 # A backend asking for a longer pause than this is more likely wrong than right.
 MAX_RETRY_AFTER_S = 300.0
+# An idle uploader looks for rows again this often even without an append in this process:
+# `td-gateway dead-letters replay` queues rows from another process.
+IDLE_RECHECK_S = 5.0
 
-Outcome = Literal["ok", "retry", "dead_letter"]
+Outcome = Literal["ok", "retry", "refused"]
+_log_list = msgspec.msgpack.Decoder(list[Log])
 
 
 # The same wire shape as protocol.uplink.UplinkBatch, with each group's logs spliced in as
@@ -80,8 +93,58 @@ def classify(status: int) -> Outcome:
     if 200 <= status < 300:
         return "ok"
     if 400 <= status < 500 and status not in (401, 403, 408, 429):
-        return "dead_letter"
+        return "refused"
     return "retry"
+
+
+def part_id(batch_id: uuid.UUID, start: int, stop: int) -> uuid.UUID:
+    """The id of the logs [start, stop) of a batch (in group order), the same on every resend."""
+    return uuid.uuid5(batch_id, f"{start}:{stop}")
+
+
+@dataclass(frozen=True)
+class _Entry:
+    group: int
+    agent_uid: str
+    log: Log
+
+
+def _entries(claim: Claim) -> list[_Entry]:
+    return [
+        _Entry(index, uid, item)
+        for index, (uid, packed) in enumerate(claim.groups)
+        for item in _log_list.decode(unpack(packed))
+    ]
+
+
+def encode_part(
+    claim: Claim, gateway_id: str, entries: list[_Entry], start: int, stop: int
+) -> bytes:
+    """The msgpack body of the logs [start, stop) of `claim` as a batch of their own."""
+    groups: list[AgentLogs] = []
+    previous = -1
+    for entry in entries[start:stop]:
+        if entry.group != previous:
+            groups.append(AgentLogs(agent_uid=entry.agent_uid, logs=[]))
+            previous = entry.group
+        groups[-1].logs.append(entry.log)
+    batch = UplinkBatch(
+        batch_id=part_id(claim.batch_id, start, stop),
+        gateway_id=gateway_id,
+        created_at=claim.created_at,
+        groups=groups,
+    )
+    return codec.msgpack_encoder.encode(batch)
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    detail: str
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -175,7 +238,8 @@ class Uplink:
             try:
                 claim = await self._buffer.claim(self._config.upload_max_logs)
                 if claim is None:
-                    await appended.wait()
+                    with trio.move_on_after(IDLE_RECHECK_S):
+                        await appended.wait()
                     continue
                 # Returns once the batch is acked, dead-lettered or dropped; if cancelled, the
                 # batch stays buffered under its id and the next start sends it again.
@@ -190,11 +254,98 @@ class Uplink:
         self, client: httpx.AsyncClient, compressor: zstandard.ZstdCompressor, claim: Claim
     ) -> None:
         raw = encode_batch(claim, self._gateway_id(), self._agent_id_of)
+        answer = await self._send(client, compressor, claim, claim.batch_id, raw, claim.n_logs)
+        if answer is None:
+            return
+        if answer.ok:
+            uploaded = await self._buffer.ack(claim.batch_id)
+            self._uploaded(uploaded)
+            return
+        dead = await self._bisect(client, compressor, claim, answer)
+        if dead is None:
+            return
+        settled = await self._buffer.settle(claim.batch_id, dead)
+        self._uploaded(settled.uploaded)
+        self._metrics.upload_batches.labels("split").inc()
+        for item in dead:
+            log.error(
+                "upload_dead_lettered",
+                batch_id=str(claim.batch_id),
+                agent_uid=item.agent_uid,
+                status=item.status,
+                detail=item.detail,
+            )
+        if settled.dead_letter_dropped:
+            log.error(
+                "dead_letters_not_kept",
+                batch_id=str(claim.batch_id),
+                logs=settled.dead_letter_dropped,
+                reason="the dead-letter space is full (TD_DEAD_LETTER_MAX_BYTES)",
+            )
+        log.warning(
+            "upload_split",
+            batch_id=str(claim.batch_id),
+            logs=claim.n_logs,
+            stored=settled.uploaded,
+            dead_lettered=settled.dead_lettered,
+        )
+
+    def _uploaded(self, logs: int) -> None:
+        self.uploaded_total += logs
+        self._metrics.logs_uploaded.inc(logs)
+        self._metrics.upload_batches.labels("ok").inc()
+        self.health = UplinkHealth(True, dt.datetime.now(dt.UTC), 0)
+
+    async def _bisect(
+        self,
+        client: httpx.AsyncClient,
+        compressor: zstandard.ZstdCompressor,
+        claim: Claim,
+        refusal: _Answer,
+    ) -> list[DeadLog] | None:
+        """Send halves of a refused batch until only single refused logs remain; returns
+        them (None if drop_oldest removed the batch meanwhile)."""
+        entries = _entries(claim)
+        gateway_id = self._gateway_id()
+        dead: list[DeadLog] = []
+        refused = [(0, len(entries), refusal)]  # ranges the backend refused, in log order
+        while refused:
+            start, stop, answer = refused.pop(0)
+            if stop - start == 1:
+                entry = entries[start]
+                packed = codec.msgpack_encoder.encode([entry.log])
+                dead.append(
+                    DeadLog(entry.group, entry.agent_uid, packed, answer.status, answer.detail)
+                )
+                continue
+            middle = (start + stop) // 2
+            still_refused = []
+            for low, high in ((start, middle), (middle, stop)):
+                raw = encode_part(claim, gateway_id, entries, low, high)
+                part = part_id(claim.batch_id, low, high)
+                result = await self._send(client, compressor, claim, part, raw, high - low)
+                if result is None:
+                    return None
+                if not result.ok:
+                    still_refused.append((low, high, result))
+            refused[:0] = still_refused
+        return dead
+
+    async def _send(
+        self,
+        client: httpx.AsyncClient,
+        compressor: zstandard.ZstdCompressor,
+        claim: Claim,
+        batch_id: uuid.UUID,
+        raw: bytes,
+        n_logs: int,
+    ) -> _Answer | None:
+        """POST one body until the backend takes or refuses it; None once the claim is gone."""
         body = compressor.compress(raw)
         headers = {
             "Content-Type": codec.MSGPACK,
             "Content-Encoding": "zstd",
-            "Idempotency-Key": str(claim.batch_id),
+            "Idempotency-Key": str(batch_id),
         }
         attempt = 0
         while self._buffer.still_claimed(claim.batch_id):
@@ -205,8 +356,8 @@ class Uplink:
             self._metrics.upload_seconds.observe(duration)
             outcome = classify(status) if status else "retry"
             fields = dict(
-                batch_id=str(claim.batch_id),
-                logs=claim.n_logs,
+                batch_id=str(batch_id),
+                logs=n_logs,
                 bytes=len(body),
                 raw_bytes=len(raw),
                 duration_ms=round(duration * 1000, 1),
@@ -214,19 +365,13 @@ class Uplink:
                 status=status or None,
             )
             if outcome == "ok":
-                uploaded = await self._buffer.ack(claim.batch_id)
-                self.uploaded_total += uploaded
-                self._metrics.logs_uploaded.inc(uploaded)
-                self._metrics.upload_batches.labels("ok").inc()
-                self.health = UplinkHealth(True, dt.datetime.now(dt.UTC), 0)
                 log.info("upload", **fields)
-                return
-            if outcome == "dead_letter":
-                moved = await self._buffer.dead_letter(claim.batch_id, status, detail)
-                self._metrics.upload_batches.labels("dead_letter").inc()
+                return _Answer(status, "")
+            if outcome == "refused":
                 self.health.backend_connected = True
-                log.error("upload_dead_lettered", detail=detail, moved_logs=moved, **fields)
-                return
+                self._metrics.upload_batches.labels("refused").inc()
+                log.warning("upload_refused", detail=detail, **fields)
+                return _Answer(status, detail)
             self.health.error_streak += 1
             self.health.backend_connected = 400 <= status < 500
             self._metrics.upload_retries.labels(reason).inc()
@@ -244,6 +389,7 @@ class Uplink:
             )
             with trio.move_on_after(delay):
                 await self._wake.wait()
+        return None
 
     async def _post(
         self, client: httpx.AsyncClient, body: bytes, headers: dict[str, str]
@@ -262,5 +408,20 @@ class Uplink:
         if status in (401, 403):
             detail = "the backend refused the gateway API key (TD_GATEWAY_API_KEY)"
         else:
-            detail = response.text[:500]
+            detail = backend_detail(response.content)
         return status, reason, parse_retry_after(response.headers.get("Retry-After")), detail
+
+
+class _ErrorBody(msgspec.Struct):
+    error: str = ""
+    detail: str = ""
+
+
+def backend_detail(body: bytes) -> str:
+    """The backend's `detail` sentence from an error body, else the body's start as text."""
+    try:
+        parsed = msgspec.json.decode(body, type=_ErrorBody)
+    except msgspec.DecodeError:
+        parsed = _ErrorBody()
+    text = parsed.detail or body.decode("utf-8", "replace")
+    return text[:500]

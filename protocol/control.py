@@ -81,6 +81,9 @@ class BufferFigures(msgspec.Struct, kw_only=True):
     oldest_age_s: Measure = 0.0
     dropped_total: Count = 0
     dead_letter_total: Count = 0
+    # Refused logs the gateway holds for an operator, and those it could not keep.
+    dead_letters: Count = 0
+    dead_letter_dropped_total: Count = 0
 
 
 # ---- gateway -> backend -------------------------------------------------------------------

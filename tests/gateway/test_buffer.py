@@ -12,11 +12,12 @@ import trio
 import zstandard
 
 from gateway.buffer import BUFFER_FILE, Buffer
-from gateway.buffer_store import ROW_OVERHEAD, unpack
+from gateway.buffer_store import ROW_OVERHEAD, Claim, DeadLog, Settled, unpack
 from gateway.errors import BufferFull, BufferTooLarge, StorageError
+from gateway.sqlite import query
 from protocol import codec
 from protocol.agent import Log
-from tests.gateway.helpers import make_logs, varied_logs
+from tests.gateway.helpers import make_config, make_logs, running_gateway, varied_logs
 
 LogList = msgspec.msgpack.Decoder(list[Log])
 
@@ -154,23 +155,74 @@ async def test_a_request_bigger_than_the_whole_cap_is_refused(tmp_path: Path) ->
             await buffer.append("agent", varied_logs(1000))
 
 
+def dead_logs(claim: Claim, *positions: tuple[int, int]) -> list[DeadLog]:
+    """The logs at (group, index) of `claim`, refused with a 400."""
+    refused = []
+    for group, index in positions:
+        uid, packed = claim.groups[group]
+        one = LogList.decode(unpack(packed))[index]
+        refused.append(
+            DeadLog(group, uid, codec.msgpack_encoder.encode([one]), 400, f"bad log {one.id}")
+        )
+    return refused
+
+
 @pytest.mark.trio
-async def test_dead_letter_moves_the_batch_out_of_the_queue(tmp_path: Path) -> None:
+async def test_settle_keeps_only_the_refused_logs_as_dead_letters(tmp_path: Path) -> None:
     async with open_buffer(tmp_path) as buffer:
         await buffer.append("a", make_logs(5))
-        bad = await buffer.claim(max_logs=5)
+        await buffer.append("b", make_logs(4))
+        claim = await buffer.claim(max_logs=100)
         await buffer.append("a", make_logs(3))
-        assert bad is not None
-        assert await buffer.dead_letter(bad.batch_id, 400, "invalid") == 5
+        assert claim is not None
+        settled = await buffer.settle(claim.batch_id, dead_logs(claim, (0, 2), (1, 3)))
+        assert settled == Settled(uploaded=7, dead_lettered=2, dead_letter_dropped=0)
         assert buffer.stats is not None
-        assert buffer.stats.dead_letter_total == 5
+        assert buffer.stats.dead_letter_total == 2
+        assert buffer.stats.dead_logs == 2
         assert buffer.stats.dead_letter_batches == 1
+        assert buffer.stats.queue_depth == 3
         nxt = await buffer.claim(max_logs=100)
         assert nxt is not None and nxt.n_logs == 3
     async with open_buffer(tmp_path) as buffer:  # totals survive a restart
         assert buffer.stats is not None
-        assert buffer.stats.dead_letter_total == 5
+        assert buffer.stats.dead_logs == 2
         assert buffer.stats.queue_depth == 3
+
+
+@pytest.mark.trio
+async def test_dead_letters_are_never_evicted_by_the_byte_cap(tmp_path: Path) -> None:
+    logs = make_logs(50)
+    size = row_size("agent", logs)
+    async with open_buffer(tmp_path, max_bytes=size * 3, overflow="drop_oldest") as buffer:
+        await buffer.append("agent", logs)
+        claim = await buffer.claim(max_logs=50)
+        assert claim is not None
+        await buffer.settle(claim.batch_id, dead_logs(claim, *((0, i) for i in range(50))))
+        for _ in range(20):  # far more than the cap holds: the ring drops queued rows only
+            await buffer.append("agent", logs)
+        assert buffer.stats is not None
+        assert buffer.stats.queue_depth == 3 * 50
+        assert buffer.stats.dropped_total == 17 * 50
+        assert buffer.stats.dead_logs == 50
+        assert buffer.stats.queue_bytes <= size * 3
+
+
+@pytest.mark.trio
+async def test_past_their_own_cap_refused_logs_are_counted_not_kept(tmp_path: Path) -> None:
+    async with open_buffer(tmp_path, dead_letter_max_bytes=64 * 1024) as buffer:
+        await buffer.append("agent", varied_logs(1000))
+        claim = await buffer.claim(max_logs=1000)
+        assert claim is not None
+        settled = await buffer.settle(
+            claim.batch_id, dead_logs(claim, *((0, i) for i in range(1000)))
+        )
+        assert settled.dead_lettered + settled.dead_letter_dropped == 1000
+        assert 0 < settled.dead_lettered < 1000
+        assert buffer.stats is not None
+        assert buffer.stats.dead_bytes <= 64 * 1024
+        assert buffer.stats.dead_letter_dropped == settled.dead_letter_dropped
+        assert buffer.stats.dead_logs == settled.dead_lettered
 
 
 @pytest.mark.trio
@@ -251,3 +303,23 @@ async def test_corruption_found_while_running_starts_a_fresh_file(tmp_path: Path
         assert len(buffer.corrupt_files) == 1
         await buffer.append("a", make_logs(7))
         assert buffer.stats is not None and buffer.stats.queue_depth == 7
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize(("setting", "synchronous"), [(None, 2), ("normal", 1)])
+async def test_durability_is_full_unless_normal_is_chosen(
+    tmp_path: Path, setting: str | None, synchronous: int
+) -> None:
+    # SQLite's `synchronous` belongs to the connection, so it is read on the gateway's own
+    # connection to its buffer file: 2 (FULL) fsyncs the WAL at every commit, 1 (NORMAL)
+    # only at checkpoints.
+    overrides = {} if setting is None else {"durability": setting}
+    config = make_config(tmp_path, **overrides)
+    async with running_gateway(config) as (gateway, _):
+        store = gateway.buffer._store
+        assert store is not None
+        assert gateway.buffer.path == tmp_path / BUFFER_FILE
+        assert query(store.conn, "PRAGMA synchronous") == [(synchronous,)]
+        assert query(store.conn, "PRAGMA journal_mode") == [("wal",)]
+        await gateway.append("agent", make_logs(3))
+        assert gateway.health().queue_depth == 3

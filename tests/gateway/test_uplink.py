@@ -15,7 +15,14 @@ import zstandard
 from gateway.buffer import Buffer
 from gateway.buffer_store import Claim
 from gateway.metrics import Metrics
-from gateway.uplink import Uplink, backoff_delay, classify, encode_batch, parse_retry_after
+from gateway.uplink import (
+    Uplink,
+    backoff_delay,
+    classify,
+    encode_batch,
+    parse_retry_after,
+    part_id,
+)
 from protocol import codec
 from protocol.agent import Log
 from protocol.uplink import AgentLogs, UplinkBatch
@@ -35,10 +42,10 @@ from tests.gateway.ingest_server import ScriptedIngest, serve_ingest
     [
         (200, "ok"),
         (202, "ok"),
-        (400, "dead_letter"),
-        (404, "dead_letter"),
-        (413, "dead_letter"),
-        (422, "dead_letter"),
+        (400, "refused"),
+        (404, "refused"),
+        (413, "refused"),
+        (422, "refused"),
         (401, "retry"),
         (403, "retry"),
         (408, "retry"),
@@ -194,9 +201,8 @@ async def test_delivered_logs_reach_the_backend_and_leave_the_buffer(tmp_path: P
 
 
 @pytest.mark.trio
-async def test_a_refused_batch_is_dead_lettered_and_the_queue_keeps_moving(
-    tmp_path: Path,
-) -> None:
+async def test_a_refused_batch_is_split_under_stable_part_ids(tmp_path: Path) -> None:
+    # The first batch: 503 (retried as is), then 400 (split); its halves are taken.
     ingest = ScriptedIngest().then(503).then(400)
     async with serve_ingest(ingest) as backend_url:
         config = make_config(
@@ -210,15 +216,15 @@ async def test_a_refused_batch_is_dead_lettered_and_the_queue_keeps_moving(
         async with running_gateway(config) as (gateway, _):
             for logs in gateway_logs:
                 await gateway.append("agent", logs)
-            good = sorted(str(log.id) for log in gateway_logs[1])
-            await wait_until(lambda: sorted(ingest.delivered_ids()) == good)
+            sent = sorted(str(log.id) for logs in gateway_logs for log in logs)
+            await wait_until(lambda: sorted(ingest.delivered_ids()) == sent)
             await wait_until(lambda: gateway.health().queue_depth == 0)
-            health = gateway.health()
-            assert health.dead_letter_total == 100
+            assert gateway.health().dead_letter_total == 0
             keys = [item.idempotency_key for item in ingest.received]
             assert keys[0] == keys[1]  # the 503 retried the same batch, then it got a 400
-            assert keys[2] != keys[1]
-            assert len(keys) == 3  # the dead-lettered batch was not sent again
+            parent = uuid.UUID(keys[0])
+            assert keys[2:4] == [str(part_id(parent, 0, 50)), str(part_id(parent, 50, 100))]
+            assert len(keys) == 5  # the split batch was not sent again; then the second batch
 
 
 @pytest.mark.trio

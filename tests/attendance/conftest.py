@@ -30,7 +30,7 @@ WAIT_S = 20.0
 
 
 @pytest.fixture
-async def client(make_app: Any) -> AsyncIterator[AsyncTestClient[Litestar]]:
+async def client(make_app: Any)  # noqa: F811 -> AsyncIterator[AsyncTestClient[Litestar]]:
     async with AsyncTestClient(app=make_app(attendance_interval=0.1)) as test_client:
         yield test_client
 
@@ -81,7 +81,7 @@ async def eventually(
 
 
 async def attendance(
-    client: AsyncTestClient[Litestar], org: Org, first: str, last: str, **params: str
+    client: AsyncTestClient[Litestar], org: Org, first: str, last: str, **params: str  # noqa: F811
 ) -> list[dict[str, Any]]:
     response = await client.get(
         "/v2/attendance", params={"from": first, "to": last, **params}, headers=org.headers
@@ -93,7 +93,7 @@ async def attendance(
 
 async def day_of(
     client: AsyncTestClient[Litestar],
-    org: Org,
+    org: Org,  # noqa: F811
     employee_id: str,
     day: str,
     check: Callable[[dict[str, Any]], bool],

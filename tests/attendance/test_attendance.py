@@ -127,8 +127,15 @@ async def test_a_late_punch_marks_late_and_failures_are_not_punches(
                 punch(at(day, "17:02"), "1001", 2, minor=75),
                 # Bob's card only (no employee no.), on time; a refused face is no punch.
                 punch(at(day, "08:40"), "0", 3, minor=76),
-                log("device_event", ts=at(day, "08:55"), device_id="door-1", serial_no=4,
-                    major=5, minor=1, card_no="4242"),  # fmt: skip
+                log(
+                    "device_event",
+                    ts=at(day, "08:55"),
+                    device_id="door-1",
+                    serial_no=4,
+                    major=5,
+                    minor=1,
+                    card_no="4242",
+                ),
                 punch(at(day, "17:30"), "1002", 5, minor=38),
             ]
         },
@@ -167,8 +174,13 @@ async def test_days_are_recomputed_when_an_earlier_day_arrives_late(
                 punch(at("2026-03-10", "17:05"), "1001", 11),
             ],
             "pc-alice": [
-                log("active_window", ts=at("2026-03-09", "10:00"), app="excel",
-                    url="https://www.example.com/a", duration_ms=600_000),  # fmt: skip
+                log(
+                    "active_window",
+                    ts=at("2026-03-09", "10:00"),
+                    app="excel",
+                    url="https://www.example.com/a",
+                    duration_ms=600_000,
+                ),
             ],
         },
     )
@@ -269,11 +281,21 @@ async def test_activity_summary_and_reconciliation_flags(
         {
             # Alice's PC is busy and late into the night; she never badged in.
             "pc-alice": [
-                log("active_window", ts=at(day, "10:00"), app="chrome",
-                    url="https://www.github.com/x", duration_ms=1_800_000),  # fmt: skip
+                log(
+                    "active_window",
+                    ts=at(day, "10:00"),
+                    app="chrome",
+                    url="https://www.github.com/x",
+                    duration_ms=1_800_000,
+                ),
                 log("active_window", ts=at(day, "11:00"), app="slack", duration_ms=600_000),
-                log("active_window", ts=at(day, "22:30"), app="chrome",
-                    url="https://news.example.org/", duration_ms=300_000),  # fmt: skip
+                log(
+                    "active_window",
+                    ts=at(day, "22:30"),
+                    app="chrome",
+                    url="https://news.example.org/",
+                    duration_ms=300_000,
+                ),
             ],
             # Bob badged in and out, his PC stayed silent.
             "device:door-1": [

@@ -13,9 +13,7 @@ from tests.attendance.conftest import Org
 pytestmark = pytest.mark.anyio
 
 
-async def create(
-    client: AsyncTestClient[Litestar], org: Org, **body: Any
-) -> dict[str, Any]:
+async def create(client: AsyncTestClient[Litestar], org: Org, **body: Any) -> dict[str, Any]:
     response = await client.post("/v2/employees", json=body, headers=org.headers)
     assert response.status_code == 201, response.text
     created: dict[str, Any] = response.json()
@@ -234,7 +232,5 @@ async def test_shifts_and_organization_zone(client: AsyncTestClient[Litestar], o
     assert zone.status_code == 200, zone.text
     assert zone.json()["time_zone"] == "Europe/Berlin"
     assert zone.json()["default_shift_id"] == night.json()["id"]
-    bad = await client.patch(
-        "/v2/organization", json={"time_zone": "UTC+3"}, headers=org.headers
-    )
+    bad = await client.patch("/v2/organization", json={"time_zone": "UTC+3"}, headers=org.headers)
     assert bad.status_code == 400 and "time_zone" in bad.json()["detail"]

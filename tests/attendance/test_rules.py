@@ -71,7 +71,12 @@ def test_early_leave_lone_punch_and_double_punch() -> None:
     assert early.status == "early_leave" and early.early_leave_s == 3600
     # A terminal double punch within the gap is one punch: a lone punch, missing its pair.
     lone = compute_day(
-        frame, DAY_SHIFT, [at("2026-03-10", "08:55"), at("2026-03-10", "08:55:30")], [], LATER, False
+        frame,
+        DAY_SHIFT,
+        [at("2026-03-10", "08:55"), at("2026-03-10", "08:55:30")],
+        [],
+        LATER,
+        False,
     )
     assert lone.status == "missing_punch" and lone.worked_s == 0 and len(lone.punches) == 1
     # While the window is open, a lone punch is someone still at work.

@@ -30,7 +30,9 @@ WAIT_S = 20.0
 
 
 @pytest.fixture
-async def client(make_app: Any)  # noqa: F811 -> AsyncIterator[AsyncTestClient[Litestar]]:
+async def client(
+    make_app: Any,  # noqa: F811
+) -> AsyncIterator[AsyncTestClient[Litestar]]:
     async with AsyncTestClient(app=make_app(attendance_interval=0.1)) as test_client:
         yield test_client
 
@@ -81,7 +83,11 @@ async def eventually(
 
 
 async def attendance(
-    client: AsyncTestClient[Litestar], org: Org, first: str, last: str, **params: str  # noqa: F811
+    client: AsyncTestClient[Litestar],
+    org: Org,
+    first: str,
+    last: str,
+    **params: str,  # noqa: F811
 ) -> list[dict[str, Any]]:
     response = await client.get(
         "/v2/attendance", params={"from": first, "to": last, **params}, headers=org.headers

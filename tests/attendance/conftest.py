@@ -84,10 +84,10 @@ async def eventually(
 
 async def attendance(
     client: AsyncTestClient[Litestar],
-    org: Org,
+    org: Org,  # noqa: F811
     first: str,
     last: str,
-    **params: str,  # noqa: F811
+    **params: str,
 ) -> list[dict[str, Any]]:
     response = await client.get(
         "/v2/attendance", params={"from": first, "to": last, **params}, headers=org.headers

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import asyncpg  # type: ignore[import-untyped]
 import msgspec
 
 from backend.attendance.capture import BY_EMPLOYEE_ID, mark_dirty
+from backend.attendance.door_events import describe
 from backend.errors import Conflict, InvalidRequest, NotFound
 
 # A workstation first linked to anyone counts from the start: its earlier logs are the
@@ -177,3 +179,44 @@ async def employee_changed(conn: Any, org_id: uuid.UUID, employee_id: uuid.UUID)
     """Recompute the employee's recent days (shift, zone, cards or workstations changed)."""
     today = dt.datetime.now(dt.UTC).date()
     await mark_dirty(conn, org_id, [(BY_EMPLOYEE_ID, str(employee_id), today)])
+
+
+class DoorEventView(Protocol):
+    kind: str
+    data: dict[str, Any]
+    event: str | None
+    employee_name: str | None
+
+
+async def describe_door_events(
+    conn: Any, org_id: uuid.UUID, logs: Sequence[DoorEventView]
+) -> None:
+    """Fill `event` (the codes in words) and `employee_name` of the door events among `logs`:
+    the employee's name here, else the name the terminal sent."""
+    doors = [log for log in logs if log.kind == "device_event"]
+    if not doors:
+        return
+    nos = sorted({str(log.data.get("employee_no") or "") for log in doors} - {""})
+    cards = sorted({str(log.data.get("card_no") or "") for log in doors} - {""})
+    rows = await conn.fetch(
+        "SELECT e.employee_no, NULL AS card_no, e.name FROM employees e"
+        " WHERE e.org_id = $1 AND e.employee_no = ANY($2::text[])"
+        " UNION ALL SELECT NULL, c.card_no, e.name FROM employee_cards c"
+        " JOIN employees e ON e.id = c.employee_id"
+        " WHERE c.org_id = $1 AND c.card_no = ANY($3::text[])",
+        org_id,
+        nos,
+        cards,
+    )
+    by_no = {row["employee_no"]: row["name"] for row in rows if row["employee_no"]}
+    by_card = {row["card_no"]: row["name"] for row in rows if row["card_no"]}
+    for log in doors:
+        major, minor = log.data.get("major"), log.data.get("minor")
+        if isinstance(major, int) and isinstance(minor, int):
+            log.event = describe(major, minor)
+        terminal_name = log.data.get("name")
+        log.employee_name = (
+            by_no.get(log.data.get("employee_no"))
+            or by_card.get(log.data.get("card_no"))
+            or (terminal_name if isinstance(terminal_name, str) and terminal_name else None)
+        )

@@ -1,9 +1,10 @@
 """Terminals know the people: user commands to the organisation's terminals, and what
 each terminal has.
 
-`add_user` carries the employee number, name and card numbers; a terminal that already
-has the user updates it. `delete_user` removes the user (and their cards). Each is an
-ordinary device command, so it waits for an offline gateway and ends in a terminal state.
+`add_user` carries the employee number, name and card numbers (with `replace`, so a
+terminal that already has the user updates it). `delete_user` removes the user and their
+cards. Each is an ordinary device command, so it waits for an offline gateway and ends in
+a terminal state.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ async def push_user(services: Services, org_id: uuid.UUID, employee: EmployeeOut
                 "employee_no": employee.employee_no,
                 "name": employee.name,
                 "card_nos": employee.card_nos,
+                "replace": True,
             },
             expires_in_s=USER_COMMAND_EXPIRES_S,
         )

@@ -359,3 +359,76 @@ async def test_queries_never_read_agent_logs(
         await conn.close()
     row = (await attendance(client, org, day, day))[0]
     assert row["active_s"] == 60 and row["status"] == "missing_punch"
+
+
+async def test_door_events_in_words_with_the_employees_name(
+    client: AsyncTestClient[Litestar], org: Org
+) -> None:
+    gateway = await setup_org(client, org, "09:00", "17:00")
+    await employee(client, org, "1001", name="Alice", card_nos=["4242"])
+    day = "2026-03-10"
+    door = "device:door-1"
+    await ingest(
+        client,
+        gateway["api_key"],
+        {
+            door: [
+                log(
+                    "device_event",
+                    ts=at(day, "09:00"),
+                    device_id="d",
+                    serial_no=1,
+                    major=5,
+                    minor=1,
+                    card_no="4242",
+                ),
+                log(
+                    "device_event",
+                    ts=at(day, "09:01"),
+                    device_id="d",
+                    serial_no=2,
+                    major=5,
+                    minor=9,
+                    card_no="999",
+                ),
+                log(
+                    "device_event",
+                    ts=at(day, "09:02"),
+                    device_id="d",
+                    serial_no=3,
+                    major=3,
+                    minor=1024,
+                ),
+                log(
+                    "device_event",
+                    ts=at(day, "09:03"),
+                    device_id="d",
+                    serial_no=4,
+                    major=5,
+                    minor=24,
+                ),
+                log(
+                    "device_event",
+                    ts=at(day, "09:04"),
+                    device_id="d",
+                    serial_no=5,
+                    major=5,
+                    minor=75,
+                    employee_no="2002",
+                    name="Visitor Vic",
+                ),
+                log("idle", ts=at(day, "09:05")),
+            ]
+        },
+    )
+    response = await client.get("/v2/logs", headers=org.headers)
+    assert response.status_code == 200, response.text
+    described = [(i["event"], i["employee_name"]) for i in response.json()["items"]]
+    assert described == [
+        ("card granted", "Alice"),
+        ("invalid card", None),
+        ("remote open", None),
+        ("door held open", None),
+        ("face granted", "Visitor Vic"),
+        (None, None),
+    ]

@@ -41,6 +41,10 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     # Bearer token for the per-organisation series of /metrics (td_fleet_gateway_*, which
     # name every organisation's gateways); None: /metrics serves process-level series only.
     metrics_token: str | None = None
+    # Keep attendance's derived tables at ingest (off only to measure what it costs).
+    attendance_at_ingest: bool = True
+    # How often the attendance engine recomputes the employee-days marked dirty.
+    attendance_interval: PositiveFloat = 1.0
 
     @property
     def data_path(self) -> Path:

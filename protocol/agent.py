@@ -70,6 +70,8 @@ class DeviceEvent(_LogBase, tag="device_event", kw_only=True):
     card_no: CapturedText | None = None
     door: NonNegativeInt | None = None
     verify_mode: CapturedText | None = None
+    # The person's name as the terminal knows it.
+    name: CapturedText | None = None
 
 
 Log = ActiveWindow | Idle | Activity | Session | DeviceEvent

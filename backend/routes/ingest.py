@@ -57,7 +57,14 @@ async def ingest_logs(
         except ValueError:
             raise InvalidRequest("Idempotency-Key: must be the batch id (a UUID)") from None
     window = backend_window(dt.timedelta(days=services.config.log_retention_days))
-    outcome = await store_batch(services.pool, services.partitions, gateway, batch, window)
+    outcome = await store_batch(
+        services.pool,
+        services.partitions,
+        gateway,
+        batch,
+        window,
+        attendance=services.config.attendance_at_ingest,
+    )
     metrics = services.metrics
     if outcome.response.duplicate:
         metrics.ingest_batches.labels("duplicate").inc()

@@ -58,23 +58,38 @@ class GatewayIdentity:
     org_id: uuid.UUID
 
 
+@dataclass(frozen=True, slots=True)
+class AdminIdentity:
+    token_id: uuid.UUID
+    org_id: uuid.UUID
+
+
+async def find_admin_token(conn: Any, token: str) -> AdminIdentity | None:
+    """The unrevoked admin token `token` (its row id and organisation), else None."""
+    prefix = lookup_prefix(token)
+    if prefix is None or not token.startswith(ADMIN_TOKEN + "_"):
+        return None
+    rows = await conn.fetch(
+        "SELECT id, org_id, token_hash FROM admin_tokens"
+        " WHERE lookup_prefix = $1 AND revoked_at IS NULL",
+        prefix,
+    )
+    for row in rows:
+        if matches(token, row["token_hash"]):
+            return AdminIdentity(token_id=row["id"], org_id=row["org_id"])
+    return None
+
+
 async def authenticate_admin(conn: Any, authorization: str | None) -> uuid.UUID:
     """The organisation of a valid `Authorization: Bearer <admin token>`, else Unauthorized."""
     scheme, _, token = (authorization or "").partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token.startswith(ADMIN_TOKEN + "_"):
         raise Unauthorized("send `Authorization: Bearer <admin token>`")
-    prefix = lookup_prefix(token)
-    if prefix is not None:
-        rows = await conn.fetch(
-            "SELECT org_id, token_hash FROM admin_tokens"
-            " WHERE lookup_prefix = $1 AND revoked_at IS NULL",
-            prefix,
-        )
-        for row in rows:
-            if matches(token, row["token_hash"]):
-                return row["org_id"]  # type: ignore[no-any-return]
-    raise Unauthorized("the admin token is not valid (unknown or revoked)")
+    identity = await find_admin_token(conn, token)
+    if identity is None:
+        raise Unauthorized("the admin token is not valid (unknown or revoked)")
+    return identity.org_id
 
 
 async def authenticate_gateway(conn: Any, api_key: str | None) -> GatewayIdentity:

@@ -22,6 +22,7 @@ from backend.control.hub import ControlHub
 from backend.control.session import control_endpoint
 from backend.control.sweeper import sweep_forever
 from backend.crypto import secret_box_for
+from backend.dashboard import dashboard_router, template_config
 from backend.db import Database
 from backend.errors import BackendError
 from backend.keycheck import check_secret_key
@@ -198,7 +199,9 @@ def create_app(config: Config) -> Litestar:
             ingest.ingest_logs,
             gateway_control,
             admin_router(),
+            dashboard_router(),
         ],
+        template_config=template_config(),
         dependencies={"services": Provide(provide_services)},
         exception_handlers={Exception: handle_error},
         lifespan=[lifespan],

@@ -61,25 +61,42 @@ class GatewayIdentity:
     api_key_hash: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class AdminIdentity:
+    token_id: uuid.UUID
+    org_id: uuid.UUID
+    expired: bool = False
+
+
+async def find_admin_token(conn: Any, token: str) -> AdminIdentity | None:
+    """The unrevoked admin token `token` (its row id and organisation), else None; an
+    expired one is returned with `expired` set, so the caller can say so."""
+    prefix = lookup_prefix(token)
+    if prefix is None or not token.startswith(ADMIN_TOKEN + "_"):
+        return None
+    rows = await conn.fetch(
+        "SELECT id, org_id, token_hash, coalesce(expires_at <= now(), false) AS expired"
+        " FROM admin_tokens WHERE lookup_prefix = $1 AND revoked_at IS NULL",
+        prefix,
+    )
+    for row in rows:
+        if matches(token, row["token_hash"]):
+            return AdminIdentity(token_id=row["id"], org_id=row["org_id"], expired=row["expired"])
+    return None
+
+
 async def authenticate_admin(conn: Any, authorization: str | None) -> uuid.UUID:
     """The organisation of a valid `Authorization: Bearer <admin token>`, else Unauthorized."""
     scheme, _, token = (authorization or "").partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token.startswith(ADMIN_TOKEN + "_"):
         raise Unauthorized("send `Authorization: Bearer <admin token>`")
-    prefix = lookup_prefix(token)
-    if prefix is not None:
-        rows = await conn.fetch(
-            "SELECT org_id, token_hash, expires_at <= now() AS expired FROM admin_tokens"
-            " WHERE lookup_prefix = $1 AND revoked_at IS NULL",
-            prefix,
-        )
-        for row in rows:
-            if matches(token, row["token_hash"]):
-                if row["expired"]:
-                    raise Unauthorized("the admin token has expired; create a new one")
-                return row["org_id"]  # type: ignore[no-any-return]
-    raise Unauthorized("the admin token is not valid (unknown or revoked)")
+    identity = await find_admin_token(conn, token)
+    if identity is None:
+        raise Unauthorized("the admin token is not valid (unknown or revoked)")
+    if identity.expired:
+        raise Unauthorized("the admin token has expired; create a new one")
+    return identity.org_id
 
 
 async def authenticate_gateway(conn: Any, api_key: str | None) -> GatewayIdentity:

@@ -7,6 +7,8 @@ missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 # The `make run` test runs the printed curl commands verbatim.
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# The dashboard's browser tests drive Debian's chromium (Playwright cannot download one here).
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 

@@ -287,38 +287,39 @@ class PolicyController(Controller):
     @get("/{policy_id:uuid}/status", responses=ADMIN_ERRORS)
     async def policy_status(self, org_id: OrgId, policy_id: FromPath[uuid.UUID]) -> PolicyStatus:
         """Per gateway of the organisation: the revision it applied and whether that is current."""
-        policy = await policy_row(org_id, policy_id)
-        gateways = (
-            await GatewayInstance.select(GatewayInstance.id)
-            .where((GatewayInstance.org_id == org_id) & GatewayInstance.disabled_at.is_null())
-            .order_by(GatewayInstance.created_at)
-        )
-        states = {
-            s["gateway_id"]: s
-            for s in await GatewayPolicyState.select().where(
-                GatewayPolicyState.policy_id == policy_id
+        return await rollout_status(org_id, policy_id)
+
+
+async def rollout_status(org_id: uuid.UUID, policy_id: uuid.UUID) -> PolicyStatus:
+    """Per gateway of the organisation: the revision it applied and whether that is current."""
+    policy = await policy_row(org_id, policy_id)
+    gateways = (
+        await GatewayInstance.select(GatewayInstance.id)
+        .where((GatewayInstance.org_id == org_id) & GatewayInstance.disabled_at.is_null())
+        .order_by(GatewayInstance.created_at)
+    )
+    states = {
+        s["gateway_id"]: s
+        for s in await GatewayPolicyState.select().where(GatewayPolicyState.policy_id == policy_id)
+    }
+    rollout = []
+    for gateway in gateways:
+        state = states.get(gateway["id"])
+        rollout.append(
+            GatewayRollout(
+                gateway_id=gateway["id"],
+                applied_revision=state["applied_revision"] if state else None,
+                acked_at=state["acked_at"] if state else None,
+                in_sync=bool(
+                    state and state["applied"] and state["applied_revision"] == policy["revision"]
+                ),
+                applied=state["applied"] if state else None,
+                reason=state["reason"] if state else None,
             )
-        }
-        rollout = []
-        for gateway in gateways:
-            state = states.get(gateway["id"])
-            rollout.append(
-                GatewayRollout(
-                    gateway_id=gateway["id"],
-                    applied_revision=state["applied_revision"] if state else None,
-                    acked_at=state["acked_at"] if state else None,
-                    in_sync=bool(
-                        state
-                        and state["applied"]
-                        and state["applied_revision"] == policy["revision"]
-                    ),
-                    applied=state["applied"] if state else None,
-                    reason=state["reason"] if state else None,
-                )
-            )
-        return PolicyStatus(
-            policy_id=policy_id,
-            revision=policy["revision"],
-            checksum=policy["checksum"],
-            gateways=rollout,
         )
+    return PolicyStatus(
+        policy_id=policy_id,
+        revision=policy["revision"],
+        checksum=policy["checksum"],
+        gateways=rollout,
+    )

@@ -1,0 +1,45 @@
+"""Today, the landing page: what needs attention now, refreshed in place every few seconds."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from litestar import Controller, Request, get
+from litestar.response import Template
+
+from backend.dashboard import reads
+from backend.dashboard.doors import described_events
+from backend.dashboard.pages import fragment, page
+from backend.dashboard.session import SignedIn
+from backend.routes.common import services_of
+
+FAILED_SINCE = dt.timedelta(hours=1)
+
+
+async def _panels(request: Request[Any, Any, Any], operator: SignedIn) -> dict[str, Any]:
+    services = services_of(request)
+    doors = await reads.doors(services, operator.org_id)
+    events = await described_events(request, operator)
+    last_event: dict[str, dict[str, Any]] = {}
+    for event in events:  # newest first: keep each door's first
+        last_event.setdefault(event["device_id"], event)
+    return {
+        "down": await reads.gateways(services, operator.org_id, not_online=True),
+        "gateway_count": len(await reads.gateways(services, operator.org_id)),
+        "failed": await reads.failed_commands(services, operator.org_id, FAILED_SINCE),
+        "doors": [{"door": d, "last": last_event.get(str(d.id))} for d in doors],
+        "now": dt.datetime.now(dt.UTC),
+    }
+
+
+class TodayController(Controller):
+    path = "/"
+
+    @get("/", include_in_schema=False)
+    async def today(self, request: Request[Any, Any, Any], operator: SignedIn) -> Template:
+        return page("today.html", operator, "today", **await _panels(request, operator))
+
+    @get("/today/panels", include_in_schema=False)
+    async def today_panels(self, request: Request[Any, Any, Any], operator: SignedIn) -> Template:
+        return fragment("_today_panels.html", **await _panels(request, operator))

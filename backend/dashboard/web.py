@@ -1,0 +1,165 @@
+"""The dashboard's router: sign-in and sign-out, error pages, static files, the templates."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Annotated, Any
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from litestar import Request, Response, Router, get, post
+from litestar.di import Provide
+from litestar.enums import RequestEncodingType
+from litestar.exceptions import HTTPException
+from litestar.params import Body
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.response import Redirect, Template
+from litestar.static_files import create_static_files_router
+from litestar.template.config import TemplateConfig
+
+from backend.dashboard import commands, doors, fleet, policies, today
+from backend.dashboard.session import (
+    SignedIn,
+    SignedOut,
+    checked_form,
+    cleared_cookie,
+    provide_operator,
+    same_origin,
+    session_cookie,
+    sign_in,
+)
+from backend.errors import BackendError
+from backend.logging import get_logger
+
+log = get_logger("backend.dashboard")
+
+HERE = Path(__file__).parent
+PREFIX = "/dashboard"
+
+
+def _ago(value: dt.datetime | None) -> str:
+    if value is None:
+        return "never"
+    seconds = int((dt.datetime.now(dt.UTC) - value).total_seconds())
+    if seconds < 0:
+        return "just now"
+    for unit, size in (("d", 86_400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit} ago"
+    return f"{seconds} s ago"
+
+
+def _utc(value: dt.datetime | None) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value else "—"
+
+
+def _count(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.0f}"
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _environment() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(HERE / "templates"),
+        autoescape=select_autoescape(default=True),
+    )
+    env.filters.update(ago=_ago, utc=_utc, count=_count, age=_age)
+    return env
+
+
+def template_config() -> TemplateConfig[JinjaTemplateEngine]:
+    """The app's template engine (the dashboard is its only user)."""
+    return TemplateConfig(engine=JinjaTemplateEngine.from_environment(_environment()))
+
+
+def _is_htmx(request: Request[Any, Any, Any]) -> bool:
+    return request.headers.get("hx-request") == "true"
+
+
+def _sign_in_redirect(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if _is_htmx(request):
+        # HTMX follows HX-Redirect with a full page load instead of swapping a fragment.
+        return Response("", status_code=401, headers={"HX-Redirect": f"{PREFIX}/sign-in"})
+    response: Response[Any] = Redirect(f"{PREFIX}/sign-in", status_code=303)
+    response.delete_cookie("td_session", path=PREFIX)
+    return response
+
+
+def _error_page(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if isinstance(exc, BackendError | HTTPException):
+        status, detail = exc.status_code, exc.detail
+    else:
+        status, detail = 500, "the server failed; the error is logged"
+        log.error(
+            "dashboard error", path=request.url.path, error_type=type(exc).__name__, exc_info=exc
+        )
+    if _is_htmx(request):
+        return Template("_error.html", context={"detail": detail}, status_code=status)
+    return Template("error.html", context={"detail": detail, "status": status}, status_code=status)
+
+
+@get("/sign-in", include_in_schema=False)
+async def sign_in_page(request: Request[Any, Any, Any]) -> Template:
+    return Template("sign_in.html", context={"error": None})
+
+
+@post("/sign-in", include_in_schema=False, status_code=303)
+async def sign_in_submit(
+    request: Request[Any, Any, Any],
+    data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)],
+) -> Response[Any]:
+    if not same_origin(request):
+        return Template(
+            "sign_in.html", context={"error": "the form came from another site"}, status_code=403
+        )
+    operator = await sign_in(request, data.get("token", ""))
+    if operator is None:
+        return Template(
+            "sign_in.html",
+            context={"error": "That admin token is not valid: unknown or revoked."},
+            status_code=401,
+        )
+    log.info("dashboard sign-in", org_id=str(operator.org_id))
+    response: Response[Any] = Redirect(f"{PREFIX}/", status_code=303)
+    response.set_cookie(session_cookie(request, operator))
+    return response
+
+
+@post("/sign-out", include_in_schema=False, status_code=303)
+async def sign_out(request: Request[Any, Any, Any], operator: SignedIn) -> Response[Any]:
+    await checked_form(request, operator)
+    response: Response[Any] = Redirect(f"{PREFIX}/sign-in", status_code=303)
+    response.set_cookie(cleared_cookie(request))
+    return response
+
+
+def dashboard_router() -> Router:
+    """Everything under /dashboard; pages need a session, except sign-in and the assets."""
+    return Router(
+        path=PREFIX,
+        include_in_schema=False,
+        dependencies={"operator": Provide(provide_operator)},
+        exception_handlers={SignedOut: _sign_in_redirect, Exception: _error_page},
+        route_handlers=[
+            sign_in_page,
+            sign_in_submit,
+            sign_out,
+            commands.command_progress,
+            today.TodayController,
+            fleet.FleetController,
+            doors.DoorController,
+            policies.PolicyPages,
+            create_static_files_router(
+                path="/static", directories=[HERE / "static"], include_in_schema=False
+            ),
+        ],
+    )

@@ -1,0 +1,160 @@
+"""The dashboard in Debian's chromium, driven by Playwright, against real processes:
+`td-backend serve`, `td-gateway run` and `td-devsim hikvision`.
+
+An operator signs in with the admin token, watches the gateway come ONLINE without reloading,
+pings it, opens a door and sees SUCCESS (and a wrongly configured door FAILED, in words),
+changes a policy (a bad value is refused at its field) and watches the rollout complete.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.support.stack import Site, site
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path("/usr/bin/chromium")
+LONG_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"{CHROMIUM} is missing: run `bash scripts/system-deps.sh` as root"
+            " (apt-get install chromium); Playwright's own browser download does not work here"
+        )
+    with sync_playwright() as playwright:
+        # CI runs as root, where chromium refuses to start with its sandbox.
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+def sign_in(page: Page, s: Site) -> None:
+    page.goto(f"{s.dashboard}/")
+    expect(page).to_have_url(f"{s.dashboard}/sign-in")
+    page.fill("#token", "tda_not-a-real-token-at-all-0000000")
+    page.click("button[type=submit]")
+    expect(page.locator("#token-error")).to_contain_text("not valid")
+    page.fill("#token", s.backend.admin_token)
+    page.keyboard.press("Enter")
+    expect(page.locator("h1")).to_have_text("Today")
+
+
+def test_operator_sees_the_gateway_come_online_opens_a_door_and_rolls_out_a_policy(
+    tmp_path: Path, database_url: str, browser: Browser
+) -> None:
+    with site(tmp_path, database_url) as s:
+        front = s.add_door("front door")
+        s.add_door("back door", password="not-the-password")
+        policy_id = s.add_policy("office", {"idle_threshold_s": 300})
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.set_default_timeout(LONG_MS)
+        sign_in(page, s)
+
+        page.click("nav >> text=Fleet")
+        status = page.locator('tr[data-gateway="site"] [data-status]')
+        expect(status).to_have_text("OFFLINE")
+        s.start_gateway()
+        expect(status).to_have_text("ONLINE")  # the table refreshes itself; no reload
+
+        page.click('tr[data-gateway="site"] a')
+        expect(page.locator("h1")).to_have_text("site")
+        page.click("#gateway-ping")
+        ping = page.locator('#gateway-commands li[data-command-type="ping"]').first
+        expect(ping).to_have_attribute("data-status", "SUCCESS")
+        expect(page.locator("svg.chart polyline, svg.chart circle").first).to_be_attached()
+
+        page.click("nav >> text=Doors")
+        expect(page.locator('tr[data-door="front door"] [data-status]')).to_have_text("ONLINE")
+        page.click(f"#door-{front}-open_door")
+        opened = page.locator('#door-commands li[data-command-type="open_door"]').first
+        expect(opened).to_have_attribute("data-status", "SUCCESS")
+        expect(page.locator("#events")).to_contain_text("door opened remotely")
+
+        back = s.devices["back door"]
+        page.click(f"#door-{back}-open_door")
+        failed = page.locator('#door-commands li[data-command-type="open_door"]').first
+        expect(failed).to_have_attribute("data-status", "FAILED")
+        expect(failed).to_contain_text("authentication failed")
+
+        page.click("nav >> text=Policies")
+        page.click("text=office")
+        expect(page.locator("#rollout-summary")).to_contain_text("COMPLETE")
+        page.fill("#idle_threshold_s", "5")
+        page.click("text=Save as a new revision")
+        expect(page.locator("#idle_threshold_s-error")).to_have_text("must be at least 10")
+        page.fill("#idle_threshold_s", "120")
+        page.click("text=Save as a new revision")
+        expect(page.locator("[role=status]")).to_contain_text("Saved revision 2")
+        expect(page.locator("#rollout-summary")).to_contain_text("every gateway applied revision 2")
+        applied = s.admin.get(f"/v2/policies/{policy_id}/status").json()
+        assert applied["gateways"][0]["applied_revision"] == 2
+
+        page.click("text=Roll back to 1…")
+        expect(page.locator("table")).to_contain_text("Idle after (seconds)")
+        page.click("button:has-text('Roll back to revision 1')")
+        expect(page.locator("#rollout-summary")).to_contain_text("every gateway applied revision 3")
+        assert s.admin.get(f"/v2/policies/{policy_id}").json()["body"]["idle_threshold_s"] == 300
+
+        page.click("text=Sign out")
+        expect(page).to_have_url(f"{s.dashboard}/sign-in")
+        page.goto(f"{s.dashboard}/fleet")
+        expect(page).to_have_url(f"{s.dashboard}/sign-in")
+
+
+def test_phone_sized_keyboard_only_and_no_layout_shift_while_today_updates(
+    tmp_path: Path, database_url: str, browser: Browser
+) -> None:
+    with site(tmp_path, database_url) as s:
+        front = s.add_door("front door")
+        s.start_gateway()
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        page.set_default_timeout(LONG_MS)
+        sign_in(page, s)
+        page.evaluate(
+            """() => {
+                window.shifts = 0;
+                new PerformanceObserver((list) => {
+                    for (const entry of list.getEntries()) {
+                        if (!entry.hadRecentInput) window.shifts += entry.value;
+                    }
+                }).observe({type: "layout-shift", buffered: false});
+                window.swaps = 0;
+                document.body.addEventListener("htmx:afterSwap", () => { window.swaps += 1; });
+            }"""
+        )
+        expect(page.locator("#today-panels")).to_contain_text("Every gateway is online.")
+        page.wait_for_function("window.swaps >= 3")
+        assert page.evaluate("window.shifts") == 0
+        for path in ("/", "/fleet", "/doors", "/policies", f"/fleet/{s.gateway_id}"):
+            page.goto(f"{s.dashboard}{path}")
+            overflow = page.evaluate(
+                "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+            )
+            assert overflow <= 0, f"{path} scrolls sideways on a phone by {overflow}px"
+
+        # Keyboard only: tab from the top of the Doors page to the door's Open button.
+        page.goto(f"{s.dashboard}/doors")
+        expect(page.locator('tr[data-door="front door"] [data-status]')).to_have_text("ONLINE")
+        target = f"door-{front}-open_door"
+        for _ in range(40):
+            page.keyboard.press("Tab")
+            if page.evaluate("document.activeElement.id") == target:
+                break
+        else:
+            raise AssertionError("the door's Open button is not reachable with Tab")
+        page.keyboard.press("Enter")
+        opened = page.locator('#door-commands li[data-command-type="open_door"]').first
+        expect(opened).to_have_attribute("data-status", "SUCCESS")
+        label = page.get_attribute(f"#{target}", "aria-label")
+        assert label is not None and re.fullmatch(r"Open front door", label)

@@ -25,6 +25,9 @@ MiB = 1024**2
 
 Seconds = Annotated[float, Meta(gt=0, le=86_400)]
 ListenAddress = Annotated[str, Meta(pattern=r"^(\[[0-9A-Fa-f:.]+\]|[^:\s\[\]]+):[0-9]{1,5}$")]
+OptionalListenAddress = Annotated[
+    str, Meta(pattern=r"^$|^(\[[0-9A-Fa-f:.]+\]|[^:\s\[\]]+):[0-9]{1,5}$")
+]
 
 
 class GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -58,6 +61,8 @@ class GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
 
     # How often configured terminals are polled for health.
     device_poll_s: Seconds = 60.0
+    # Where ZKTeco PUSH terminals reach the gateway (`/iclock/...`); empty: not served.
+    zk_listen: OptionalListenAddress = ""
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -63,6 +63,9 @@ class DeviceEvent(_LogBase, tag="device_event", kw_only=True):
     card_no: ShortText | None = None
     door: NonNegativeInt | None = None
     verify_mode: ShortText | None = None
+    # The terminal's attendance key (checkIn, checkOut, breakOut, breakIn, overtimeIn,
+    # overtimeOut) when it has one.
+    attendance_status: ShortText | None = None
 
 
 Log = ActiveWindow | Idle | Activity | Session | DeviceEvent

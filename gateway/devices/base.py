@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from collections.abc import Callable
-from typing import Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 import msgspec
 
@@ -108,6 +108,8 @@ class UserRecord(msgspec.Struct, kw_only=True):
     begin_time: str = "2020-01-01T00:00:00"
     end_time: str = "2037-12-31T23:59:59"
     doors: list[int] = msgspec.field(default_factory=lambda: [1])
+    # The user's access card, for terminals that take it with the user (ZKTeco).
+    card_no: Annotated[str, msgspec.Meta(max_length=32)] | None = None
 
 
 class DeviceAdapter(Protocol):

@@ -37,6 +37,7 @@ class Upstream:
         self.logs: list[tuple[str, list[Log]]] = []
         self.messages: list[GatewayMessage] = []
         self.full = False
+        self.sent = trio.Event()
 
     async def append(self, agent_uid: str, logs: list[Log]) -> None:
         if self.full:
@@ -45,6 +46,7 @@ class Upstream:
 
     async def send(self, message: GatewayMessage) -> None:
         self.messages.append(message)
+        self.sent.set()
 
 
 @asynccontextmanager
@@ -81,8 +83,7 @@ async def test_unknown_serial_is_refused_and_reported_once() -> None:
             answer = await client.get("/iclock/cdata", params={"SN": "STRANGER1", "options": "all"})
             assert answer.status_code == 403
         with trio.fail_after(10):
-            while not upstream.messages:
-                await trio.sleep(0.01)
+            await upstream.sent.wait()
         assert all(isinstance(m, DevicesSeen) for m in upstream.messages)
         serials = [
             d.serial for m in upstream.messages if isinstance(m, DevicesSeen) for d in m.devices
@@ -127,9 +128,11 @@ async def test_a_command_is_handed_out_once_and_its_first_result_wins() -> None:
     poll = {"SN": SERIAL}
     async with running_server(hub, upstream) as client, trio.open_nursery() as nursery:
         results: list[dict[str, Any]] = []
+        done = trio.Event()
 
         async def open_door() -> None:
             results.append(await adapter.door(1, "open"))
+            done.set()
 
         nursery.start_soon(open_door)
         with trio.fail_after(10):
@@ -145,8 +148,7 @@ async def test_a_command_is_handed_out_once_and_its_first_result_wins() -> None:
             answer = await client.post("/iclock/devicecmd", params=poll, content=report)
             assert answer.text == "OK"
         with trio.fail_after(10):
-            while not results:
-                await trio.sleep(0.01)
+            await done.wait()
         assert results == [{"door": 1, "action": "open"}]
 
 

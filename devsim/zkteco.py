@@ -69,6 +69,7 @@ class TerminalState:
     punched: int = 0
     acknowledged: int = 0
     uploads: int = 0
+    upload_seconds: list[float] = field(default_factory=list)  # request to `OK`, per upload
     resent_uploads: int = 0
     dropped_requests: int = 0
     refused_handshakes: int = 0
@@ -89,6 +90,13 @@ class Dropped(Exception):
 
 
 Echo = Callable[[str], None]
+_FAILURES = (Refused, Dropped, OSError, trio.TooSlowError, ValueError)
+
+
+def _first_leaf(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 class PushTerminal:
@@ -105,6 +113,8 @@ class PushTerminal:
         self.rng = random.Random(config.seed)
         self.echo = echo or (lambda _line: None)
         self._upload_now = trio.Event()
+        self._drained = trio.Event()
+        self.punching = True
         self._last_punch: dt.datetime | None = None
         self._user_turn = 0
 
@@ -142,13 +152,18 @@ class PushTerminal:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._punch_loop)
             while True:
+                failure: BaseException | None = None
                 try:
                     await self._handshake()
                     async with trio.open_nursery() as session:
                         session.start_soon(self._upload_loop)
                         await self._poll_loop()
-                except (Refused, Dropped, OSError, trio.TooSlowError, ValueError) as exc:
-                    self.echo(f"{self.config.serial}: {type(exc).__name__}: {exc}; retrying")
+                except* _FAILURES as group:
+                    failure = _first_leaf(group)
+                if failure is not None:
+                    self.echo(
+                        f"{self.config.serial}: {type(failure).__name__}: {failure}; retrying"
+                    )
                     await trio.sleep(self._error_delay())
 
     def _error_delay(self) -> float:
@@ -219,14 +234,24 @@ class PushTerminal:
             await trio.sleep_forever()
         # Terminals of a fleet do not punch in step.
         await trio.sleep(self.rng.uniform(0, every))
-        while not self.config.max_punches or self.state.punched < self.config.max_punches:
+        while self.punching and (
+            not self.config.max_punches or self.state.punched < self.config.max_punches
+        ):
             self.punch(status=self.rng.choice((0, 1)), verify=self.rng.choice((1, 4, 15)))
             await trio.sleep(every)
         await trio.sleep_forever()
 
+    async def drained(self) -> None:
+        """Returns once every punch made so far has been acknowledged."""
+        while self.state.unsent:
+            if self._drained.is_set():
+                self._drained = trio.Event()
+            await self._drained.wait()
+
     async def _upload_loop(self) -> None:
         while True:
             if not self.state.unsent:
+                self._drained.set()
                 await self._upload_now.wait()
             self._upload_now = trio.Event()
             while self.state.unsent:
@@ -242,10 +267,13 @@ class PushTerminal:
     async def _upload(self, batch: list[Punch]) -> None:
         body = ("\n".join(p.line() for p in batch) + "\n").encode()
         stamp = self.state.options.get("ATTLOGStamp", "0")
+        started = trio.current_time()
         status, text = await self._request(
             "POST", "/iclock/cdata", self._query(table="ATTLOG", Stamp=stamp), body
         )
         self.state.uploads += 1
+        if len(self.state.upload_seconds) < 100_000:
+            self.state.upload_seconds.append(trio.current_time() - started)
         if status != 200 or not text.startswith("OK"):
             raise Refused(f"ATTLOG upload answered {status}: {text[:200]}")
 

@@ -11,7 +11,7 @@ DURATION ?= 60s
 INTERVAL ?=
 PROCESSES ?= 0
 
-LINTED := protocol gateway backend tests bench loadtests scripts
+LINTED := protocol gateway backend devsim tests bench loadtests scripts
 
 .PHONY: run test lint typecheck pytest system-deps bench loadtest loadtest-headless clean
 

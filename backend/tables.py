@@ -137,11 +137,14 @@ class Device(Table, tablename="devices"):
     gateway_id = ForeignKey(references=GatewayInstance)
     vendor = Varchar(length=32)
     name = Varchar(length=256)
-    host = Varchar(length=256)
-    port = Integer()
+    # Null for terminals that connect to the gateway themselves (zkteco): see `serial`.
+    host = Varchar(length=256, null=True, default=None)
+    port = Integer(null=True, default=None)
     scheme = Varchar(length=8, default="http")
-    username = Varchar(length=256)
-    password_encrypted = Text()
+    username = Varchar(length=256, null=True, default=None)
+    password_encrypted = Text(null=True, default=None)
+    serial = Varchar(length=64, null=True, default=None)
+    time_zone = Varchar(length=64, default="UTC")
     enabled = Boolean(default=True)
     status = Varchar(length=16, default="UNKNOWN")
     status_checked_at = Timestamptz(null=True, default=None)
@@ -149,6 +152,21 @@ class Device(Table, tablename="devices"):
     status_error = Text(null=True, default=None)
     created_at = Timestamptz(default=TimestamptzNow())
     updated_at = Timestamptz(default=TimestamptzNow())
+
+
+class SeenDevice(Table, tablename="seen_devices"):
+    """A terminal a gateway refused because no device has its serial (yet)."""
+
+    id = UUID(primary_key=True)
+    org_id = ForeignKey(references=Organization)
+    gateway_id = ForeignKey(references=GatewayInstance)
+    vendor = Varchar(length=32)
+    serial = Varchar(length=256)
+    address = Varchar(length=256, default="")
+    model = Varchar(length=256, default="")
+    firmware = Varchar(length=256, default="")
+    first_seen_at = Timestamptz()
+    last_seen_at = Timestamptz()
 
 
 class GatewayCommand(Table, tablename="gateway_commands"):
@@ -218,6 +236,7 @@ ALL_TABLES: list[type[Table]] = [
     AgentInstance,
     AgentDeletion,
     Device,
+    SeenDevice,
     GatewayCommand,
     DeviceCommand,
     AgentLog,

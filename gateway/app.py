@@ -24,6 +24,8 @@ from gateway.api import AgentApi
 from gateway.buffer import BUFFER_FILE, Buffer
 from gateway.config import GatewayConfig
 from gateway.control import ControlChannel
+from gateway.devices import zkteco, zkteco_server
+from gateway.devices.base import create_adapter
 from gateway.devices.manager import DeviceManager
 from gateway.health import Health
 from gateway.health import build as build_health
@@ -41,6 +43,7 @@ EXIT_OK = 0
 # The `restart` command ends the process with this code so the container restarts it.
 EXIT_RESTART = 75
 ADDRESS_FILE = "gateway.addr"
+ZK_ADDRESS_FILE = "zkteco.addr"
 DEVICES_FILE = "devices.db"
 # In-flight requests get this long to finish after the listener closes; all stays < 5 s.
 HTTP_GRACE_S = 2.0
@@ -72,8 +75,12 @@ class Gateway:
             agent_id_of=self.state.agent_id_of,
         )
         self._devices_db = apsw.Connection(str(data / DEVICES_FILE))
+        self.zk_hub = zkteco.ZkPushHub(self.append) if config.zk_listen else None
         self.devices = DeviceManager(
-            self._devices_db, poll_interval_s=config.device_poll_s, box=box
+            self._devices_db,
+            poll_interval_s=config.device_poll_s,
+            box=box,
+            adapter_factory=zkteco.adapter_factory(self.zk_hub, create_adapter),
         )
         self.control = ControlChannel(
             config,
@@ -159,8 +166,18 @@ class Gateway:
                     )
                 )
                 await nursery.start(self.control.run)
+                if self.zk_hub is not None:
+                    zk_address = await nursery.start(
+                        zkteco_server.serve,
+                        self.zk_hub,
+                        self.config.zk_listen,
+                        self.control.send,
+                        self._stop.wait,
+                    )
+                    _write_address(self.config.data_path, zk_address, ZK_ADDRESS_FILE)
+                    log.info("zkteco_listening", address=zk_address)
                 address = await nursery.start(self._serve_agents, http_stopped)
-                _write_address(self.config.data_path, address)
+                _write_address(self.config.data_path, address, ADDRESS_FILE)
                 log.info(
                     "listening",
                     address=address,
@@ -216,6 +233,6 @@ class _FirstBind:
         self._task_status.started(first.split("://", 1)[1])
 
 
-def _write_address(data_dir: Path, address: str) -> None:
+def _write_address(data_dir: Path, address: str, name: str) -> None:
     # Written atomically: tools polling for the file never read half an address.
-    datadir.write_private(data_dir / ADDRESS_FILE, address + "\n")
+    datadir.write_private(data_dir / name, address + "\n")

@@ -29,6 +29,9 @@ MiB = 1024**2
 
 Seconds = Annotated[float, Meta(gt=0, le=86_400)]
 ListenAddress = Annotated[str, Meta(pattern=r"^(\[[0-9A-Fa-f:.]+\]|[^:\s\[\]]+):[0-9]{1,5}$")]
+OptionalListenAddress = Annotated[
+    str, Meta(pattern=r"^$|^(\[[0-9A-Fa-f:.]+\]|[^:\s\[\]]+):[0-9]{1,5}$")
+]
 
 
 class GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -68,6 +71,8 @@ class GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
 
     # How often configured terminals are polled for health.
     device_poll_s: Seconds = 60.0
+    # Where ZKTeco PUSH terminals reach the gateway (`/iclock/...`); empty: not served.
+    zk_listen: OptionalListenAddress = ""
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -72,6 +72,9 @@ class DeviceEvent(_LogBase, tag="device_event", kw_only=True):
     verify_mode: CapturedText | None = None
     # The person's name as the terminal knows it.
     name: CapturedText | None = None
+    # The terminal's attendance key (checkIn, checkOut, breakOut, breakIn, overtimeIn,
+    # overtimeOut) when it has one.
+    attendance_status: CapturedText | None = None
 
 
 Log = ActiveWindow | Idle | Activity | Session | DeviceEvent

@@ -153,6 +153,22 @@ class AgentsSeen(msgspec.Struct, tag_field="type", tag="agents_seen", kw_only=Tr
     agents: Annotated[list[AgentSeen], Meta(max_length=MAX_AGENTS_PER_REPORT)]
 
 
+class SeenDevice(msgspec.Struct, kw_only=True):
+    """A terminal that reached the gateway but is not configured on it (refused so far)."""
+
+    vendor: ShortText
+    serial: ShortText
+    address: ShortText = ""
+    model: ShortText = ""
+    firmware: ShortText = ""
+    first_seen_at: UtcDatetime
+    last_seen_at: UtcDatetime
+
+
+class DevicesSeen(msgspec.Struct, tag_field="type", tag="devices_seen", kw_only=True):
+    devices: Annotated[list[SeenDevice], Meta(max_length=1000)]
+
+
 class DeviceState(msgspec.Struct, tag_field="type", tag="device_state", kw_only=True):
     """A device's health as the gateway last saw it (polled device info)."""
 
@@ -166,7 +182,7 @@ class DeviceState(msgspec.Struct, tag_field="type", tag="device_state", kw_only=
         _free_form(self.info, "info")
 
 
-GatewayMessage = Hello | Status | PolicyAck | CommandResult | AgentsSeen | DeviceState
+GatewayMessage = Hello | Status | PolicyAck | CommandResult | AgentsSeen | DeviceState | DevicesSeen
 
 
 # ---- backend -> gateway -------------------------------------------------------------------
@@ -190,20 +206,25 @@ class DeviceConfig(msgspec.Struct, tag_field="type", tag="device_config", kw_onl
     device_id: str
     vendor: ShortText
     name: ShortText
-    host: ShortText
-    port: Annotated[int, Meta(ge=1, le=65535)]
-    username: ShortText
+    # Empty for terminals that connect to the gateway (zkteco): they are known by `serial`.
+    host: ShortText = ""
+    port: Annotated[int, Meta(ge=1, le=65535)] = 80
+    username: ShortText = ""
     # Travels only over the control channel; the gateway keeps it only in its SQLite.
-    password: str
+    password: str = ""
     scheme: Literal["http", "https"] = "http"
     enabled: bool = True
     deleted: bool = False
+    serial: ShortText = ""
+    # IANA zone of the terminal's clock, for terminals that report local wall-clock time.
+    time_zone: ShortText = "UTC"
 
     def __repr__(self) -> str:
         # Configs end up in log lines and tracebacks; the password must not.
         return (
             f"DeviceConfig(device_id={self.device_id!r}, vendor={self.vendor!r},"
-            f" host={self.host!r}, port={self.port}, username={self.username!r},"
+            f" host={self.host!r}, port={self.port}, serial={self.serial!r},"
+            f" username={self.username!r},"
             f" password='***', enabled={self.enabled}, deleted={self.deleted})"
         )
 

@@ -31,6 +31,7 @@ from protocol.control import (
     AgentsSeen,
     BackendMessage,
     CommandResult,
+    DevicesSeen,
     DeviceState,
     Hello,
     PolicyAck,
@@ -338,6 +339,9 @@ class GatewaySession:
                     await self._touch(conn)
                 case DeviceState():
                     await state.record_device_state(conn, self.gateway_id, message)
+                    await self._touch(conn)
+                case DevicesSeen():
+                    await state.record_devices_seen(conn, self.gateway_id, self.org_id, message)
                     await self._touch(conn)
                 case Hello():
                     log.warning("hello twice on one connection", gateway_id=str(self.gateway_id))

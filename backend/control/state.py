@@ -17,6 +17,7 @@ from protocol.control import (
     Command,
     CommandResult,
     DeviceConfig,
+    DevicesSeen,
     DeviceState,
     PolicyAck,
     PolicyUpdate,
@@ -50,12 +51,14 @@ def device_config(row: Any, secrets: SecretBox) -> DeviceConfig:
         device_id=str(row["id"]),
         vendor=row["vendor"],
         name=row["name"],
-        host=row["host"],
-        port=row["port"],
-        username=row["username"],
-        password=secrets.decrypt(row["password_encrypted"]),
+        host=row["host"] or "",
+        port=row["port"] or 80,
+        username=row["username"] or "",
+        password=secrets.decrypt(row["password_encrypted"]) if row["password_encrypted"] else "",
         scheme=row["scheme"],
         enabled=row["enabled"],
+        serial=row["serial"] or "",
+        time_zone=row["time_zone"],
     )
 
 
@@ -343,6 +346,44 @@ async def record_device_state(conn: Any, gateway_id: uuid.UUID, state: DeviceSta
         _json.encode(state.info).decode() if state.info is not None else None,
         state.error,
     )
+
+
+MAX_SEEN_PER_GATEWAY = 1000
+
+
+async def record_devices_seen(
+    conn: Any, gateway_id: uuid.UUID, org_id: uuid.UUID, seen: DevicesSeen
+) -> None:
+    """Remember refused terminals (not those configured meanwhile), at most
+    MAX_SEEN_PER_GATEWAY per gateway, the least recently seen forgotten first."""
+    if not seen.devices:
+        return
+    columns = ("vendor", "serial", "address", "model", "firmware")
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO seen_devices (org_id, gateway_id, vendor, serial, address, model,"
+            " firmware, first_seen_at, last_seen_at)"
+            " SELECT $1, $2, s.vendor, s.serial, s.address, s.model, s.firmware, s.first, s.last"
+            " FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[],"
+            " $8::timestamptz[], $9::timestamptz[])"
+            " AS s(vendor, serial, address, model, firmware, first, last)"
+            " WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.gateway_id = $2"
+            " AND d.vendor = s.vendor AND d.serial = s.serial)"
+            " ON CONFLICT (gateway_id, vendor, serial) DO UPDATE SET"
+            " address = EXCLUDED.address, model = EXCLUDED.model, firmware = EXCLUDED.firmware,"
+            " last_seen_at = greatest(seen_devices.last_seen_at, EXCLUDED.last_seen_at)",
+            org_id,
+            gateway_id,
+            *([getattr(d, c).replace("\0", "") for d in seen.devices] for c in columns),
+            [d.first_seen_at for d in seen.devices],
+            [d.last_seen_at for d in seen.devices],
+        )
+        await conn.execute(
+            "DELETE FROM seen_devices WHERE id IN (SELECT id FROM seen_devices"
+            " WHERE gateway_id = $1 ORDER BY last_seen_at DESC OFFSET $2)",
+            gateway_id,
+            MAX_SEEN_PER_GATEWAY,
+        )
 
 
 async def expire_commands(conn: Any) -> list[tuple[uuid.UUID, uuid.UUID, bool]]:

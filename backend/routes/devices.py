@@ -1,9 +1,15 @@
-"""Devices (access terminals) driven by a gateway; the password is stored encrypted, never shown."""
+"""Devices (access terminals) driven by a gateway; the password is stored encrypted, never shown.
+
+Hikvision terminals are reached at host:port with a user and password; ZKTeco terminals
+push to the gateway and are known by serial number (no host, no password). Terminals that
+knocked on a gateway without being configured are listed at `/v2/devices/seen`.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
+import zoneinfo
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -25,7 +31,7 @@ from backend.routes.common import (
     org_row,
 )
 from backend.services import Services
-from backend.tables import Device, GatewayInstance
+from backend.tables import Device, GatewayInstance, SeenDevice
 from protocol.bounds import NO_NUL
 
 log = get_logger("backend.admin")
@@ -33,13 +39,13 @@ log = get_logger("backend.admin")
 ShortText = Annotated[str, Meta(min_length=1, max_length=256, pattern=NO_NUL)]
 Password = Annotated[str, Meta(max_length=256, pattern=NO_NUL)]
 Port = Annotated[int, Meta(ge=1, le=65535)]
-Vendor = Literal["hikvision"]
 Scheme = Literal["http", "https"]
+Serial = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+TimeZone = Annotated[str, Meta(min_length=1, max_length=64, pattern=NO_NUL)]
 
 
-class DeviceCreate(msgspec.Struct, kw_only=True):
+class DeviceCreate(msgspec.Struct, kw_only=True, tag_field="vendor", tag="hikvision"):
     gateway_id: uuid.UUID
-    vendor: Vendor
     name: ShortText
     host: ShortText
     port: Port = 80
@@ -52,6 +58,17 @@ class DeviceCreate(msgspec.Struct, kw_only=True):
         return f"DeviceCreate(name={self.name!r}, host={self.host!r})"
 
 
+class PushDeviceCreate(msgspec.Struct, kw_only=True, tag_field="vendor", tag="zkteco"):
+    """A terminal that connects to the gateway: found by its serial number."""
+
+    gateway_id: uuid.UUID
+    name: ShortText
+    serial: Serial
+    # The zone the terminal's clock shows (its punches carry local wall-clock time).
+    time_zone: TimeZone = "UTC"
+    enabled: bool = True
+
+
 class DeviceChange(msgspec.Struct, kw_only=True):
     name: ShortText | None = None
     host: ShortText | None = None
@@ -60,6 +77,8 @@ class DeviceChange(msgspec.Struct, kw_only=True):
     password: Password | None = None
     scheme: Scheme | None = None
     enabled: bool | None = None
+    serial: Serial | None = None
+    time_zone: TimeZone | None = None
 
     def __repr__(self) -> str:
         return "DeviceChange(...)"
@@ -70,10 +89,12 @@ class DeviceOut(msgspec.Struct, kw_only=True):
     gateway_id: uuid.UUID
     vendor: str
     name: str
-    host: str
-    port: int
+    host: str | None
+    port: int | None
     scheme: str
-    username: str
+    username: str | None
+    serial: str | None = None
+    time_zone: str = "UTC"
     enabled: bool
     status: str
     status_checked_at: dt.datetime | None
@@ -88,6 +109,42 @@ class DevicePage(msgspec.Struct):
     next_cursor: str | None
 
 
+class SeenDeviceOut(msgspec.Struct, kw_only=True):
+    id: uuid.UUID
+    gateway_id: uuid.UUID
+    vendor: str
+    serial: str
+    address: str
+    model: str
+    firmware: str
+    first_seen_at: dt.datetime
+    last_seen_at: dt.datetime
+
+
+class SeenDevicePage(msgspec.Struct):
+    items: list[SeenDeviceOut]
+    next_cursor: str | None
+
+
+def _check_time_zone(name: str) -> None:
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise InvalidRequest(
+            f"time_zone: {name!r} is not an IANA time zone (e.g. Europe/Berlin)"
+        ) from None
+
+
+async def _serial_taken(gateway_id: uuid.UUID, vendor: str, serial: str) -> bool:
+    return bool(
+        await Device.exists().where(
+            (Device.gateway_id == gateway_id)
+            & (Device.vendor == vendor)
+            & (Device.serial == serial)
+        )
+    )
+
+
 # The password column is left out on purpose: nothing that answers a client reads it.
 _COLUMNS = (
     Device.id,
@@ -98,6 +155,8 @@ _COLUMNS = (
     Device.port,
     Device.scheme,
     Device.username,
+    Device.serial,
+    Device.time_zone,
     Device.enabled,
     Device.status,
     Device.status_checked_at,
@@ -125,7 +184,10 @@ class DeviceController(Controller):
 
     @post("/", status_code=201, responses=error_responses(400, 401, 404, 409))
     async def create_device(
-        self, org_id: OrgId, services: ServicesDep, data: JSONBody[DeviceCreate]
+        self,
+        org_id: OrgId,
+        services: ServicesDep,
+        data: JSONBody[DeviceCreate | PushDeviceCreate],
     ) -> DeviceOut:
         gateway = (
             await GatewayInstance.select(GatewayInstance.disabled_at)
@@ -140,12 +202,35 @@ class DeviceController(Controller):
                 " devices to it"
             )
         device_id = uuid.uuid4()
+        if isinstance(data, PushDeviceCreate):
+            _check_time_zone(data.time_zone)
+            if await _serial_taken(data.gateway_id, "zkteco", data.serial):
+                raise Conflict(f"serial: {data.serial} is already a device on this gateway")
+            await Device.insert(
+                Device(
+                    id=device_id,
+                    org_id=org_id,
+                    gateway_id=data.gateway_id,
+                    vendor="zkteco",
+                    name=data.name,
+                    serial=data.serial,
+                    time_zone=data.time_zone,
+                    enabled=data.enabled,
+                )
+            )
+            await SeenDevice.delete().where(
+                (SeenDevice.gateway_id == data.gateway_id)
+                & (SeenDevice.vendor == "zkteco")
+                & (SeenDevice.serial == data.serial)
+            )
+            await _push(services, device_id, data.gateway_id)
+            return await device_out(org_id, device_id)
         await Device.insert(
             Device(
                 id=device_id,
                 org_id=org_id,
                 gateway_id=data.gateway_id,
-                vendor=data.vendor,
+                vendor="hikvision",
                 name=data.name,
                 host=data.host,
                 port=data.port,
@@ -175,6 +260,25 @@ class DeviceController(Controller):
             next_cursor=next_cursor(rows, limit, "created_at"),
         )
 
+    @get("/seen", responses=ADMIN_ERRORS)
+    async def list_seen_devices(
+        self,
+        org_id: OrgId,
+        gateway_id: FromQuery[uuid.UUID | None] = None,
+        cursor: FromQuery[str | None] = None,
+        limit: Limit = DEFAULT_LIMIT,
+    ) -> SeenDevicePage:
+        """Terminals a gateway refused because no device has their serial; adopt one with
+        `POST /v2/devices` and it leaves this list."""
+        query = SeenDevice.select().where(SeenDevice.org_id == org_id)
+        if gateway_id is not None:
+            query = query.where(SeenDevice.gateway_id == gateway_id)
+        rows = await keyset_rows(query, SeenDevice.first_seen_at, SeenDevice.id, cursor, limit)
+        return SeenDevicePage(
+            items=[msgspec.convert(row, SeenDeviceOut) for row in rows[:limit]],
+            next_cursor=next_cursor(rows, limit, "first_seen_at"),
+        )
+
     @get("/{device_id:uuid}", responses=ADMIN_ERRORS)
     async def get_device(self, org_id: OrgId, device_id: FromPath[uuid.UUID]) -> DeviceOut:
         return await device_out(org_id, device_id)
@@ -199,6 +303,15 @@ class DeviceController(Controller):
             changes[Device.enabled] = data.enabled
         if data.password is not None:
             changes[Device.password_encrypted] = services.secrets.encrypt(data.password)
+        if data.time_zone is not None:
+            _check_time_zone(data.time_zone)
+            changes[Device.time_zone] = data.time_zone
+        if data.serial is not None and data.serial != current.serial:
+            if current.serial is None:
+                raise InvalidRequest(f"serial: {current.vendor} devices are not found by serial")
+            if await _serial_taken(current.gateway_id, current.vendor, data.serial):
+                raise Conflict(f"serial: {data.serial} is already a device on this gateway")
+            changes[Device.serial] = data.serial
         await Device.update(changes).where(Device.id == device_id)
         await _push(services, device_id, current.gateway_id)
         return await device_out(org_id, device_id)

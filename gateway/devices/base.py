@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from collections.abc import Callable
-from typing import Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 import msgspec
 
@@ -112,6 +112,9 @@ class UserRecord(msgspec.Struct, kw_only=True):
     card_nos: list[str] = msgspec.field(default_factory=list)
     # True: a user the terminal already has is updated instead of refused.
     replace: bool = False
+    # A single access card, for terminals that take one card with the user (ZKTeco); the
+    # first of card_nos is used when it is unset.
+    card_no: Annotated[str, msgspec.Meta(max_length=32)] | None = None
 
 
 class DeviceAdapter(Protocol):

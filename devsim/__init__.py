@@ -1,0 +1,9 @@
+"""Terminal simulators for development and tests (`td-devsim VENDOR ...`).
+
+    cli.py       `td-devsim hikvision|zkteco|biostar`
+    zkteco.py    a ZKTeco attendance terminal pushing to a server (PUSH / iclock)
+
+Each simulator is written from the vendor's protocol facts and imports nothing from
+`gateway/`: sharing the adapter's parser would hide that parser's mistakes. The gateway
+package ships none of this.
+"""

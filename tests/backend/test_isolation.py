@@ -41,6 +41,8 @@ def bodies(a: dict[str, str]) -> dict[tuple[str, str], Any]:
         ("POST", "/v2/gateways/{gateway_id:uuid}/commands"): {"type": "ping"},
         ("POST", "/v2/gateways/{gateway_id:uuid}/commands/{command_id:uuid}/cancel"): None,
         ("PATCH", "/v2/agents/{agent_id:uuid}"): {"policy_id": None},
+        ("POST", "/v2/agents/{agent_id:uuid}/revoke"): None,
+        ("POST", "/v2/agents/{agent_id:uuid}/reset"): None,
         ("POST", "/v2/policies"): {"name": "b", "body": {}},
         ("PUT", "/v2/policies/{policy_id:uuid}"): {"body": {"idle_threshold_s": 60}},
         ("POST", "/v2/policies/{policy_id:uuid}/rollback"): {"revision": 1},
@@ -163,6 +165,9 @@ async def test_every_admin_route_hides_other_organisations(
     assert device.json()["name"] == "a-door"
     gateway = (await client.get(f"/v2/gateways/{ids['gateway_id']}", headers=a.headers)).json()
     assert gateway["disabled"] is False
+    agent = await client.get(f"/v2/agents/{ids['agent_id']}", headers=a.headers)
+    assert agent.status_code == 200  # not deleted by org B
+    assert agent.json()["access"] == "ACTIVE"  # nor revoked or reset
     logs = (await client.get("/v2/logs", headers=a.headers)).json()["items"]
     assert len(logs) == 1
 

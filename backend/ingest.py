@@ -22,7 +22,7 @@ import msgspec
 import zstandard
 
 from backend.auth import GatewayIdentity
-from backend.control.state import proposed_agent_ids
+from backend.control.state import adopt_agent_ids, proposed_agent_ids
 from backend.errors import InvalidRequest, PayloadTooLarge, RateLimited, UnsupportedMediaType
 from backend.partitions import LogPartitions, month_of
 from protocol.agent import Log
@@ -130,11 +130,12 @@ async def _agent_ids(
                 ids[row["agent_uid"]] = row["agent_id"]
         missing = [uid for uid in missing if uid not in ids]
     if missing:
+        await adopt_agent_ids(
+            conn, gateway.org_id, gateway.gateway_id, {uid: proposed[uid] for uid in missing}
+        )
         await conn.execute(
             "INSERT INTO agent_instances (id, org_id, gateway_id, agent_uid, gateway_agent_id)"
-            " SELECT CASE WHEN a.proposed IS NOT NULL AND NOT EXISTS"
-            " (SELECT 1 FROM agent_instances x WHERE x.id = a.proposed)"
-            " THEN a.proposed ELSE gen_random_uuid() END, $1, $2, a.uid, a.proposed"
+            " SELECT gen_random_uuid(), $1, $2, a.uid, a.proposed"
             " FROM unnest($3::text[], $4::uuid[]) AS a(uid, proposed)"
             " ON CONFLICT (gateway_id, agent_uid) DO NOTHING",
             gateway.org_id,

@@ -119,15 +119,18 @@ async def _agent_ids(
     ids = {row["agent_uid"]: row["id"] for row in rows}
     missing = [uid for uid in uids if uid not in ids]
     if missing:
+        # Newest first: logs that come without the gateway's id (buffered before it forgot
+        # the agent, or from an older gateway) belong to the agent deleted last.
         deleted = await conn.fetch(
             "SELECT agent_uid, agent_id FROM agent_deletions"
-            " WHERE gateway_id = $1 AND agent_id = ANY($2::uuid[])",
+            " WHERE gateway_id = $1 AND agent_uid = ANY($2) ORDER BY deleted_at DESC",
             gateway.gateway_id,
-            [proposed[uid] for uid in missing if proposed[uid] is not None],
+            missing,
         )
         for row in deleted:
-            if proposed.get(row["agent_uid"]) == row["agent_id"]:
-                ids[row["agent_uid"]] = row["agent_id"]
+            uid, gone = row["agent_uid"], row["agent_id"]
+            if proposed[uid] == gone or (proposed[uid] is None and uid not in ids):
+                ids[uid] = gone
         missing = [uid for uid in missing if uid not in ids]
     if missing:
         await adopt_agent_ids(

@@ -105,3 +105,24 @@ async def test_a_deleted_agent_stays_deleted_while_its_gateway_catches_up(
     assert await agents(client, org) == {}
     found = await client.get("/v2/logs", params={"agent_id": agent_id}, headers=org.headers)
     assert late["id"] in {item["id"] for item in found.json()["items"]}
+
+
+async def test_logs_without_the_gateways_id_after_a_deletion_stay_with_the_deleted_agent(
+    client: AsyncTestClient[Litestar], org: Org
+) -> None:
+    gateway = await create_gateway(client, org)
+    agent_id = str(uuid.uuid4())
+    await ingest(client, gateway["api_key"], with_ids({"pc": [log()]}, {"pc": agent_id}))
+    assert (await client.delete(f"/v2/agents/{agent_id}", headers=org.headers)).status_code == 204
+
+    # Buffered before the gateway forgot the agent, uploaded after: no id in the group.
+    late = log()
+    await ingest(client, gateway["api_key"], batch({"pc": [late]}))
+    assert await agents(client, org) == {}
+    found = await client.get("/v2/logs", params={"agent_id": agent_id}, headers=org.headers)
+    assert late["id"] in {item["id"] for item in found.json()["items"]}
+
+    # The uid registered anew at the gateway (a new id): a new agent.
+    fresh = str(uuid.uuid4())
+    await ingest(client, gateway["api_key"], with_ids({"pc": [log()]}, {"pc": fresh}))
+    assert [a["id"] for a in (await agents(client, org)).values()] == [fresh]

@@ -24,7 +24,7 @@ import zstandard
 
 from backend.attendance.capture import capture_stored
 from backend.auth import GatewayIdentity
-from backend.control.state import proposed_agent_ids
+from backend.control.state import adopt_agent_ids, proposed_agent_ids
 from backend.errors import InvalidRequest, PayloadTooLarge, RateLimited, UnsupportedMediaType
 from backend.partitions import LogPartitions
 from protocol.agent import Log
@@ -122,22 +122,26 @@ async def _agent_ids(
     ids = {row["agent_uid"]: row["id"] for row in rows}
     missing = [uid for uid in uids if uid not in ids]
     if missing:
+        # Newest first: logs that come without the gateway's id (buffered before it forgot
+        # the agent, or from an older gateway) belong to the agent deleted last.
         deleted = await conn.fetch(
             "SELECT agent_uid, agent_id FROM agent_deletions"
-            " WHERE gateway_id = $1 AND agent_id = ANY($2::uuid[])",
+            " WHERE gateway_id = $1 AND agent_uid = ANY($2) ORDER BY deleted_at DESC",
             gateway.gateway_id,
-            [proposed[uid] for uid in missing if proposed[uid] is not None],
+            missing,
         )
         for row in deleted:
-            if proposed.get(row["agent_uid"]) == row["agent_id"]:
-                ids[row["agent_uid"]] = row["agent_id"]
+            uid, gone = row["agent_uid"], row["agent_id"]
+            if proposed[uid] == gone or (proposed[uid] is None and uid not in ids):
+                ids[uid] = gone
         missing = [uid for uid in missing if uid not in ids]
     if missing:
+        await adopt_agent_ids(
+            conn, gateway.org_id, gateway.gateway_id, {uid: proposed[uid] for uid in missing}
+        )
         await conn.execute(
             "INSERT INTO agent_instances (id, org_id, gateway_id, agent_uid, gateway_agent_id)"
-            " SELECT CASE WHEN a.proposed IS NOT NULL AND NOT EXISTS"
-            " (SELECT 1 FROM agent_instances x WHERE x.id = a.proposed)"
-            " THEN a.proposed ELSE gen_random_uuid() END, $1, $2, a.uid, a.proposed"
+            " SELECT gen_random_uuid(), $1, $2, a.uid, a.proposed"
             " FROM unnest($3::text[], $4::uuid[]) AS a(uid, proposed)"
             " ON CONFLICT (gateway_id, agent_uid) DO NOTHING",
             gateway.org_id,

@@ -6,7 +6,10 @@ uploads them to the backend, holds the control channel and drives the devices.
     api.py, http_io   the agent HTTP API (a plain ASGI app on hypercorn's trio worker)
     openapi.py        the agent API's OpenAPI document, served at /schema
     buffer.py         group-commit writer over buffer_store.py (APSW ring buffer)
-    state.py          agents (hashed tokens), policies, settings, command records
+    state.py          agents (hashed tokens, operators' revoke/reset/delete), policies,
+                      settings (secrets sealed), command records
+    sealing.py        SecretBox: secrets at rest sealed with a key derived from the API key
+    datadir.py        the data dir 0700 and its files 0600
     uplink.py         batches to POST /v2/ingest/logs: zstd, Idempotency-Key, backoff
     control.py        the WebSocket control channel; commands.py runs its commands
     health.py         /health and the status reports; metrics.py Prometheus td_gateway_*

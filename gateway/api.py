@@ -136,7 +136,8 @@ class AgentApi:
         agent = None
         if scheme.lower() == "bearer":
             agent = self._state.authenticate(token.strip())
-        if agent is None:
+        # An agent registered under a reserved uid by an older version cannot speak either.
+        if agent is None or reserved_uid_prefix(agent.agent_uid) is not None:
             raise _UNAUTHORIZED
         return agent
 

@@ -13,6 +13,10 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
+import structlog
+
+log = structlog.get_logger("gateway.datadir")
+
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 
@@ -21,16 +25,28 @@ def secure(data_dir: Path, databases: Iterable[str]) -> None:
     """Create `data_dir` (0700) and the named database files (0600) if missing, and take
     group and other access away from everything already in it."""
     data_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    os.chmod(data_dir, DIR_MODE)
+    _restrict(data_dir, DIR_MODE)
     for name in databases:
         fd = os.open(data_dir / name, os.O_WRONLY | os.O_CREAT, FILE_MODE)
         os.close(fd)
     for entry in data_dir.iterdir():
         mode = entry.lstat().st_mode
-        if stat.S_ISREG(mode) and stat.S_IMODE(mode) & 0o077:
-            os.chmod(entry, FILE_MODE)
-        elif stat.S_ISDIR(mode) and stat.S_IMODE(mode) & 0o077:
-            os.chmod(entry, DIR_MODE)
+        if stat.S_ISREG(mode):
+            _restrict(entry, FILE_MODE)
+        elif stat.S_ISDIR(mode):
+            _restrict(entry, DIR_MODE)
+
+
+def _restrict(path: Path, mode: int) -> None:
+    current = stat.S_IMODE(path.lstat().st_mode)
+    if not current & 0o077:
+        return
+    try:
+        os.chmod(path, mode)
+    except PermissionError:
+        # Someone else's file (e.g. a volume mounted root-owned): say so, do not stop.
+        log.warning("data_dir_not_private", path=str(path), mode=oct(current),
+                    detail=f"owned by another user; run chmod {mode:o} on it")  # fmt: skip
 
 
 def write_private(path: Path, text: str) -> None:

@@ -37,6 +37,9 @@ def _errors(*codes: int) -> dict[str, Any]:
     meaning = {
         400: "Invalid body; `detail` names the field, e.g. `$.logs[3].ts: ...`",
         401: "Missing or invalid credentials",
+        403: "The agent_uid was revoked by an operator; it registers again after a reset",
+        409: "The agent_uid is registered: re-register with its current token (Bearer)"
+        " or after an operator's reset",
         413: "Body larger than the gateway accepts (also after gzip inflation)",
         415: "Unsupported Content-Encoding",
         503: (
@@ -67,19 +70,27 @@ def document() -> bytes:
     paths = {
         "/v1/agents/register": {
             "post": {
-                "summary": "Register an agent (again); returns a new token",
+                "summary": "Register an agent, or re-register it with its current token;"
+                " returns a new token",
                 "parameters": [
                     {
                         "name": "X-Enrollment-Key",
                         "in": "header",
                         "required": True,
                         "schema": {"type": "string"},
-                    }
+                    },
+                    {
+                        "name": "Authorization",
+                        "in": "header",
+                        "required": False,
+                        "description": "Bearer <current token>, to register an agent_uid again",
+                        "schema": {"type": "string"},
+                    },
                 ],
                 "requestBody": {"required": True, **_body(RegisterRequest)},
                 "responses": {
                     "200": _answer("Registered", RegisterResponse),
-                    **_errors(400, 401, 413, 503),
+                    **_errors(400, 401, 403, 409, 413, 503),
                 },
             }
         },

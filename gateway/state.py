@@ -299,7 +299,17 @@ class State:
             last_seen_at=time.time(),
         )
 
-        def save(conn: apsw.Connection) -> None:
+        def save(conn: apsw.Connection) -> bool:
+            # A revocation committed while this registration waited wins: no token.
+            revoked = bool(
+                query(
+                    conn,
+                    "SELECT 1 FROM agent_access WHERE agent_uid = ? AND action = 'revoke'",
+                    (agent.agent_uid,),
+                )
+            )
+            if revoked:
+                agent.token_hash = _NO_TOKEN
             conn.execute(
                 "INSERT INTO agents(agent_id, agent_uid, hostname, os, version, token_hash,"
                 " registered_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -318,14 +328,21 @@ class State:
             )
             if used_reset is not None:  # a reset allows one registration
                 conn.execute(
-                    "UPDATE agent_access SET action = 'active' WHERE agent_uid = ?",
-                    (agent.agent_uid,),
+                    "UPDATE agent_access SET action = 'active'"
+                    " WHERE agent_uid = ? AND action = 'reset' AND changed_at = ?",
+                    (agent.agent_uid, used_reset.changed_at),
                 )
+            return revoked
 
-        await self._write(save)
-        if used_reset is not None:
+        revoked = await self._write(save)
+        if used_reset is not None and used_reset.action == "reset":
             used_reset.action = "active"
         self._remember(agent)
+        # Either this or the revocation resumed last: each clears the token it finds.
+        access = self._access.get(agent.agent_uid)
+        if revoked or (access is not None and access.action == "revoke"):
+            agent.token_hash = _NO_TOKEN
+            raise AgentRevoked(agent.agent_uid)
         self.seen_since_report.add(agent_id)
         return agent, f"{agent_id}.{secret}"
 
@@ -375,8 +392,11 @@ class State:
 
         await self._write(save)
         self._access[uid] = Access(decision.agent_id, decision.action, changed_at)
-        if decision.action == "revoke" and current is not None:
-            current.token_hash = _NO_TOKEN
+        if decision.action == "revoke":
+            # Looked up again: a registration may have replaced the agent meanwhile.
+            for agent in (current, self._agents.get(self._by_uid.get(uid, ""))):
+                if agent is not None:
+                    agent.token_hash = _NO_TOKEN
         return True
 
     async def _forget(self, agent: Agent) -> None:

@@ -210,7 +210,7 @@ class DeviceConfig(msgspec.Struct, tag_field="type", tag="device_config", kw_onl
     host: ShortText = ""
     port: Annotated[int, Meta(ge=1, le=65535)] = 80
     username: ShortText = ""
-    # Travels only over the control channel; the gateway keeps it only in its SQLite.
+    # Travels only over the control channel; the gateway keeps it only sealed in its SQLite.
     password: str = ""
     scheme: Literal["http", "https"] = "http"
     enabled: bool = True

@@ -149,6 +149,30 @@ def proposed_agent_ids(pairs: list[tuple[str, str | None]]) -> dict[str, uuid.UU
     return {uid: i if i is not None and claims[i] == 1 else None for uid, i in ids.items()}
 
 
+async def adopt_agent_ids(
+    conn: Any, org_id: uuid.UUID, gateway_id: uuid.UUID, proposed: dict[str, uuid.UUID | None]
+) -> None:
+    """Create the gateway's agents not known yet under the ids the gateway proposes, where
+    no row anywhere has that id (never another gateway's or organisation's row) and the
+    agent was not deleted by an operator. Conflicts of any kind, also with a concurrent
+    insert, leave the uid to the caller's insert with a fresh id."""
+    adoptable = [(uid, agent_id) for uid, agent_id in proposed.items() if agent_id is not None]
+    if not adoptable:
+        return
+    await conn.execute(
+        "INSERT INTO agent_instances (id, org_id, gateway_id, agent_uid, gateway_agent_id)"
+        " SELECT a.proposed, $1, $2, a.uid, a.proposed"
+        " FROM unnest($3::text[], $4::uuid[]) AS a(uid, proposed)"
+        " WHERE NOT EXISTS (SELECT 1 FROM agent_deletions d"
+        " WHERE d.gateway_id = $2 AND d.agent_id = a.proposed)"
+        " ON CONFLICT DO NOTHING",
+        org_id,
+        gateway_id,
+        [uid for uid, _ in adoptable],
+        [agent_id for _, agent_id in adoptable],
+    )
+
+
 async def devices(
     conn: Any, gateway_id: uuid.UUID, secrets: SecretBox, device_id: uuid.UUID | None = None
 ) -> list[DeviceConfig]:
@@ -257,20 +281,18 @@ async def record_agents_seen(
     if not seen.agents:
         return
     proposed = proposed_agent_ids([(a.agent_uid, a.agent_id) for a in seen.agents])
-    # A new row takes the gateway's id for the agent when no row anywhere has it (never
-    # another gateway's or organisation's row); an agent an operator deleted is not
-    # brought back by a gateway that has not heard of the deletion yet.
+    await adopt_agent_ids(conn, org_id, gateway_id, proposed)
+    # The rows just adopted are filled in here; an agent an operator deleted is not brought
+    # back by a gateway that has not heard of the deletion yet.
     await conn.execute(
         "INSERT INTO agent_instances (id, org_id, gateway_id, agent_uid, hostname, os, version,"
         " status, last_seen_at, gateway_agent_id)"
-        " SELECT CASE WHEN a.proposed IS NOT NULL AND NOT EXISTS"
-        " (SELECT 1 FROM agent_instances x WHERE x.id = a.proposed)"
-        " THEN a.proposed ELSE gen_random_uuid() END,"
+        " SELECT gen_random_uuid(),"
         " $1, $2, a.uid, a.hostname, a.os, a.version, 'ONLINE', a.seen, a.proposed"
         " FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[],"
         " $8::uuid[]) AS a(uid, hostname, os, version, seen, proposed)"
-        " WHERE a.proposed IS NULL OR NOT EXISTS (SELECT 1 FROM agent_deletions d"
-        " WHERE d.gateway_id = $2 AND d.agent_id = a.proposed)"
+        " WHERE NOT EXISTS (SELECT 1 FROM agent_deletions d WHERE d.gateway_id = $2"
+        " AND (d.agent_id = a.proposed OR (a.proposed IS NULL AND d.agent_uid = a.uid)))"
         " ON CONFLICT (gateway_id, agent_uid) DO UPDATE SET"
         " hostname = EXCLUDED.hostname,"
         " os = coalesce(EXCLUDED.os, agent_instances.os),"

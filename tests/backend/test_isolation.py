@@ -68,6 +68,8 @@ def bodies(a: dict[str, str]) -> dict[tuple[str, str], Any]:
         ("POST", "/v2/gateways/{gateway_id:uuid}/commands"): {"type": "ping"},
         ("POST", "/v2/gateways/{gateway_id:uuid}/commands/{command_id:uuid}/cancel"): None,
         ("PATCH", "/v2/agents/{agent_id:uuid}"): {"policy_id": None},
+        ("POST", "/v2/agents/{agent_id:uuid}/revoke"): None,
+        ("POST", "/v2/agents/{agent_id:uuid}/reset"): None,
         ("POST", "/v2/policies"): {"name": "b", "body": {}},
         ("PUT", "/v2/policies/{policy_id:uuid}"): {"body": {"idle_threshold_s": 60}},
         ("POST", "/v2/policies/{policy_id:uuid}/rollback"): {"revision": 1},

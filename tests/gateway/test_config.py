@@ -67,3 +67,43 @@ def test_an_unknown_key_in_the_file_is_refused(tmp_path: Path) -> None:
     file.write_text("buffer_max_byte = 10\n")
     with pytest.raises(ConfigError, match="unknown setting 'buffer_max_byte'"):
         config.load([], {}, str(file))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--api-key", "s3cr3t"],
+        ["--api-key=s3cr3t"],
+        ["--enrollment-key", "s3cr3t"],
+        ["--enrollment-key=s3cr3t"],
+    ],
+)
+def test_secrets_are_not_flags(argv: list[str]) -> None:
+    with pytest.raises(ConfigError, match="process list") as refused:
+        config.load(argv, {})
+    assert "_FILE" in str(refused.value)
+    assert "s3cr3t" not in str(refused.value)
+
+
+def test_secrets_come_from_files(tmp_path: Path) -> None:
+    (tmp_path / "key").write_text("api-from-file\n")
+    (tmp_path / "enrol").write_text("enrol-from-file")
+    loaded = config.load(
+        ["--enrollment-key-file", str(tmp_path / "enrol")],
+        {"TD_GATEWAY_API_KEY_FILE": str(tmp_path / "key")},
+    )
+    assert loaded.api_key == "api-from-file"
+    assert loaded.enrollment_key == "enrol-from-file"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"TD_GATEWAY_API_KEY": "k", "TD_GATEWAY_API_KEY_FILE": "x"}, "not both"),
+        ({"TD_GATEWAY_API_KEY_FILE": "/nonexistent/key"}, "cannot read"),
+    ],
+)
+def test_a_secret_file_that_cannot_be_used_is_one_line(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as refused:
+        config.load([], env)
+    assert "TD_GATEWAY_API_KEY" in str(refused.value)

@@ -1,14 +1,17 @@
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import apsw
 import pytest
 import trio
 
-from gateway.errors import StorageError
+from gateway.errors import AgentRevoked, IdentityTaken, StorageError
+from gateway.sealing import SecretBox
 from gateway.state import State
 from protocol.agent import RegisterRequest
+from protocol.control import AgentAccess
 
 
 @pytest.mark.trio
@@ -82,4 +85,79 @@ async def test_a_failing_write_does_not_undo_the_others_in_its_commit(tmp_path: 
             _, token = outcomes[uid]  # type: ignore[misc]
             agent = reopened.authenticate(token)
             assert agent is not None and agent.agent_uid == uid
+        nursery.cancel_scope.cancel()
+
+
+def _access(uid: str, agent_id: str, action: str, second: int) -> AgentAccess:
+    return AgentAccess(
+        agent_uid=uid,
+        agent_id=agent_id,
+        action=action,  # type: ignore[arg-type]
+        changed_at=dt.datetime(2026, 12, 1, 0, 0, second, tzinfo=dt.UTC),
+    )
+
+
+@pytest.mark.trio
+async def test_an_agent_uid_belongs_to_its_agent_until_an_operator_decides(
+    tmp_path: Path,
+) -> None:
+    request = RegisterRequest(agent_uid="pc", hostname="pc")
+    state = State(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(state.run)
+        agent, token = await state.register(request)
+        with pytest.raises(IdentityTaken):
+            await state.register(request)
+        with pytest.raises(IdentityTaken):
+            await state.register(request, token + "x")
+        again, token = await state.register(request, token)
+        assert again.agent_id == agent.agent_id
+
+        assert await state.apply_access(_access("pc", agent.agent_id, "revoke", 1))
+        assert state.authenticate(token) is None
+        with pytest.raises(AgentRevoked):
+            await state.register(request, token)
+        # The same decision again (a reconnect) or an older one changes nothing.
+        assert not await state.apply_access(_access("pc", agent.agent_id, "revoke", 1))
+        assert not await state.apply_access(_access("pc", agent.agent_id, "reset", 0))
+        nursery.cancel_scope.cancel()
+
+    reopened = State(tmp_path)  # decisions survive a restart
+    async with trio.open_nursery() as nursery:
+        await nursery.start(reopened.run)
+        with pytest.raises(AgentRevoked):
+            await reopened.register(request)
+        assert await reopened.apply_access(_access("pc", agent.agent_id, "reset", 2))
+        after_reset, token = await reopened.register(request)
+        assert after_reset.agent_id == agent.agent_id
+        assert reopened.authenticate(token) is not None
+        with pytest.raises(IdentityTaken):  # a reset allows one registration
+            await reopened.register(request)
+        # A deletion of another registration of the uid is not this one's.
+        assert not await reopened.apply_access(_access("pc", "someone-else", "delete", 3))
+        assert reopened.authenticate(token) is not None
+        assert await reopened.apply_access(_access("pc", agent.agent_id, "delete", 4))
+        assert reopened.authenticate(token) is None
+        fresh, _ = await reopened.register(request)
+        assert fresh.agent_id != agent.agent_id
+        nursery.cancel_scope.cancel()
+
+
+def _every_file(directory: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in directory.iterdir() if p.is_file())
+
+
+@pytest.mark.trio
+async def test_a_secret_setting_is_sealed_on_disk(tmp_path: Path) -> None:
+    state = State(tmp_path, SecretBox("api-key"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(state.run)
+        await state.set_setting("enrollment_key", "enrol-9f3e")
+        nursery.cancel_scope.cancel()
+    assert b"enrol-9f3e" not in _every_file(tmp_path)
+
+    reopened = State(tmp_path, SecretBox("api-key"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(reopened.run)
+        assert reopened.setting("enrollment_key") == "enrol-9f3e"
         nursery.cancel_scope.cancel()

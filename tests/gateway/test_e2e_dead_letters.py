@@ -1,6 +1,6 @@
 """Nothing acknowledged is dropped silently: logs the real backend refuses become dead letters
 one by one, with its reason, while the rest of their batch is stored; an operator lists,
-shows, replays and drops them with `td-gateway dead-letters` while the gateway runs."""
+shows, replays and drops them with `td-gateway dead-letters`, the gateway running or not."""
 
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ def oversized(seed: int) -> Log:
     )
 
 
-def test_dead_letters_cli_lists_shows_drops_and_replays_on_a_running_gateway(
+def test_dead_letters_cli_lists_shows_replays_and_drops_with_the_gateway_running_or_not(
     tmp_path: Path, database_url: str
 ) -> None:
     env = {"TD_INGEST_MAX_BYTES": "2048"}
@@ -140,25 +140,27 @@ def test_dead_letters_cli_lists_shows_drops_and_replays_on_a_running_gateway(
                 by_log[entry["id"]] = letter["id"]
             assert set(by_log) == {str(big_a.id), str(big_b.id)}
 
-            assert cli_json(data_dir, "drop", str(by_log[str(big_b.id)])) == {
-                "dropped": 1,
-                "logs": 1,
-            }
-            assert cli(data_dir, "show", str(by_log[str(big_b.id)])).returncode == 1
             assert cli(data_dir, "replay").returncode == 2  # neither an id nor --all
-            assert [letter["id"] for letter in listed(data_dir)] == [by_log[str(big_a.id)]]
 
-            # The backend is fixed (takes bigger bodies); the operator replays what is left.
+            # The backend is fixed (takes bigger bodies); the operator replays one of them.
             backend.stop()
             del backend.env["TD_INGEST_MAX_BYTES"]
             backend.start()
-            assert cli_json(data_dir, "replay", "--all") == {"replayed": 1, "logs": 1}
+            replayed = cli_json(data_dir, "replay", str(by_log[str(big_a.id)]))
+            assert replayed == {"replayed": 1, "logs": 1}
             expected = sorted([*smalls, str(big_a.id)])
             poll(lambda: sorted(stored_ids(database_url)) == expected, what="the replayed log")
-            poll(lambda: health(gateway)["dead_letters"] == 0, what="no dead letters held")
+            poll(lambda: health(gateway)["dead_letters"] == 1, what="one dead letter left")
             figures = health(gateway)
             assert figures["queue_depth"] == 0
             assert figures["dead_letter_total"] == 2  # a counter: every refusal ever
-            assert listed(data_dir) == []
+            assert [letter["id"] for letter in listed(data_dir)] == [by_log[str(big_b.id)]]
         finally:
             assert gateway.stop() == 0
+        # With the gateway stopped, the same commands work on its data directory.
+        dropped = by_log[str(big_b.id)]
+        assert cli_json(data_dir, "drop", str(dropped)) == {"dropped": 1, "logs": 1}
+        assert cli(data_dir, "show", str(dropped)).returncode == 1
+        assert listed(data_dir) == []
+        assert cli_json(data_dir, "drop", "--all") == {"dropped": 0, "logs": 0}
+        assert sorted(stored_ids(database_url)) == expected

@@ -51,8 +51,8 @@ async def test_a_poison_log_is_dead_lettered_with_its_reason_and_its_batch_store
             upload_backoff_cap_s=0.5,
         )
         async with running_gateway(config) as (gateway, _):
-            await gateway.append("agent-1", [*first[:70], poison, *first[70:]])
-            await gateway.append("agent-2", second)
+            await gateway.buffer.append("agent-1", [*first[:70], poison, *first[70:]])
+            await gateway.buffer.append("agent-2", second)
             await wait_until(lambda: gateway.health().queue_depth == 0, within_s=60)
             stored = await trio.to_thread.run_sync(stored_ids, database_url)
             assert sorted(stored) == sorted(str(log.id) for log in first + second)

@@ -164,3 +164,36 @@ def test_dead_letters_cli_lists_shows_replays_and_drops_with_the_gateway_running
         assert listed(data_dir) == []
         assert cli_json(data_dir, "drop", "--all") == {"dropped": 0, "logs": 0}
         assert sorted(stored_ids(database_url)) == expected
+
+
+def test_a_split_cut_short_by_kill_9_resumes_and_stores_each_log_once(
+    tmp_path: Path, database_url: str
+) -> None:
+    # 200 logs of ~1 KB: the backend refuses the batch and its halves (413 past 64 KiB) and
+    # takes quarters. Its rate limit (one batch a second after a burst of four) stretches the
+    # split over seconds, so the gateway is killed between two parts it has sent.
+    env = {
+        "TD_INGEST_MAX_BYTES": str(64 * 1024),
+        "TD_INGEST_RATE_PER_S": "1",
+        "TD_INGEST_BURST": "4",
+    }
+    logs = [
+        ActiveWindow(id=log.id, ts=log.ts, app="editor", duration_ms=1, title="t" * 1000)
+        for log in make_logs(200)
+    ]
+    sent = sorted(str(log.id) for log in logs)
+    with running_backend(tmp_path, database_url, env=env) as backend:
+        gateway, enrollment_key = start_gateway(tmp_path, backend)
+        try:
+            with httpx.Client(base_url=gateway.url, timeout=30) as client:
+                token = register(client, enrollment_key)
+                assert post_logs(client, token, logs).status_code == 202
+            poll(lambda: 0 < len(stored_ids(database_url)) < 200, what="a part stored")
+            gateway.kill()
+            gateway.start()
+            poll(lambda: len(stored_ids(database_url)) >= 200, what="every log stored")
+            poll(lambda: health(gateway)["queue_depth"] == 0, what="an empty queue")
+            assert sorted(stored_ids(database_url)) == sent  # each exactly once
+            assert health(gateway)["dead_letters"] == 0
+        finally:
+            assert gateway.stop() == 0

@@ -10,10 +10,12 @@ uploads them to the backend, holds the control channel and drives the devices.
                       settings (secrets sealed), command records
     sealing.py        SecretBox: secrets at rest sealed with a key derived from the API key
     datadir.py        the data dir 0700 and its files 0600
-    uplink.py         batches to POST /v2/ingest/logs: zstd, Idempotency-Key, backoff
+    uplink.py         batches to POST /v2/ingest/logs: zstd, Idempotency-Key, backoff;
+                      a refused batch is split (upload_body.py) down to the refused logs
+    dead_letters.py   `td-gateway dead-letters`: list, show, replay, drop refused logs
     control.py        the WebSocket control channel; commands.py runs its commands
     health.py         /health and the status reports; metrics.py Prometheus td_gateway_*
-    cli.py            `td-gateway run`
+    cli.py            `td-gateway run`, `td-gateway dead-letters`
     devices/          terminals (Hikvision ISAPI) and the device manager
 
 For other parts of the gateway: `Gateway.append(agent_uid, logs)` stores logs durably

@@ -34,13 +34,12 @@ import trio
 import zstandard
 
 from gateway.buffer import Buffer
-from gateway.buffer_store import Claim, DeadLog, unpack
+from gateway.buffer_store import Claim, DeadLog
 from gateway.config import GatewayConfig
 from gateway.errors import StorageError
 from gateway.metrics import Metrics
+from gateway.upload_body import encode_batch, encode_part, entries_of, part_id
 from protocol import codec
-from protocol.agent import Log
-from protocol.uplink import AgentLogs, UplinkBatch
 
 log = structlog.get_logger("gateway.uplink")
 
@@ -52,41 +51,8 @@ MAX_RETRY_AFTER_S = 300.0
 IDLE_RECHECK_S = 5.0
 
 Outcome = Literal["ok", "retry", "refused"]
-_log_list = msgspec.msgpack.Decoder(list[Log])
-
-
-# The same wire shape as protocol.uplink.UplinkBatch, with each group's logs spliced in as
-# the msgpack bytes already stored in the buffer: no decoding and re-encoding per log.
-class _RawAgentLogs(msgspec.Struct, kw_only=True):
-    agent_uid: str
-    logs: msgspec.Raw
-    agent_id: str | None = None
-
-
-class _RawUplinkBatch(msgspec.Struct, kw_only=True):
-    batch_id: uuid.UUID
-    gateway_id: str
-    created_at: dt.datetime
-    groups: list[_RawAgentLogs]
-
-
-def encode_batch(
-    claim: Claim, gateway_id: str, agent_id_of: Callable[[str], str | None] = lambda uid: None
-) -> bytes:
-    """The msgpack body of an UplinkBatch for `claim` (not yet compressed); each group
-    carries the gateway's id for its agent (`agent_id_of(agent_uid)`)."""
-    batch = _RawUplinkBatch(
-        batch_id=claim.batch_id,
-        gateway_id=gateway_id,
-        created_at=claim.created_at,
-        groups=[
-            _RawAgentLogs(
-                agent_uid=uid, logs=msgspec.Raw(unpack(packed)), agent_id=agent_id_of(uid)
-            )
-            for uid, packed in claim.groups
-        ],
-    )
-    return codec.msgpack_encoder.encode(batch)
+# Each refused log gets an error line up to this many per batch; a summary line has the rest.
+MAX_LOGGED_DEAD_LETTERS = 20
 
 
 def classify(status: int) -> Outcome:
@@ -95,46 +61,6 @@ def classify(status: int) -> Outcome:
     if 400 <= status < 500 and status not in (401, 403, 408, 429):
         return "refused"
     return "retry"
-
-
-def part_id(batch_id: uuid.UUID, start: int, stop: int) -> uuid.UUID:
-    """The id of the logs [start, stop) of a batch (in group order), the same on every resend."""
-    return uuid.uuid5(batch_id, f"{start}:{stop}")
-
-
-@dataclass(frozen=True)
-class _Entry:
-    group: int
-    agent_uid: str
-    log: Log
-
-
-def _entries(claim: Claim) -> list[_Entry]:
-    return [
-        _Entry(index, uid, item)
-        for index, (uid, packed) in enumerate(claim.groups)
-        for item in _log_list.decode(unpack(packed))
-    ]
-
-
-def encode_part(
-    claim: Claim, gateway_id: str, entries: list[_Entry], start: int, stop: int
-) -> bytes:
-    """The msgpack body of the logs [start, stop) of `claim` as a batch of their own."""
-    groups: list[AgentLogs] = []
-    previous = -1
-    for entry in entries[start:stop]:
-        if entry.group != previous:
-            groups.append(AgentLogs(agent_uid=entry.agent_uid, logs=[]))
-            previous = entry.group
-        groups[-1].logs.append(entry.log)
-    batch = UplinkBatch(
-        batch_id=part_id(claim.batch_id, start, stop),
-        gateway_id=gateway_id,
-        created_at=claim.created_at,
-        groups=groups,
-    )
-    return codec.msgpack_encoder.encode(batch)
 
 
 @dataclass(frozen=True)
@@ -267,7 +193,7 @@ class Uplink:
         settled = await self._buffer.settle(claim.batch_id, dead)
         self._uploaded(settled.uploaded)
         self._metrics.upload_batches.labels("split").inc()
-        for item in dead:
+        for item in dead[:MAX_LOGGED_DEAD_LETTERS]:
             log.error(
                 "upload_dead_lettered",
                 batch_id=str(claim.batch_id),
@@ -305,7 +231,7 @@ class Uplink:
     ) -> list[DeadLog] | None:
         """Send halves of a refused batch until only single refused logs remain; returns
         them (None if drop_oldest removed the batch meanwhile)."""
-        entries = _entries(claim)
+        entries = entries_of(claim)
         gateway_id = self._gateway_id()
         dead: list[DeadLog] = []
         refused = [(0, len(entries), refusal)]  # ranges the backend refused, in log order
@@ -321,7 +247,7 @@ class Uplink:
             middle = (start + stop) // 2
             still_refused = []
             for low, high in ((start, middle), (middle, stop)):
-                raw = encode_part(claim, gateway_id, entries, low, high)
+                raw = encode_part(claim, gateway_id, entries, low, high, self._agent_id_of)
                 part = part_id(claim.batch_id, low, high)
                 result = await self._send(client, compressor, claim, part, raw, high - low)
                 if result is None:

@@ -11,8 +11,9 @@ import pytest
 import trio
 import zstandard
 
+from gateway import dead_letters
 from gateway.buffer import BUFFER_FILE, Buffer
-from gateway.buffer_store import ROW_OVERHEAD, Claim, DeadLog, Settled, unpack
+from gateway.buffer_store import ROW_OVERHEAD, BufferStore, Claim, DeadLog, Settled, unpack
 from gateway.errors import BufferFull, BufferTooLarge, StorageError
 from gateway.sqlite import query
 from protocol import codec
@@ -323,3 +324,39 @@ async def test_durability_is_full_unless_normal_is_chosen(
         assert query(store.conn, "PRAGMA journal_mode") == [("wal",)]
         await gateway.append("agent", make_logs(3))
         assert gateway.health().queue_depth == 3
+
+
+@pytest.mark.trio
+async def test_a_replay_from_another_connection_is_seen_by_the_running_buffer(
+    tmp_path: Path,
+) -> None:
+    async with open_buffer(tmp_path) as buffer:
+        await buffer.append("agent", make_logs(4))
+        claim = await buffer.claim(max_logs=100)
+        assert claim is not None
+        await buffer.settle(claim.batch_id, dead_logs(claim, (0, 1), (0, 3)))
+        assert buffer.stats is not None and buffer.stats.dead_logs == 2
+
+        def replay_elsewhere() -> tuple[int, int]:
+            # What `td-gateway dead-letters replay --all` does while the gateway runs.
+            other = BufferStore(
+                str(buffer.path), max_bytes=1 << 30, overflow="drop_oldest", durability="full"
+            )
+            try:
+                return dead_letters.replay(other, None)
+            finally:
+                other.close()
+
+        assert await trio.to_thread.run_sync(replay_elsewhere) == (2, 2)
+        again = await buffer.claim(max_logs=100)  # the running buffer re-reads its totals
+        assert again is not None and again.n_logs == 2
+        original = LogList.decode(unpack(claim.groups[0][1]))
+        replayed = [log for _, packed in again.groups for log in LogList.decode(unpack(packed))]
+        assert replayed == [original[1], original[3]]
+        assert buffer.stats is not None
+        assert buffer.stats.dead_logs == 0
+        assert buffer.stats.dead_bytes == 0
+        assert buffer.stats.queue_depth == 2
+        await buffer.ack(again.batch_id)
+        assert buffer.stats.queue_depth == 0
+        assert buffer.stats.queue_bytes == 0

@@ -7,6 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway import cli
 from tests.gateway.process import GATEWAY, GatewayProcess
 
 
@@ -34,3 +35,14 @@ def test_a_bad_setting_fails_start_up_with_one_line(tmp_path: Path) -> None:
         "td-gateway: TD_BUFFER_OVERFLOW (--buffer-overflow): got 'sometimes';"
         " accepted: drop_oldest, reject"
     ]
+
+
+def test_dead_letters_on_a_directory_without_a_buffer_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["dead-letters", "list", "--data-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"td-gateway dead-letters: no buffer at {tmp_path / 'buffer.db'};"
+        " pass the gateway's --data-dir"
+    )
+    assert not (tmp_path / "buffer.db").exists()  # nothing created by looking

@@ -1,6 +1,6 @@
 """Nothing acknowledged is dropped silently: logs the real backend refuses become dead letters
 one by one, with its reason, while the rest of their batch is stored; an operator lists,
-shows, replays and drops them with `td-gateway dead-letters` while the gateway runs."""
+shows, replays and drops them with `td-gateway dead-letters`, the gateway running or not."""
 
 from __future__ import annotations
 
@@ -51,8 +51,8 @@ async def test_a_poison_log_is_dead_lettered_with_its_reason_and_its_batch_store
             upload_backoff_cap_s=0.5,
         )
         async with running_gateway(config) as (gateway, _):
-            await gateway.append("agent-1", [*first[:70], poison, *first[70:]])
-            await gateway.append("agent-2", second)
+            await gateway.buffer.append("agent-1", [*first[:70], poison, *first[70:]])
+            await gateway.buffer.append("agent-2", second)
             await wait_until(lambda: gateway.health().queue_depth == 0, within_s=60)
             stored = await trio.to_thread.run_sync(stored_ids, database_url)
             assert sorted(stored) == sorted(str(log.id) for log in first + second)
@@ -111,7 +111,7 @@ def oversized(seed: int) -> Log:
     )
 
 
-def test_dead_letters_cli_lists_shows_drops_and_replays_on_a_running_gateway(
+def test_dead_letters_cli_lists_shows_replays_and_drops_with_the_gateway_running_or_not(
     tmp_path: Path, database_url: str
 ) -> None:
     env = {"TD_INGEST_MAX_BYTES": "2048"}
@@ -140,25 +140,60 @@ def test_dead_letters_cli_lists_shows_drops_and_replays_on_a_running_gateway(
                 by_log[entry["id"]] = letter["id"]
             assert set(by_log) == {str(big_a.id), str(big_b.id)}
 
-            assert cli_json(data_dir, "drop", str(by_log[str(big_b.id)])) == {
-                "dropped": 1,
-                "logs": 1,
-            }
-            assert cli(data_dir, "show", str(by_log[str(big_b.id)])).returncode == 1
             assert cli(data_dir, "replay").returncode == 2  # neither an id nor --all
-            assert [letter["id"] for letter in listed(data_dir)] == [by_log[str(big_a.id)]]
 
-            # The backend is fixed (takes bigger bodies); the operator replays what is left.
+            # The backend is fixed (takes bigger bodies); the operator replays one of them.
             backend.stop()
             del backend.env["TD_INGEST_MAX_BYTES"]
             backend.start()
-            assert cli_json(data_dir, "replay", "--all") == {"replayed": 1, "logs": 1}
+            replayed = cli_json(data_dir, "replay", str(by_log[str(big_a.id)]))
+            assert replayed == {"replayed": 1, "logs": 1}
             expected = sorted([*smalls, str(big_a.id)])
             poll(lambda: sorted(stored_ids(database_url)) == expected, what="the replayed log")
-            poll(lambda: health(gateway)["dead_letters"] == 0, what="no dead letters held")
+            poll(lambda: health(gateway)["dead_letters"] == 1, what="one dead letter left")
             figures = health(gateway)
             assert figures["queue_depth"] == 0
             assert figures["dead_letter_total"] == 2  # a counter: every refusal ever
-            assert listed(data_dir) == []
+            assert [letter["id"] for letter in listed(data_dir)] == [by_log[str(big_b.id)]]
+        finally:
+            assert gateway.stop() == 0
+        # With the gateway stopped, the same commands work on its data directory.
+        dropped = by_log[str(big_b.id)]
+        assert cli_json(data_dir, "drop", str(dropped)) == {"dropped": 1, "logs": 1}
+        assert cli(data_dir, "show", str(dropped)).returncode == 1
+        assert listed(data_dir) == []
+        assert cli_json(data_dir, "drop", "--all") == {"dropped": 0, "logs": 0}
+        assert sorted(stored_ids(database_url)) == expected
+
+
+def test_a_split_cut_short_by_kill_9_resumes_and_stores_each_log_once(
+    tmp_path: Path, database_url: str
+) -> None:
+    # 200 logs of ~1 KB: the backend refuses the batch and its halves (413 past 64 KiB) and
+    # takes quarters. Its rate limit (one batch a second after a burst of four) stretches the
+    # split over seconds, so the gateway is killed between two parts it has sent.
+    env = {
+        "TD_INGEST_MAX_BYTES": str(64 * 1024),
+        "TD_INGEST_RATE_PER_S": "1",
+        "TD_INGEST_BURST": "4",
+    }
+    logs = [
+        ActiveWindow(id=log.id, ts=log.ts, app="editor", duration_ms=1, title="t" * 1000)
+        for log in make_logs(200)
+    ]
+    sent = sorted(str(log.id) for log in logs)
+    with running_backend(tmp_path, database_url, env=env) as backend:
+        gateway, enrollment_key = start_gateway(tmp_path, backend)
+        try:
+            with httpx.Client(base_url=gateway.url, timeout=30) as client:
+                token = register(client, enrollment_key)
+                assert post_logs(client, token, logs).status_code == 202
+            poll(lambda: 0 < len(stored_ids(database_url)) < 200, what="a part stored")
+            gateway.kill()
+            gateway.start()
+            poll(lambda: len(stored_ids(database_url)) >= 200, what="every log stored")
+            poll(lambda: health(gateway)["queue_depth"] == 0, what="an empty queue")
+            assert sorted(stored_ids(database_url)) == sent  # each exactly once
+            assert health(gateway)["dead_letters"] == 0
         finally:
             assert gateway.stop() == 0

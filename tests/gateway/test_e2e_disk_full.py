@@ -129,6 +129,7 @@ def test_a_full_disk_answers_503_with_retry_after_and_recovers(tmp_path: Path) -
         assert "full" in figures["storage_error"]
         assert figures["fault"] == figures["storage_error"]
         assert figures["queue_depth"] == accepted  # what was acknowledged is all there
+        assert "td_gateway_storage_failing 1.0" in client.get("/metrics").text
 
         (data_dir / "filler").unlink()  # space returns
         poll(
@@ -139,3 +140,4 @@ def test_a_full_disk_answers_503_with_retry_after_and_recovers(tmp_path: Path) -
         assert figures["status"] == "ok", figures
         assert figures["storage_error"] is None
         assert figures["queue_depth"] > accepted
+        assert "td_gateway_storage_failing 0.0" in client.get("/metrics").text

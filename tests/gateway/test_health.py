@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from gateway.buffer_store import BufferStats
@@ -37,3 +38,24 @@ def test_the_status_report_carries_host_and_buffer_figures(tmp_path: Path) -> No
     assert report.buffer.dead_letter_total == 2
     assert report.connected_agents == 4
     assert report.fault == "buffer at 90% of its cap"
+
+
+def test_held_dead_letters_and_a_failing_disk_are_faults_reported_upstream(
+    tmp_path: Path,
+) -> None:
+    held = dataclasses.replace(stats(10), dead_logs=2, dead_letter_dropped=0)
+    assert fault(held, error_streak=0) == (
+        "2 logs refused by the backend are held as dead letters (td-gateway dead-letters list)"
+    )
+    full = "no space left for the buffer"
+    assert fault(held, error_streak=0, storage_problem=full) == full
+    report = status_report(
+        dataclasses.replace(held, dead_letter_dropped=5),
+        data_dir=tmp_path,
+        connected_agents=0,
+        error_streak=0,
+        last_upload_at=None,
+    )
+    assert report.buffer.dead_letters == 2
+    assert report.buffer.dead_letter_dropped_total == 5
+    assert report.fault is not None and "dead-letter space is full" in report.fault

@@ -15,14 +15,8 @@ import zstandard
 from gateway.buffer import Buffer
 from gateway.buffer_store import Claim
 from gateway.metrics import Metrics
-from gateway.uplink import (
-    Uplink,
-    backoff_delay,
-    classify,
-    encode_batch,
-    parse_retry_after,
-    part_id,
-)
+from gateway.uplink import Uplink, backoff_delay, classify, parse_retry_after
+from gateway.upload_body import encode_batch, encode_part, entries_of, part_id
 from protocol import codec
 from protocol.agent import Log
 from protocol.uplink import AgentLogs, UplinkBatch
@@ -98,6 +92,39 @@ def test_spliced_batch_is_byte_identical_to_the_protocol_struct() -> None:
         ],
     )
     assert encode_batch(claim, "gw") == enc(expected)
+
+
+def test_a_part_is_the_range_of_logs_under_its_own_id_keeping_each_agent() -> None:
+    first, second = make_logs(3), make_logs(2, kind="activity")
+    enc = codec.msgpack_encoder.encode
+
+    def pack(logs: list[Log]) -> bytes:
+        return zstandard.ZstdCompressor(level=1).compress(enc(logs))
+
+    claim = Claim(
+        batch_id=uuid.uuid4(),
+        created_at=first[0].ts,
+        groups=[("a", pack(first)), ("b", pack(second))],
+        n_logs=5,
+        nbytes=0,
+    )
+    entries = entries_of(claim)
+    assert [(entry.agent_uid, entry.log) for entry in entries] == [
+        *(("a", log) for log in first),
+        *(("b", log) for log in second),
+    ]
+    expected = UplinkBatch(
+        batch_id=part_id(claim.batch_id, 2, 4),
+        gateway_id="gw",
+        created_at=claim.created_at,
+        groups=[
+            AgentLogs(agent_uid="a", logs=[first[2]]),
+            AgentLogs(agent_uid="b", logs=[second[0]]),
+        ],
+    )
+    assert encode_part(claim, "gw", entries, 2, 4) == enc(expected)
+    assert part_id(claim.batch_id, 2, 4) == part_id(claim.batch_id, 2, 4)
+    assert part_id(claim.batch_id, 2, 4) != part_id(claim.batch_id, 2, 5)
 
 
 async def _run_uplink_against(

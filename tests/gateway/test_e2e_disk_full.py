@@ -54,13 +54,12 @@ def gateway_on_small_tmpfs(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             "127.0.0.1:0",
             "--data-dir",
             str(data_dir),
-            "--enrollment-key",
-            ENROLLMENT_KEY,
             "--backend-url",
             "",
         ],
         stdout=log,
         stderr=log,
+        env={**os.environ, "TD_ENROLLMENT_KEY": ENROLLMENT_KEY},
     )
     log.close()
     # `unshare` and `sh` exec the gateway: the pid stays the same process throughout.

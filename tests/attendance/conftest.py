@@ -27,13 +27,17 @@ from tests.backend.conftest import (  # noqa: F401  (fixtures)
 )
 
 WAIT_S = 20.0
+ATTENDANCE_RETENTION_DAYS = 1100
 
 
 @pytest.fixture
 async def client(
     make_app: Any,  # noqa: F811
 ) -> AsyncIterator[AsyncTestClient[Litestar]]:
-    async with AsyncTestClient(app=make_app(attendance_interval=0.1)) as test_client:
+    # The scenarios sit on fixed dates (a DST change, a night shift); retention (and so the
+    # ingest window) reaches back far enough to take them for years.
+    app = make_app(attendance_interval=0.1, log_retention_days=ATTENDANCE_RETENTION_DAYS)
+    async with AsyncTestClient(app=app) as test_client:
         yield test_client
 
 

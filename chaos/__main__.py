@@ -9,6 +9,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import trio
@@ -32,7 +33,9 @@ def _parser() -> argparse.ArgumentParser:
         help=f"faults of one kind, overriding --faults-each; kinds: {', '.join(KINDS)}",
     )
     parser.add_argument("--batch-size", type=int, default=100, help="logs per post")
-    parser.add_argument("--interval-s", type=float, default=0.0, help="pause between posts")
+    parser.add_argument(
+        "--interval-s", type=float, default=0.25, help="an agent's pause between posts"
+    )
     parser.add_argument("--command-interval-s", type=float, default=2.0)
     parser.add_argument("--command-expires-s", type=float, default=30.0)
     parser.add_argument("--drain-timeout-s", type=float, default=300.0)
@@ -51,6 +54,13 @@ def _fault_counts(args: argparse.Namespace) -> dict[str, int]:
             raise SystemExit(f"--fault {item!r}: expected KIND=N with KIND one of {KINDS}")
         counts[kind] = int(number)
     return counts
+
+
+def _describe(exc: BaseException) -> str:
+    """The innermost errors, not "Exceptions from Trio nursery"."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_describe(inner) for inner in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def main() -> int:
@@ -80,10 +90,11 @@ def main() -> int:
         stack.start_devsim()
         report = trio.run(chaos_run, stack, options, faults)
     except Exception as exc:
+        traceback.print_exc()
         report = {
             "seed": seed,
             "ok": False,
-            "error": f"{type(exc).__name__}: {exc}",
+            "error": _describe(exc),
             "backend_log_tail": stack.backend_log_tail(),
         }
     finally:

@@ -36,12 +36,12 @@ class ChaosPostgres:
     def start(self) -> None:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
-            import pgserver
+            from pgserver.postgres_server import get_server
 
         logging.getLogger("pgserver").setLevel(logging.WARNING)
         self.pgdata.mkdir(parents=True, exist_ok=True)
         # cleanup_mode=None: the cluster outlives pgserver's handle; stop() ends it.
-        server = pgserver.get_server(self.pgdata, cleanup_mode=None)
+        server = get_server(self.pgdata, cleanup_mode=None)
         if "(1 row)" not in server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}';"):
             server.psql(f"CREATE DATABASE {DATABASE};")
         info = server.get_postmaster_info()

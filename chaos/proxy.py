@@ -12,10 +12,10 @@ channel go through it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
 import struct
-from collections.abc import Callable
 
 import trio
 
@@ -48,9 +48,7 @@ class FaultyProxy:
                 with trio.CancelScope() as scope:
                     self._listener_scope = scope
                     try:
-                        await trio.serve_listeners(
-                            self._handler(nursery.start_soon), listeners, handler_nursery=nursery
-                        )
+                        await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
                     finally:
                         for listener in listeners:
                             await listener.aclose()
@@ -89,32 +87,27 @@ class FaultyProxy:
             return listeners
         raise OSError(errno.EADDRINUSE, f"proxy port {self.port} stays in use")
 
-    def _handler(
-        self, start_soon: Callable[..., object]
-    ) -> Callable[[trio.SocketStream], object]:
-        async def handle(downstream: trio.SocketStream) -> None:
-            self.connections_total += 1
-            self._streams.add(downstream)
+    async def _handle(self, downstream: trio.SocketStream) -> None:
+        self.connections_total += 1
+        self._streams.add(downstream)
+        try:
+            await self._flowing.wait()
             try:
-                await self._flowing.wait()
-                try:
-                    upstream = await trio.open_tcp_stream("127.0.0.1", self.upstream_port)
-                except OSError:
-                    _reset(downstream)
-                    return
-                self._streams.add(upstream)
-                try:
-                    async with trio.open_nursery() as pumps:
-                        pumps.start_soon(self._pump, downstream, upstream, pumps.cancel_scope)
-                        pumps.start_soon(self._pump, upstream, downstream, pumps.cancel_scope)
-                finally:
-                    self._streams.discard(upstream)
-                    await trio.aclose_forcefully(upstream)
+                upstream = await trio.open_tcp_stream("127.0.0.1", self.upstream_port)
+            except OSError:
+                _reset(downstream)
+                return
+            self._streams.add(upstream)
+            try:
+                async with trio.open_nursery() as pumps:
+                    pumps.start_soon(self._pump, downstream, upstream, pumps.cancel_scope)
+                    pumps.start_soon(self._pump, upstream, downstream, pumps.cancel_scope)
             finally:
-                self._streams.discard(downstream)
-                await trio.aclose_forcefully(downstream)
-
-        return handle
+                self._streams.discard(upstream)
+                await trio.aclose_forcefully(upstream)
+        finally:
+            self._streams.discard(downstream)
+            await trio.aclose_forcefully(downstream)
 
     async def _pump(
         self, source: trio.SocketStream, sink: trio.SocketStream, both: trio.CancelScope
@@ -137,9 +130,7 @@ class FaultyProxy:
 
 def _reset(stream: trio.SocketStream) -> None:
     """Close with an RST (SO_LINGER 0), as a dropped NAT entry or a middlebox restart does."""
-    try:
+    with contextlib.suppress(OSError):
         stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
     # Tasks blocked on this socket wake with ClosedResourceError.
     stream.socket.close()

@@ -39,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--command-interval-s", type=float, default=2.0)
     parser.add_argument("--command-expires-s", type=float, default=30.0)
     parser.add_argument("--drain-timeout-s", type=float, default=300.0)
+    parser.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="the backend's and gateway's log level (their logs stay in the work directory)",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary one")
     parser.add_argument(
         "--keep", action="store_true", help="keep the work directory (kept anyway on failure)"
@@ -81,7 +87,7 @@ def main() -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="td-chaos-"))
     workdir.mkdir(parents=True, exist_ok=True)
     doors = int(args.duration / args.command_interval_s) + 2
-    stack = Stack(workdir, doors=doors)
+    stack = Stack(workdir, doors=doors, log_level=args.log_level)
     began = time.monotonic()
     report: dict[str, object]
     try:

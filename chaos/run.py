@@ -45,7 +45,8 @@ async def chaos_run(stack: Stack, options: Options, faults: list[Fault]) -> dict
         await services.start(proxy.serve)
         stack.gateway = stack.new_gateway(f"http://127.0.0.1:{proxy.port}")
         await trio.to_thread.run_sync(stack.gateway.start)
-        await _wait_for(stack.gateway_url, "control_connected", True, CONTROL_UP_S)
+        if not await _wait_for(stack.gateway_url, "control_connected", True, CONTROL_UP_S):
+            raise RuntimeError(f"the gateway's control channel was not up in {CONTROL_UP_S:g} s")
         await trio.to_thread.run_sync(stack.add_device)
 
         injector = Injector(stack, proxy)

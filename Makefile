@@ -10,10 +10,15 @@ DURATION ?= 60s
 # Seconds between an agent's posts; empty: each agent follows its policy's upload_interval_s.
 INTERVAL ?=
 PROCESSES ?= 0
+# make chaos: seconds agents post, agents, faults of every kind, seed (empty: a random one).
+CHAOS_DURATION ?= 180
+CHAOS_AGENTS ?= 16
+CHAOS_FAULTS ?= 5
+SEED ?=
 
-LINTED := protocol gateway backend devsim tests bench loadtests scripts
+LINTED := protocol gateway backend devsim chaos tests bench loadtests scripts
 
-.PHONY: run test lint typecheck pytest system-deps bench loadtest loadtest-headless clean
+.PHONY: run test lint typecheck pytest system-deps bench loadtest loadtest-headless chaos clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +54,12 @@ loadtest: $(STAMP)
 loadtest-headless: $(STAMP)
 	$(BIN)/python -m loadtests.headless --users $(USERS) --duration $(DURATION) \
 		--processes $(PROCESSES) $(if $(INTERVAL),--interval-s $(INTERVAL))
+
+# Prints one JSON object (exit 1 when anything acknowledged was lost or doubled, or a command
+# was stuck or ran twice).
+chaos: $(STAMP)
+	@$(BIN)/python -m chaos --duration $(CHAOS_DURATION) --agents $(CHAOS_AGENTS) \
+		--faults-each $(CHAOS_FAULTS) $(if $(SEED),--seed $(SEED))
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

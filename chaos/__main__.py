@@ -9,6 +9,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import trio
@@ -32,10 +33,18 @@ def _parser() -> argparse.ArgumentParser:
         help=f"faults of one kind, overriding --faults-each; kinds: {', '.join(KINDS)}",
     )
     parser.add_argument("--batch-size", type=int, default=100, help="logs per post")
-    parser.add_argument("--interval-s", type=float, default=0.0, help="pause between posts")
+    parser.add_argument(
+        "--interval-s", type=float, default=0.25, help="an agent's pause between posts"
+    )
     parser.add_argument("--command-interval-s", type=float, default=2.0)
     parser.add_argument("--command-expires-s", type=float, default=30.0)
     parser.add_argument("--drain-timeout-s", type=float, default=300.0)
+    parser.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="the backend's and gateway's log level (their logs stay in the work directory)",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary one")
     parser.add_argument(
         "--keep", action="store_true", help="keep the work directory (kept anyway on failure)"
@@ -51,6 +60,13 @@ def _fault_counts(args: argparse.Namespace) -> dict[str, int]:
             raise SystemExit(f"--fault {item!r}: expected KIND=N with KIND one of {KINDS}")
         counts[kind] = int(number)
     return counts
+
+
+def _describe(exc: BaseException) -> str:
+    """The innermost errors, not "Exceptions from Trio nursery"."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_describe(inner) for inner in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def main() -> int:
@@ -71,7 +87,7 @@ def main() -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="td-chaos-"))
     workdir.mkdir(parents=True, exist_ok=True)
     doors = int(args.duration / args.command_interval_s) + 2
-    stack = Stack(workdir, doors=doors)
+    stack = Stack(workdir, doors=doors, log_level=args.log_level)
     began = time.monotonic()
     report: dict[str, object]
     try:
@@ -80,10 +96,11 @@ def main() -> int:
         stack.start_devsim()
         report = trio.run(chaos_run, stack, options, faults)
     except Exception as exc:
+        traceback.print_exc()
         report = {
             "seed": seed,
             "ok": False,
-            "error": f"{type(exc).__name__}: {exc}",
+            "error": _describe(exc),
             "backend_log_tail": stack.backend_log_tail(),
         }
     finally:

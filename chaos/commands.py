@@ -126,8 +126,11 @@ async def door_executions(devsim_port: int, user: str, password: str) -> Counter
                 return opened
 
 
-def command_report(commands: list[dict[str, Any]], executions: Counter[int]) -> dict[str, Any]:
-    """Terminal states, and each command held against the door it was meant to open."""
+def command_report(
+    commands: list[dict[str, Any]], executions: Counter[int], run_started: dt.datetime
+) -> dict[str, Any]:
+    """Terminal states, and each command held against the door it was meant to open; the
+    ones that did not succeed, and the slowest, with their times in seconds into the run."""
     by_status = Counter(c["status"] for c in commands)
     stuck = [c["id"] for c in commands if c["status"] in OPEN_STATUSES]
     by_door = {int(c["payload"]["door"]): c for c in commands}
@@ -148,6 +151,26 @@ def command_report(commands: list[dict[str, Any]], executions: Counter[int]) -> 
         for c in commands
         if c["status"] == "SUCCESS" and c["finished_at"]
     ]
+
+    def timeline(command: dict[str, Any]) -> dict[str, Any]:
+        def since(stamp: str | None) -> float | None:
+            return round((_parse(stamp) - run_started).total_seconds(), 1) if stamp else None
+
+        door = int(command["payload"]["door"])
+        return {
+            "door": door,
+            "status": command["status"],
+            "error": command["error"],
+            "executions": executions[door],
+            "created_s": since(command["created_at"]),
+            "sent_s": since(command["sent_at"]),
+            "finished_s": since(command["finished_at"]),
+        }
+
+    slowest = sorted(
+        (c for c in commands if c["status"] == "SUCCESS" and c["finished_at"]),
+        key=lambda c: _parse(c["finished_at"]) - _parse(c["created_at"]),
+    )[-3:]
     return {
         "issued": len(commands),
         "by_status": dict(sorted(by_status.items())),
@@ -158,6 +181,8 @@ def command_report(commands: list[dict[str, Any]], executions: Counter[int]) -> 
         "succeeded_without_execution": succeeded_not_run,
         "executed_but_not_success": ran_not_succeeded,
         "success_latency_max_s": round(max(latencies), 2) if latencies else None,
+        "not_succeeded": [timeline(c) for c in commands if c["status"] != "SUCCESS"],
+        "slowest": [timeline(c) for c in reversed(slowest)],
     }
 
 

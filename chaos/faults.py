@@ -9,7 +9,8 @@
 
 The same seed gives the same schedule: the order of the faults, when each starts, and how
 long each lasts. Faults run one after another; when one takes longer than its slot (a backend
-start), the next starts late rather than on top of it.
+start), the next starts late rather than on top of it, and agents post until the last fault
+is over.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import msgspec
 import trio
 
+from chaos.postgres import StopMode
 from chaos.proxy import FaultyProxy
 from chaos.stack import Stack
 
@@ -36,8 +38,14 @@ KINDS = (
 DOWN_S = (0.2, 3.0)
 PROXY_S = (1.0, 8.0)
 # Quiet time at the start (agents register) and at the end (before the drain).
+# On a busy machine a start takes longer than the tests' default patience.
+RESTART_WITHIN_S = 60.0
 LEAD_IN_FRACTION = 0.1
 LEAD_OUT_FRACTION = 0.1
+
+
+class FaultFailed(RuntimeError):
+    """The stack did not come back from a fault (a restart failed): the run cannot go on."""
 
 
 class Fault(msgspec.Struct, kw_only=True):
@@ -69,7 +77,11 @@ def schedule(seed: int, duration_s: float, each: dict[str, int]) -> list[Fault]:
         at_s = start + slot * index + rng.uniform(0, slot * 0.3)
         low, high = PROXY_S if kind.startswith("proxy") else DOWN_S
         mode = rng.choice(("fast", "immediate")) if kind == "postgres_restart" else ""
-        faults.append(Fault(at_s=round(at_s, 2), kind=kind, length_s=round(rng.uniform(low, high), 2), mode=mode))
+        faults.append(
+            Fault(
+                at_s=round(at_s, 2), kind=kind, length_s=round(rng.uniform(low, high), 2), mode=mode
+            )
+        )
     return faults
 
 
@@ -85,14 +97,16 @@ class Injector:
         done = Counter(record.kind for record in self.records)
         return {kind: done[kind] for kind in KINDS}
 
-    async def run(self, faults: list[Fault], started_at: float, stop: trio.Event) -> None:
+    async def run(self, faults: list[Fault], started_at: float, done: trio.Event) -> None:
+        """Every fault of the schedule, then `done`."""
         for fault in faults:
-            with trio.move_on_at(started_at + fault.at_s):
-                await stop.wait()
-            if stop.is_set():
-                return
+            await trio.sleep_until(started_at + fault.at_s)
             began = trio.current_time()
-            detail = await self.inject(fault)
+            try:
+                detail = await self.inject(fault)
+            except Exception as exc:
+                at = round(began - started_at, 2)
+                raise FaultFailed(f"{fault.kind} at {at} s did not recover: {exc}") from exc
             self.records.append(
                 FaultRecord(
                     kind=fault.kind,
@@ -101,6 +115,7 @@ class Injector:
                     detail=detail,
                 )
             )
+        done.set()
 
     async def inject(self, fault: Fault) -> dict[str, Any]:
         match fault.kind:
@@ -109,7 +124,7 @@ class Injector:
                 assert gateway is not None
                 await trio.to_thread.run_sync(gateway.kill)
                 await trio.sleep(fault.length_s)
-                await trio.to_thread.run_sync(gateway.start)
+                await trio.to_thread.run_sync(gateway.start, RESTART_WITHIN_S)
                 return {"down_s": fault.length_s}
             case "backend_kill":
                 backend = self.stack.backend
@@ -120,7 +135,8 @@ class Injector:
                 return {"down_s": fault.length_s}
             case "postgres_restart":
                 postgres = self.stack.postgres
-                await trio.to_thread.run_sync(postgres.stop_now, fault.mode)
+                mode: StopMode = "immediate" if fault.mode == "immediate" else "fast"
+                await trio.to_thread.run_sync(postgres.stop_now, mode)
                 await trio.sleep(fault.length_s)
                 await trio.to_thread.run_sync(postgres.start_again)
                 return {"mode": fault.mode, "down_s": fault.length_s}

@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 import subprocess
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -21,6 +24,10 @@ DATABASE = "td"
 PG_CTL_TIMEOUT_S = 60
 
 StopMode = Literal["fast", "immediate"]
+
+
+class PostgresControlError(RuntimeError):
+    """pg_ctl failed; the message holds what it said."""
 
 
 class ChaosPostgres:
@@ -36,12 +43,12 @@ class ChaosPostgres:
     def start(self) -> None:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
-            import pgserver
+            from pgserver.postgres_server import get_server
 
         logging.getLogger("pgserver").setLevel(logging.WARNING)
         self.pgdata.mkdir(parents=True, exist_ok=True)
         # cleanup_mode=None: the cluster outlives pgserver's handle; stop() ends it.
-        server = pgserver.get_server(self.pgdata, cleanup_mode=None)
+        server = get_server(self.pgdata, cleanup_mode=None)
         if "(1 row)" not in server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}';"):
             server.psql(f"CREATE DATABASE {DATABASE};")
         info = server.get_postmaster_info()
@@ -62,20 +69,33 @@ class ChaosPostgres:
         )  # fmt: skip
 
     def stop(self) -> None:
-        with contextlib.suppress(subprocess.CalledProcessError):
+        """Stop the cluster for good; when pg_ctl cannot, signal the postmaster directly
+        (SIGINT is PostgreSQL's fast shutdown)."""
+        try:
             self._pg_ctl("-w", "-m", "fast", "stop")
+        except PostgresControlError:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                pid = int((self.pgdata / "postmaster.pid").read_text().split()[0])
+                os.kill(pid, signal.SIGINT)
 
     def _pg_ctl(self, *args: str) -> None:
         from pgserver._commands import POSTGRES_BIN_PATH
 
-        subprocess.run(
-            [str(Path(POSTGRES_BIN_PATH) / "pg_ctl"), "-D", str(self.pgdata), *args],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=PG_CTL_TIMEOUT_S,
-            user=self._system_user,
-        )
+        # Output to a file, not a pipe: the server pg_ctl starts inherits it and would hold a
+        # pipe open for as long as it runs.
+        with tempfile.TemporaryFile() as output:
+            done = subprocess.run(
+                [str(Path(POSTGRES_BIN_PATH) / "pg_ctl"), "-D", str(self.pgdata), *args],
+                stdout=output,
+                stderr=output,
+                timeout=PG_CTL_TIMEOUT_S,
+                user=self._system_user,
+                check=False,
+            )
+            if done.returncode != 0:
+                output.seek(0)
+                said = output.read().decode(errors="replace").strip()
+                raise PostgresControlError(f"pg_ctl {' '.join(args)}: {said}")
 
     def terminate_connections(self) -> int:
         """pg_terminate_backend on every client connection to the `td` database."""

@@ -12,10 +12,10 @@ channel go through it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
 import struct
-from collections.abc import Callable
 
 import trio
 
@@ -25,7 +25,11 @@ REBIND_ATTEMPTS = 200
 
 
 class FaultyProxy:
-    """Forward 127.0.0.1:`port` to 127.0.0.1:`upstream_port`; `await nursery.start(proxy.serve)`."""
+    """Forward 127.0.0.1:`port` to 127.0.0.1:`upstream_port`; `await nursery.start(proxy.serve)`.
+
+    `cut()` and `stall()` are a fault for some seconds; `begin_*`/`end_*` are the same in
+    two steps, each returning once the proxy really is in the new state.
+    """
 
     def __init__(self, upstream_port: int, port: int = 0) -> None:
         self.upstream_port = upstream_port
@@ -34,46 +38,64 @@ class FaultyProxy:
         self._streams: set[trio.SocketStream] = set()
         self._flowing = trio.Event()
         self._flowing.set()
+        self._may_listen = trio.Event()
+        self._may_listen.set()
         self._listening = trio.Event()
-        self._listener_scope: trio.CancelScope | None = None
+        self._refusing = trio.Event()
+        self._listener_scope = trio.CancelScope()
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         started = False
         async with trio.open_nursery() as nursery:
             while True:
+                await self._may_listen.wait()
                 listeners = await self._listen()
-                if not started:
-                    task_status.started(self.port)
-                    started = True
-                with trio.CancelScope() as scope:
-                    self._listener_scope = scope
+                with self._listener_scope:
+                    self._listening.set()
+                    if not started:
+                        task_status.started(self.port)
+                        started = True
                     try:
-                        await trio.serve_listeners(
-                            self._handler(nursery.start_soon), listeners, handler_nursery=nursery
-                        )
+                        await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
                     finally:
                         for listener in listeners:
-                            await listener.aclose()
-                # Refusing: the listening socket stays closed until cut() opens it again.
-                await self._listening.wait()
+                            listener.socket.close()
+                self._refusing.set()
 
     async def cut(self, seconds: float) -> int:
         """Reset every connection and refuse new ones for `seconds`; returns how many were
         reset (each proxied connection counts twice: the gateway's side and the backend's)."""
-        self._listening = trio.Event()
-        if self._listener_scope is not None:
-            self._listener_scope.cancel()
+        reset = await self.begin_cut()
+        await trio.sleep(seconds)
+        await self.end_cut()
+        return reset
+
+    async def begin_cut(self) -> int:
+        self._may_listen = trio.Event()
+        self._refusing = trio.Event()
+        self._listener_scope.cancel()
         streams = list(self._streams)
         for stream in streams:
             _reset(stream)
-        await trio.sleep(seconds)
-        self._listening.set()
+        await self._refusing.wait()
         return len(streams)
+
+    async def end_cut(self) -> None:
+        self._listening = trio.Event()
+        self._listener_scope = trio.CancelScope()
+        self._may_listen.set()
+        await self._listening.wait()
 
     async def stall(self, seconds: float) -> None:
         """Move no bytes for `seconds`, then forward what was held."""
-        self._flowing = trio.Event()
+        self.begin_stall()
         await trio.sleep(seconds)
+        self.end_stall()
+
+    def begin_stall(self) -> None:
+        self._flowing = trio.Event()
+
+    def end_stall(self) -> None:
         self._flowing.set()
 
     async def _listen(self) -> list[trio.SocketListener]:
@@ -89,32 +111,27 @@ class FaultyProxy:
             return listeners
         raise OSError(errno.EADDRINUSE, f"proxy port {self.port} stays in use")
 
-    def _handler(
-        self, start_soon: Callable[..., object]
-    ) -> Callable[[trio.SocketStream], object]:
-        async def handle(downstream: trio.SocketStream) -> None:
-            self.connections_total += 1
-            self._streams.add(downstream)
+    async def _handle(self, downstream: trio.SocketStream) -> None:
+        self.connections_total += 1
+        self._streams.add(downstream)
+        try:
+            await self._flowing.wait()
             try:
-                await self._flowing.wait()
-                try:
-                    upstream = await trio.open_tcp_stream("127.0.0.1", self.upstream_port)
-                except OSError:
-                    _reset(downstream)
-                    return
-                self._streams.add(upstream)
-                try:
-                    async with trio.open_nursery() as pumps:
-                        pumps.start_soon(self._pump, downstream, upstream, pumps.cancel_scope)
-                        pumps.start_soon(self._pump, upstream, downstream, pumps.cancel_scope)
-                finally:
-                    self._streams.discard(upstream)
-                    await trio.aclose_forcefully(upstream)
+                upstream = await trio.open_tcp_stream("127.0.0.1", self.upstream_port)
+            except OSError:
+                _reset(downstream)
+                return
+            self._streams.add(upstream)
+            try:
+                async with trio.open_nursery() as pumps:
+                    pumps.start_soon(self._pump, downstream, upstream, pumps.cancel_scope)
+                    pumps.start_soon(self._pump, upstream, downstream, pumps.cancel_scope)
             finally:
-                self._streams.discard(downstream)
-                await trio.aclose_forcefully(downstream)
-
-        return handle
+                self._streams.discard(upstream)
+                await trio.aclose_forcefully(upstream)
+        finally:
+            self._streams.discard(downstream)
+            await trio.aclose_forcefully(downstream)
 
     async def _pump(
         self, source: trio.SocketStream, sink: trio.SocketStream, both: trio.CancelScope
@@ -137,9 +154,7 @@ class FaultyProxy:
 
 def _reset(stream: trio.SocketStream) -> None:
     """Close with an RST (SO_LINGER 0), as a dropped NAT entry or a middlebox restart does."""
-    try:
+    with contextlib.suppress(OSError):
         stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
     # Tasks blocked on this socket wake with ClosedResourceError.
     stream.socket.close()

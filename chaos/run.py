@@ -4,6 +4,8 @@ gateway drains and PostgreSQL and the terminal are held against what was acknowl
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import functools
 import uuid
 from typing import Any
 
@@ -43,7 +45,8 @@ async def chaos_run(stack: Stack, options: Options, faults: list[Fault]) -> dict
         await services.start(proxy.serve)
         stack.gateway = stack.new_gateway(f"http://127.0.0.1:{proxy.port}")
         await trio.to_thread.run_sync(stack.gateway.start)
-        await _wait_for(stack.gateway_url, "control_connected", True, CONTROL_UP_S)
+        if not await _wait_for(stack.gateway_url, "control_connected", True, CONTROL_UP_S):
+            raise RuntimeError(f"the gateway's control channel was not up in {CONTROL_UP_S:g} s")
         await trio.to_thread.run_sync(stack.add_device)
 
         injector = Injector(stack, proxy)
@@ -55,18 +58,24 @@ async def chaos_run(stack: Stack, options: Options, faults: list[Fault]) -> dict
         )
         stop, give_up = trio.Event(), trio.Event()
         started = trio.current_time()
+        run_started = dt.datetime.now(dt.UTC)
         async with trio.open_nursery() as run:
             for number in range(options.agents):
-                run.start_soon(
-                    lambda n=number: run_agent(
-                        n, stack.gateway_url, stack.enrollment_key, stats, stop,
-                        seed=options.seed, batch_size=options.batch_size,
-                        interval_s=options.interval_s, give_up=give_up,
-                    )
-                )  # fmt: skip
-            run.start_soon(injector.run, faults, started, stop)
+                agent = functools.partial(
+                    run_agent,
+                    seed=options.seed,
+                    batch_size=options.batch_size,
+                    interval_s=options.interval_s,
+                    give_up=give_up,
+                )
+                run.start_soon(agent, number, stack.gateway_url, stack.enrollment_key, stats, stop)
+            faults_done = trio.Event()
+            run.start_soon(injector.run, faults, started, faults_done)
             run.start_soon(commander.issue_until, stop, options.command_interval_s, stack.doors)
+            # Posting lasts the duration, and longer if faults ran late: all of them run
+            # while agents post.
             await trio.sleep_until(started + options.duration_s)
+            await faults_done.wait()
             stop.set()
             services.start_soon(_set_later, give_up, AGENT_FINISH_S)
         # Agents, faults and commands have ended; no posts are in flight.
@@ -78,16 +87,14 @@ async def chaos_run(stack: Stack, options: Options, faults: list[Fault]) -> dict
         drain_s = trio.current_time() - drain_started
         health = await _health(stack.gateway_url)
         commands = await commander.settle(options.command_expires_s + 30)
-        executions = await door_executions(
-            stack.devsim_port, DEVSIM_USER, stack.devsim_password
-        )
+        executions = await door_executions(stack.devsim_port, DEVSIM_USER, stack.devsim_password)
         services.cancel_scope.cancel()
 
     counts = await trio.to_thread.run_sync(
         _count, stack.postgres.url, stats.acknowledged, f"device:{stack.device_id}"
     )
     acknowledged = len(set(stats.acknowledged))
-    commands_out = command_report(commands, executions)
+    commands_out = command_report(commands, executions, run_started)
     commands_out["create_unanswered"] = commander.unanswered_creates
     commands_out["create_refused"] = dict(commander.refused_creates)
     report: dict[str, Any] = {

@@ -33,9 +33,11 @@ DEVSIM_USER = "admin"
 class Stack:
     """Everything a chaos run starts, under one work directory; `close()` ends it all."""
 
-    def __init__(self, workdir: Path, *, doors: int) -> None:
+    def __init__(self, workdir: Path, *, doors: int, log_level: str = "warning") -> None:
         self.workdir = workdir
         self.doors = doors
+        # The services' own logs (backend/backend.log, gateway.log under the work directory).
+        self.log_level = log_level
         self.postgres = ChaosPostgres(workdir / "pg")
         self.backend: BackendProcess | None = None
         self.gateway: GatewayProcess | None = None
@@ -57,7 +59,7 @@ class Stack:
         self.backend = BackendProcess(
             self.workdir / "backend",
             self.postgres.url,
-            env={"TD_LOG_LEVEL": "WARNING", "TD_EXPIRY_CHECK_INTERVAL": "1"},
+            env={"TD_LOG_LEVEL": self.log_level, "TD_EXPIRY_CHECK_INTERVAL": "1"},
         )
         self.backend.start()
 
@@ -114,7 +116,6 @@ class Stack:
             self.workdir / "gateway",
             "--listen", f"127.0.0.1:{self.gateway_port}",
             "--backend-url", backend_url,
-            "--enrollment-key", self.enrollment_key,
             # Retries come quickly and a stalled upload gives up in seconds, so faults of a
             # few seconds each are felt, and the run still drains soon after the last one.
             "--upload-backoff-base-s", "0.05",
@@ -124,9 +125,9 @@ class Stack:
             "--control-backoff-cap-s", "2",
             "--heartbeat-interval-s", "2",
             "--device-poll-s", "2",
-            "--log-level", "warning",
-            # The API key stays out of argv, where `ps` would show it.
-            env={"TD_GATEWAY_API_KEY": self._api_key},
+            "--log-level", self.log_level,
+            # Secrets stay out of argv, where `ps` would show them.
+            env={"TD_GATEWAY_API_KEY": self._api_key, "TD_ENROLLMENT_KEY": self.enrollment_key},
         )  # fmt: skip
 
     def admin(self) -> httpx.Client:

@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import asyncpg
+import asyncpg  # type: ignore[import-untyped]
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent

@@ -23,7 +23,7 @@ from backend.control.session import control_endpoint
 from backend.control.sweeper import sweep_forever
 from backend.crypto import secret_box_for
 from backend.dashboard import dashboard_router, template_config
-from backend.db import Database
+from backend.db import DATABASE_UNAVAILABLE, Database
 from backend.errors import BackendError
 from backend.keycheck import check_secret_key
 from backend.logging import configure_logging, get_logger
@@ -103,12 +103,7 @@ def handle_error(request: Request[Any, Any, Any], exc: Exception) -> Response[An
             # a missed bound, logged as such; still the client's data, so never a 500.
             log.error("value the edge let through", path=request.url.path, error=str(exc))
             return _error(400, "invalid_request", f"a value cannot be stored: {exc}")
-        case (
-            OSError()
-            | asyncpg.PostgresConnectionError()
-            | asyncpg.InterfaceError()
-            | asyncpg.exceptions.OperatorInterventionError()
-        ):
+        case _ if isinstance(exc, DATABASE_UNAVAILABLE):
             # The database is down or restarting: a retryable answer, not a bug.
             log.warning("database unavailable", path=request.url.path, error=str(exc))
             return _error(503, "unavailable", "the database is not reachable; retry shortly")

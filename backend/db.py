@@ -34,6 +34,18 @@ CREATE TEMP TABLE IF NOT EXISTS ingest_staging (
 """
 
 
+# What the database (or the pool's view of it) raises while it is down, restarting or has
+# just dropped our connections: a retryable condition, answered 503, never a 500. asyncpg's
+# InternalClientError is how a connection terminated mid-operation shows up in its pool.
+DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InternalClientError,
+)
+
+
 class MigrationFailed(RuntimeError):
     """A migration did not apply; the message is Piccolo's."""
 

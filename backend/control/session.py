@@ -21,6 +21,7 @@ from backend.auth import GatewayIdentity, authenticate_gateway, gateway_still_va
 from backend.control import state
 from backend.control.hub import CLOSE_REVOKED, REVOKED_REASON, ControlHub, SessionClosed
 from backend.control.status import StatusCoalescer
+from backend.db import DATABASE_UNAVAILABLE
 from backend.errors import Unauthorized
 from backend.logging import get_logger
 from backend.services import Services
@@ -395,6 +396,11 @@ async def control_endpoint(scope: Scope, receive: Receive, asgi_send: Send) -> N
     except Unauthorized as exc:
         log.info("control refused", reason=exc.detail)
         await _deny(scope, send, 401, exc.code, exc.detail)
+        return
+    except DATABASE_UNAVAILABLE as exc:
+        # The key could not be checked: "try again", never a refusal of a valid key.
+        log.warning("control deferred: database unavailable", error=str(exc))
+        await _deny(scope, send, 503, "unavailable", "the database is not reachable; retry")
         return
     await send({"type": "websocket.accept"})
     services.metrics.control_connections.inc()

@@ -66,6 +66,9 @@ class GatewaySession:
         self._send: Any = send
         self._send_lock = asyncio.Lock()
         self._closed = asyncio.Event()
+        # Set once the close frame is out (or the peer is gone): the handler must not return
+        # before, or the server would drop the socket without the close code.
+        self._close_sent = asyncio.Event()
         self._close_code = CLOSE_NORMAL
         self._touched_at = -TOUCH_EVERY_S
         config = hub.services.config
@@ -127,17 +130,25 @@ class GatewaySession:
             try:
                 await self._send({"type": "websocket.send", "text": text})
             except (OSError, RuntimeError):
-                self._closed.set()
+                self._gone()
 
     async def close(self, code: int, reason: str) -> None:
         if self._closed.is_set():
             return
         self._close_code = code
         self._closed.set()
-        async with self._send_lock:
-            with contextlib.suppress(OSError, RuntimeError):
-                await self._send({"type": "websocket.close", "code": code, "reason": reason})
+        try:
+            async with self._send_lock:
+                with contextlib.suppress(OSError, RuntimeError):
+                    await self._send({"type": "websocket.close", "code": code, "reason": reason})
+        finally:
+            self._close_sent.set()
         log.info("control closed", gateway_id=str(self.gateway_id), code=code, reason=reason)
+
+    def _gone(self) -> None:
+        """The peer is gone: nothing more can be sent, no close frame is owed."""
+        self._closed.set()
+        self._close_sent.set()
 
     async def _next_message(self, silence_s: float) -> Any:
         """The next decoded gateway message, or SessionClosed on disconnect/close/timeout."""
@@ -159,7 +170,7 @@ class GatewaySession:
             raise SessionClosed
         event = receive_task.result()
         if event["type"] == "websocket.disconnect":
-            self._closed.set()
+            self._gone()
             raise SessionClosed
         data: Any = event.get("text")
         if data is None:
@@ -215,6 +226,10 @@ class GatewaySession:
         finally:
             await self._statuses.aclose()
             self.hub.unregister(self)
+            if self._closed.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(5.0):
+                        await self._close_sent.wait()
             # Shielded: a server shutting down cancels this task, and the row must still say
             # OFFLINE (the hub waits for `finished` before the pool closes).
             await asyncio.shield(self._finish(registered))

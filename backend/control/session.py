@@ -105,18 +105,23 @@ class GatewaySession:
     # ---- authorisation -----------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def authorised(self) -> AsyncIterator[Any]:
-        """A connection in a transaction in which this session's key is still the gateway's
-        and the gateway is enabled; otherwise the session closes (4401) and SessionClosed.
+    async def authorised(self, *, sending: bool = True) -> AsyncIterator[Any]:
+        """A connection on which this session's key was just found to be the gateway's
+        current one, with the gateway enabled; otherwise the session closes (4401) and
+        SessionClosed is raised.
 
-        Everything sent or written inside the block is covered: a rotation or disable waits
-        for the block to end (row share lock), and its notice then closes the session.
+        `sending` (what goes out: welcome, device configs, commands): the block runs in a
+        transaction holding a share lock on the gateway's row, so a rotation or disable
+        waits for it to end and its notice then closes the session; nothing is sent after
+        a revocation. For what comes in, a check without the lock is enough.
         """
-        async with self.hub.services.pool.acquire() as conn, conn.transaction():
-            if not await gateway_still_valid(conn, self.identity):
-                await self.close(CLOSE_REVOKED, REVOKED_REASON)
-                raise SessionClosed
-            yield conn
+        async with self.hub.services.pool.acquire() as conn:
+            transaction = conn.transaction() if sending else contextlib.nullcontext()
+            async with transaction:
+                if not await gateway_still_valid(conn, self.identity, lock=sending):
+                    await self.close(CLOSE_REVOKED, REVOKED_REASON)
+                    raise SessionClosed
+                yield conn
 
     # ---- I/O ---------------------------------------------------------------------------
 
@@ -191,7 +196,7 @@ class GatewaySession:
         try:
             # A rotation between the upgrade's check and `admit` sent its notice before the
             # hub knew this session: look once more, now that any later notice reaches it.
-            async with self.authorised():
+            async with self.authorised(sending=False):
                 pass
             silence_limit = self.hub.services.config.gateway_offline_after_s
             try:
@@ -314,7 +319,7 @@ class GatewaySession:
 
     async def _record_status(self, status: Status) -> None:
         try:
-            async with self.authorised() as conn:
+            async with self.authorised(sending=False) as conn:
                 await state.record_status(conn, self.gateway_id, self.org_id, status)
         except SessionClosed:
             pass
@@ -325,7 +330,7 @@ class GatewaySession:
             await self._statuses.offer(message)
             return
         hub = self.hub
-        async with self.authorised() as conn:
+        async with self.authorised(sending=False) as conn:
             match message:
                 case AgentsSeen():
                     await state.record_agents_seen(conn, self.gateway_id, self.org_id, message)

@@ -96,11 +96,20 @@ class GatewaySession:
             closed.cancel()
         return self.ready.is_set() and not self._closed.is_set()
 
-    async def _touch(self, conn: Any) -> None:
+    async def _check_incoming(self, conn: Any) -> None:
+        """Authorise one incoming message against the gateway's current key and state
+        (SessionClosed after closing 4401 if revoked). At most once a second the check is
+        the last_seen_at update itself, so a burst of acks costs one statement each, as
+        before the check existed."""
         now = time.monotonic()
         if now - self._touched_at >= TOUCH_EVERY_S:
             self._touched_at = now
-            await state.touch(conn, self.gateway_id)
+            valid = await state.touch(conn, self.gateway_id, self.identity.api_key_hash)
+        else:
+            valid = await gateway_still_valid(conn, self.identity, lock=False)
+        if not valid:
+            await self.close(CLOSE_REVOKED, REVOKED_REASON)
+            raise SessionClosed
 
     # ---- authorisation -----------------------------------------------------------------
 
@@ -330,11 +339,11 @@ class GatewaySession:
             await self._statuses.offer(message)
             return
         hub = self.hub
-        async with self.authorised(sending=False) as conn:
+        async with hub.services.pool.acquire() as conn:
+            await self._check_incoming(conn)
             match message:
                 case AgentsSeen():
                     await state.record_agents_seen(conn, self.gateway_id, self.org_id, message)
-                    await self._touch(conn)
                 case PolicyAck():
                     await state.record_policy_ack(conn, self.gateway_id, self.org_id, message)
                     log.info(
@@ -344,7 +353,6 @@ class GatewaySession:
                         revision=message.revision,
                         applied=message.applied,
                     )
-                    await self._touch(conn)
                 case CommandResult():
                     if await state.record_command_result(conn, self.gateway_id, message):
                         await hub.command_finished(message.command_id)
@@ -354,10 +362,8 @@ class GatewaySession:
                             status=str(message.status),
                             gateway_id=str(self.gateway_id),
                         )
-                    await self._touch(conn)
                 case DeviceState():
                     await state.record_device_state(conn, self.gateway_id, message)
-                    await self._touch(conn)
                 case Hello():
                     log.warning("hello twice on one connection", gateway_id=str(self.gateway_id))
 

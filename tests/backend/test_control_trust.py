@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import subprocess
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 import trio
@@ -24,6 +27,7 @@ from protocol.control import (
     AgentSeen,
     AgentsSeen,
     BufferFigures,
+    DeviceState,
     Status,
     Welcome,
 )
@@ -250,3 +254,62 @@ def test_a_second_instance_with_another_secret_key_refuses_to_start(
         finally:
             same.stop()
             same.kill()
+
+
+@pytest.mark.trio
+async def test_each_message_is_checked_against_the_current_key_even_without_a_notice(
+    tmp_path: Path, database_url: str
+) -> None:
+    """The key changes in the database behind the backend's back (no NOTIFY, no sweep in
+    this test's time): the next message from the old session is refused and closes it."""
+    env = {"TD_EXPIRY_CHECK_INTERVAL": "3600", "TD_HEARTBEAT_INTERVAL": "15"}
+    with running_backend(tmp_path, database_url, env=env) as backend:
+        gateway_id, api_key, _ = backend.create_gateway()
+        with backend.admin() as admin:
+            device = admin.post(
+                "/v2/devices",
+                json={
+                    "gateway_id": gateway_id,
+                    "vendor": "hikvision",
+                    "name": "door",
+                    "host": "10.0.0.5",
+                    "port": 80,
+                    "username": "admin",
+                    "password": "pw",
+                },
+            ).json()
+
+        async def device_status() -> str:
+            async with httpx.AsyncClient(
+                base_url=backend.url, headers={"Authorization": f"Bearer {backend.admin_token}"}
+            ) as client:
+                status: str = (await client.get(f"/v2/devices/{device['id']}")).json()["status"]
+                return status
+
+        async with connected_gateway(backend.url, api_key) as gw:
+            # Positive control: a report on the current key is stored.
+            await gw.send(DeviceState(device_id=device["id"], online=False, checked_at=now()))
+
+            async def offline() -> bool:
+                return await device_status() == "OFFLINE"
+
+            await poll(offline)
+            await trio.to_thread.run_sync(
+                asyncio.run,
+                _execute(
+                    database_url,
+                    "UPDATE gateway_instances SET api_key_hash = repeat('0', 64) WHERE id = $1",
+                    uuid.UUID(gateway_id),
+                ),
+            )
+            await gw.send(DeviceState(device_id=device["id"], online=True, checked_at=now()))
+            assert await gw.expect_closed() == CLOSE_REVOKED
+        assert await device_status() == "OFFLINE"
+
+
+async def _execute(url: str, query: str, *args: Any) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(query, *args)
+    finally:
+        await conn.close()

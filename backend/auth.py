@@ -118,16 +118,16 @@ async def authenticate_gateway(conn: Any, api_key: str | None) -> GatewayIdentit
     raise Unauthorized("the API key is not valid (unknown, rotated or the gateway is disabled)")
 
 
-async def gateway_still_valid(conn: Any, identity: GatewayIdentity) -> bool:
+async def gateway_still_valid(conn: Any, identity: GatewayIdentity, *, lock: bool) -> bool:
     """Whether `identity`'s key is still the gateway's key and the gateway is enabled.
 
-    Takes a share lock on the gateway's row (call it inside a transaction): a rotation or
+    With `lock` (inside a transaction) the gateway's row is share-locked: a rotation or
     disable waits until the caller's transaction ends, so whatever the caller sends before
     committing went to a connection that was valid while it was sent.
     """
     stored = await conn.fetchval(
         "SELECT api_key_hash FROM gateway_instances WHERE id = $1 AND disabled_at IS NULL"
-        " FOR SHARE",
+        + (" FOR SHARE" if lock else ""),
         identity.gateway_id,
     )
     return stored is not None and hmac.compare_digest(

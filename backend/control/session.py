@@ -68,6 +68,9 @@ class GatewaySession:
         self._send: Any = send
         self._send_lock = asyncio.Lock()
         self._closed = asyncio.Event()
+        # Set once the close frame is out (or the peer is gone): the handler must not return
+        # before, or the server would drop the socket without the close code.
+        self._close_sent = asyncio.Event()
         self._close_code = CLOSE_NORMAL
         self._touched_at = -TOUCH_EVERY_S
         config = hub.services.config
@@ -95,27 +98,41 @@ class GatewaySession:
             closed.cancel()
         return self.ready.is_set() and not self._closed.is_set()
 
-    async def _touch(self, conn: Any) -> None:
+    async def _check_incoming(self, conn: Any) -> None:
+        """Authorise one incoming message against the gateway's current key and state
+        (SessionClosed after closing 4401 if revoked). At most once a second the check is
+        the last_seen_at update itself, so a burst of acks costs one statement each, as
+        before the check existed."""
         now = time.monotonic()
         if now - self._touched_at >= TOUCH_EVERY_S:
             self._touched_at = now
-            await state.touch(conn, self.gateway_id)
+            valid = await state.touch(conn, self.gateway_id, self.identity.api_key_hash)
+        else:
+            valid = await gateway_still_valid(conn, self.identity, lock=False)
+        if not valid:
+            await self.close(CLOSE_REVOKED, REVOKED_REASON)
+            raise SessionClosed
 
     # ---- authorisation -----------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def authorised(self) -> AsyncIterator[Any]:
-        """A connection in a transaction in which this session's key is still the gateway's
-        and the gateway is enabled; otherwise the session closes (4401) and SessionClosed.
+    async def authorised(self, *, sending: bool = True) -> AsyncIterator[Any]:
+        """A connection on which this session's key was just found to be the gateway's
+        current one, with the gateway enabled; otherwise the session closes (4401) and
+        SessionClosed is raised.
 
-        Everything sent or written inside the block is covered: a rotation or disable waits
-        for the block to end (row share lock), and its notice then closes the session.
+        `sending` (what goes out: welcome, device configs, commands): the block runs in a
+        transaction holding a share lock on the gateway's row, so a rotation or disable
+        waits for it to end and its notice then closes the session; nothing is sent after
+        a revocation. For what comes in, a check without the lock is enough.
         """
-        async with self.hub.services.pool.acquire() as conn, conn.transaction():
-            if not await gateway_still_valid(conn, self.identity):
-                await self.close(CLOSE_REVOKED, REVOKED_REASON)
-                raise SessionClosed
-            yield conn
+        async with self.hub.services.pool.acquire() as conn:
+            transaction = conn.transaction() if sending else contextlib.nullcontext()
+            async with transaction:
+                if not await gateway_still_valid(conn, self.identity, lock=sending):
+                    await self.close(CLOSE_REVOKED, REVOKED_REASON)
+                    raise SessionClosed
+                yield conn
 
     # ---- I/O ---------------------------------------------------------------------------
 
@@ -129,17 +146,25 @@ class GatewaySession:
             try:
                 await self._send({"type": "websocket.send", "text": text})
             except (OSError, RuntimeError):
-                self._closed.set()
+                self._gone()
 
     async def close(self, code: int, reason: str) -> None:
         if self._closed.is_set():
             return
         self._close_code = code
         self._closed.set()
-        async with self._send_lock:
-            with contextlib.suppress(OSError, RuntimeError):
-                await self._send({"type": "websocket.close", "code": code, "reason": reason})
+        try:
+            async with self._send_lock:
+                with contextlib.suppress(OSError, RuntimeError):
+                    await self._send({"type": "websocket.close", "code": code, "reason": reason})
+        finally:
+            self._close_sent.set()
         log.info("control closed", gateway_id=str(self.gateway_id), code=code, reason=reason)
+
+    def _gone(self) -> None:
+        """The peer is gone: nothing more can be sent, no close frame is owed."""
+        self._closed.set()
+        self._close_sent.set()
 
     async def _next_message(self, silence_s: float) -> Any:
         """The next decoded gateway message, or SessionClosed on disconnect/close/timeout."""
@@ -161,7 +186,7 @@ class GatewaySession:
             raise SessionClosed
         event = receive_task.result()
         if event["type"] == "websocket.disconnect":
-            self._closed.set()
+            self._gone()
             raise SessionClosed
         data: Any = event.get("text")
         if data is None:
@@ -182,7 +207,7 @@ class GatewaySession:
         try:
             # A rotation between the upgrade's check and `admit` sent its notice before the
             # hub knew this session: look once more, now that any later notice reaches it.
-            async with self.authorised():
+            async with self.authorised(sending=False):
                 pass
             silence_limit = self.hub.services.config.gateway_offline_after_s
             try:
@@ -217,6 +242,10 @@ class GatewaySession:
         finally:
             await self._statuses.aclose()
             self.hub.unregister(self)
+            if self._closed.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(5.0):
+                        await self._close_sent.wait()
             # Shielded: a server shutting down cancels this task, and the row must still say
             # OFFLINE (the hub waits for `finished` before the pool closes).
             await asyncio.shield(self._finish(registered))
@@ -302,7 +331,7 @@ class GatewaySession:
 
     async def _record_status(self, status: Status) -> None:
         try:
-            async with self.authorised() as conn:
+            async with self.authorised(sending=False) as conn:
                 await state.record_status(conn, self.gateway_id, self.org_id, status)
         except SessionClosed:
             pass
@@ -313,11 +342,11 @@ class GatewaySession:
             await self._statuses.offer(message)
             return
         hub = self.hub
-        async with self.authorised() as conn:
+        async with hub.services.pool.acquire() as conn:
+            await self._check_incoming(conn)
             match message:
                 case AgentsSeen():
                     await state.record_agents_seen(conn, self.gateway_id, self.org_id, message)
-                    await self._touch(conn)
                 case PolicyAck():
                     await state.record_policy_ack(conn, self.gateway_id, self.org_id, message)
                     log.info(
@@ -327,7 +356,6 @@ class GatewaySession:
                         revision=message.revision,
                         applied=message.applied,
                     )
-                    await self._touch(conn)
                 case CommandResult():
                     if await state.record_command_result(conn, self.gateway_id, message):
                         await hub.command_finished(message.command_id)
@@ -337,13 +365,10 @@ class GatewaySession:
                             status=str(message.status),
                             gateway_id=str(self.gateway_id),
                         )
-                    await self._touch(conn)
                 case DeviceState():
                     await state.record_device_state(conn, self.gateway_id, message)
-                    await self._touch(conn)
                 case DevicesSeen():
                     await state.record_devices_seen(conn, self.gateway_id, self.org_id, message)
-                    await self._touch(conn)
                 case Hello():
                     log.warning("hello twice on one connection", gateway_id=str(self.gateway_id))
 

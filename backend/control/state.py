@@ -267,12 +267,16 @@ async def record_status(
         )
 
 
-async def touch(conn: Any, gateway_id: uuid.UUID) -> None:
-    await conn.execute(
+async def touch(conn: Any, gateway_id: uuid.UUID, api_key_hash: str) -> bool:
+    """last_seen_at = now, if the key is still the gateway's and it is enabled (else False)."""
+    status = await conn.execute(
         "UPDATE gateway_instances SET last_seen_at = now(),"
-        " status = CASE WHEN status = 'OFFLINE' THEN 'ONLINE' ELSE status END WHERE id = $1",
+        " status = CASE WHEN status = 'OFFLINE' THEN 'ONLINE' ELSE status END"
+        " WHERE id = $1 AND api_key_hash = $2 AND disabled_at IS NULL",
         gateway_id,
+        api_key_hash,
     )
+    return bool(status == "UPDATE 1")
 
 
 async def record_agents_seen(

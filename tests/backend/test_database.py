@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import io
 import uuid
 from pathlib import Path
 
 import asyncpg
 import pytest
+from piccolo.apps.migrations.commands.forwards import ForwardsMigrationManager
+from piccolo.engine.postgres import PostgresEngine
 
 from backend.config import load_config
 from backend.crypto import secret_box_for
-from backend.db import Database, migrate
+from backend.db import Database, bind_engine, migrate
 from backend.maintenance import run_maintenance
+from backend.partitions import LogPartitions
 from backend.services import Services
 
 pytestmark = pytest.mark.anyio
+
+INITIAL_MIGRATION = "2026-11-26T04:00:00:000000"
 
 DESIGN_TABLES = {
     "organizations",
@@ -102,3 +109,82 @@ async def test_maintenance_keeps_partitions_ahead_and_drops_old_ones(
         assert remaining == 0
     finally:
         await services.db.close()
+
+
+async def test_tenant_dedupe_migration_keeps_the_rows_of_an_existing_database(
+    database_url: str,
+) -> None:
+    """The dedupe keys widen to include the organisation on a database that already holds
+    logs and batches from before; afterwards another organisation's copy is stored too."""
+    bind_engine(PostgresEngine(config={"dsn": database_url}))
+    with contextlib.redirect_stdout(io.StringIO()):
+        first = await ForwardsMigrationManager(
+            app_name="backend", migration_id=INITIAL_MIGRATION
+        ).run()
+    assert first.success, first.message
+    org_a, org_b, gateway_a, gateway_b = (uuid.uuid4() for _ in range(4))
+    ts = dt.datetime(2026, 11, 20, 8, 0, tzinfo=dt.UTC)
+    log_id, batch_id = uuid.uuid4(), uuid.uuid4()
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+    try:
+        await LogPartitions().ensure(pool, [ts.date().replace(day=1)])
+    finally:
+        await pool.close()
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "INSERT INTO agent_logs (ts, id, org_id, gateway_id, agent_uid, kind,"
+            " received_at, data) VALUES ($1, $2, $3, $4, 'pc', 'idle', now(), '{}')",
+            ts,
+            log_id,
+            org_a,
+            gateway_a,
+        )
+        await conn.execute(
+            "INSERT INTO ingest_batches (id, org_id, gateway_id, log_count, accepted)"
+            " VALUES ($1, $2, $3, 1, 1)",
+            batch_id,
+            org_a,
+            gateway_a,
+        )
+
+        await migrate(database_url)
+
+        assert await conn.fetchval("SELECT count(*) FROM agent_logs") == 1
+        assert await conn.fetchval("SELECT count(*) FROM ingest_batches") == 1
+        # The same (ts, id) and batch id from another organisation's gateway: stored.
+        await conn.execute(
+            "INSERT INTO agent_logs (ts, id, org_id, gateway_id, agent_uid, kind,"
+            " received_at, data) VALUES ($1, $2, $3, $4, 'pc', 'idle', now(), '{}')",
+            ts,
+            log_id,
+            org_b,
+            gateway_b,
+        )
+        await conn.execute(
+            "INSERT INTO ingest_batches (id, org_id, gateway_id, log_count, accepted)"
+            " VALUES ($1, $2, $3, 1, 1)",
+            batch_id,
+            org_b,
+            gateway_b,
+        )
+        # Within one organisation / gateway the keys still hold.
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute(
+                "INSERT INTO agent_logs (ts, id, org_id, gateway_id, agent_uid, kind,"
+                " received_at, data) VALUES ($1, $2, $3, $4, 'pc', 'idle', now(), '{}')",
+                ts,
+                log_id,
+                org_a,
+                gateway_b,
+            )
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute(
+                "INSERT INTO ingest_batches (id, org_id, gateway_id, log_count, accepted)"
+                " VALUES ($1, $2, $3, 1, 1)",
+                batch_id,
+                org_a,
+                gateway_a,
+            )
+    finally:
+        await conn.close()

@@ -20,11 +20,16 @@ from tests.gateway.test_tls import self_signed
 from tests.support.backend import BackendProcess
 
 pytestmark = pytest.mark.slow
+METRICS_TOKEN = "metrics-token-for-this-test"
 
 
 def test_two_backends_behind_nginx_serve_a_gateway(tmp_path: Path, database_url: str) -> None:
     # Instances share the database and the key that encrypts device passwords.
-    env = {"TD_SECRET_KEY": Fernet.generate_key().decode(), "TD_HEARTBEAT_INTERVAL": "0.5"}
+    env = {
+        "TD_SECRET_KEY": Fernet.generate_key().decode(),
+        "TD_HEARTBEAT_INTERVAL": "0.5",
+        "TD_METRICS_TOKEN": METRICS_TOKEN,
+    }
     first = BackendProcess(tmp_path / "backend-a", database_url, env=env)
     second = BackendProcess(tmp_path / "backend-b", database_url, env=env)
     gateway: GatewayProcess | None = None
@@ -91,6 +96,21 @@ def test_two_backends_behind_nginx_serve_a_gateway(tmp_path: Path, database_url:
             with first.admin() as direct:
                 row = direct.get(f"/v2/gateways/{gateway_id}").json()
             assert row["status"] == "ONLINE"
+
+            # The fleet series through the proxy: only with the metrics token.
+            with httpx.Client(
+                base_url=proxy_url, verify=ssl.create_default_context(cafile=cert)
+            ) as anyone:
+                scraped = anyone.get(
+                    "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
+                )
+                assert scraped.status_code == 200
+                assert f'gateway_id="{gateway_id}"' in scraped.text
+                for headers in ({}, {"Authorization": "Bearer guessed"}):
+                    refused = anyone.get("/metrics", headers=headers)
+                    assert refused.status_code == 401, headers
+                    assert refused.json()["error"] == "unauthorized"
+                    assert gateway_id not in refused.text
     finally:
         if gateway is not None and gateway.process is not None:
             gateway.stop()

@@ -18,6 +18,7 @@ from tests.support.backend import running_backend
 pytestmark = pytest.mark.slow
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 METRIC_NAME = re.compile(r"\btd_[a-z_]+\b")
+METRICS_TOKEN = "observability-test-token"
 
 
 def referenced_names() -> set[str]:
@@ -36,8 +37,16 @@ def exported_names(metrics_text: str) -> set[str]:
     }
 
 
+def test_prometheus_scrapes_the_backend_with_the_metrics_token() -> None:
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    backend_job = next(job for job in config["scrape_configs"] if job["job_name"] == "td-backend")
+    assert backend_job["authorization"]["type"] == "Bearer"
+    assert backend_job["authorization"]["credentials_file"]
+
+
 def test_alerts_and_dashboard_read_only_exported_metrics(tmp_path: Path, database_url: str) -> None:
-    with running_backend(tmp_path, database_url, env={"TD_HEARTBEAT_INTERVAL": "0.5"}) as backend:
+    env = {"TD_HEARTBEAT_INTERVAL": "0.5", "TD_METRICS_TOKEN": METRICS_TOKEN}
+    with running_backend(tmp_path, database_url, env=env) as backend:
         gateway, enrollment_key = start_gateway(tmp_path, backend, "--heartbeat-interval-s", "0.5")
         try:
             with httpx.Client(base_url=gateway.url, timeout=30) as agent:
@@ -47,10 +56,15 @@ def test_alerts_and_dashboard_read_only_exported_metrics(tmp_path: Path, databas
             poll(lambda: health(gateway)["control_connected"] is True, 30, "control channel")
 
             def backend_metrics() -> str:
-                return httpx.get(f"{backend.url}/metrics", timeout=10).text
+                # As deploy/prometheus/prometheus.yml scrapes: with the metrics token.
+                auth = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+                return httpx.get(f"{backend.url}/metrics", headers=auth, timeout=10).text
 
             poll(lambda: "td_fleet_gateway_up{" in backend_metrics(), 30, "fleet figures")
             exported = exported_names(backend_metrics())
+            # Without the token, no series names an organisation's gateways.
+            public = httpx.get(f"{backend.url}/metrics", timeout=10).text
+            assert "td_fleet_gateway" not in public and "gateway_id=" not in public
             exported |= exported_names(httpx.get(f"{gateway.url}/metrics", timeout=10).text)
         finally:
             assert gateway.stop() == 0

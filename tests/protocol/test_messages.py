@@ -28,6 +28,8 @@ from protocol.agent import (
 )
 from protocol.codec import ProtocolError
 from protocol.control import (
+    MAX_AGENTS_PER_REPORT,
+    MAX_FAULT_CHARS,
     AgentAssignment,
     AgentSeen,
     AgentsSeen,
@@ -390,3 +392,23 @@ def test_a_broken_clock_is_named(ts: dt.datetime) -> None:
         storable.make_storable(logs, "$.groups[2].logs", NOW, storable.AGENT_WINDOW)
     assert info.value.path == "$.groups[2].logs[1].ts"
     storable.make_storable(logs[:1], "$.logs", NOW, storable.AGENT_WINDOW)
+
+
+def test_a_status_fault_past_its_bound_is_refused_naming_the_field() -> None:
+    at_bound = Status(ts=dt.datetime(2026, 12, 1, tzinfo=dt.UTC), fault="x" * MAX_FAULT_CHARS)
+    raw = codec.json_encoder.encode(at_bound)
+    assert codec.gateway_message.decode_json(raw) == at_bound
+    too_long = raw.replace(b'"x', b'"xx', 1)
+    with pytest.raises(ProtocolError, match=r"fault"):
+        codec.gateway_message.decode_json(too_long)
+
+
+def test_an_agents_seen_list_past_its_bound_is_refused_naming_the_field() -> None:
+    agent = AgentSeen(
+        agent_uid="pc", hostname="pc", last_seen_at=dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    )
+    full = AgentsSeen(agents=[agent] * MAX_AGENTS_PER_REPORT)
+    assert codec.gateway_message.decode_json(codec.json_encoder.encode(full)) == full
+    over = codec.json_encoder.encode(AgentsSeen(agents=[agent] * (MAX_AGENTS_PER_REPORT + 1)))
+    with pytest.raises(ProtocolError, match=r"agents"):
+        codec.gateway_message.decode_json(over)

@@ -13,11 +13,13 @@ import asyncio
 import datetime as dt
 import json
 import re
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import asyncpg
 import httpx
 import pytest
@@ -26,13 +28,16 @@ from litestar import Litestar
 from litestar.routes import ASGIRoute, HTTPRoute
 from litestar.testing import AsyncTestClient
 
+from backend.control.state import record_devices_seen
 from protocol.control import (
     AgentSeen,
     AgentsSeen,
     CommandResult,
     CommandStatus,
+    DevicesSeen,
     DeviceState,
     PolicyAck,
+    SeenDevice,
 )
 from tests.backend.conftest import Org, batch, create_gateway, log
 from tests.backend.fake_gateway import connected_gateway, now
@@ -46,10 +51,14 @@ PUBLIC = {"/health", "/ready"}
 SCHEMA_PREFIX = "/schema"
 # Checked by their own tests below (gateway-authenticated or token-gated).
 SPECIAL = {INGEST_PATH, CONTROL_PATH, "/metrics"}
+# HTML pages behind a session cookie: their own matrix, test_every_dashboard_page_...
+DASHBOARD_PREFIX = "/dashboard"
+WAIT_S = 20.0
 
 
 def bodies(a: dict[str, str]) -> dict[tuple[str, str], Any]:
     """A body for every write route, aimed at org A's resources where it can be."""
+    fresh = uuid.uuid4().hex[:12]
     device = {
         "gateway_id": a["gateway_id"],
         "vendor": "hikvision",
@@ -79,11 +88,64 @@ def bodies(a: dict[str, str]) -> dict[tuple[str, str], Any]:
         ("POST", "/v2/devices/{device_id:uuid}/commands"): {"type": "open_door"},
         ("POST", "/v2/devices/{device_id:uuid}/commands/{command_id:uuid}/cancel"): None,
         ("POST", "/v2/admin-tokens"): {"name": "b-token"},
+        # The same employee_no in both organisations: each has its own.
+        ("POST", "/v2/employees"): {"employee_no": fresh, "name": "new hire"},
+        ("PATCH", "/v2/employees/{employee_id:uuid}"): {"name": "hijacked", "department": "x"},
+        # Org A updates its own employee by number.
+        ("POST", "/v2/employees/import"): csv_body(a["employee_no"], "renamed by import"),
+        ("POST", "/v2/shifts"): {"name": "b-shift", "start": "09:00", "end": "17:00"},
+        ("PATCH", "/v2/shifts/{shift_id:uuid}"): {"name": "hijacked", "start": "01:00"},
+        # Org A's own setting, unchanged in value: its recorded days stay as they are.
+        ("PATCH", "/v2/organization"): {"time_zone": "UTC"},
     }
 
 
+def csv_body(employee_no: str, name: str) -> bytes:
+    return f"employee_no,name\n{employee_no},{name}\n".encode()
+
+
+def b_bodies(a: dict[str, str]) -> dict[tuple[str, str], Any]:
+    """Where org B's write must differ from org A's positive control to be seen landing in
+    org A: org A's employee_no renamed, another time zone."""
+    return {
+        ("POST", "/v2/employees/import"): csv_body(a["employee_no"], "renamed by org b"),
+        ("PATCH", "/v2/organization"): {"time_zone": "Pacific/Auckland"},
+    }
+
+
+def b_refused(a: dict[str, str]) -> dict[tuple[str, str], list[tuple[Any, int]]]:
+    """Org B's writes on its own collection that name one of org A's resources: refused."""
+    return {
+        ("PATCH", "/v2/organization"): [({"default_shift_id": a["shift_id"]}, 404)],
+        ("POST", "/v2/employees"): [
+            ({"employee_no": uuid.uuid4().hex[:12], "name": "b", "shift_id": a["shift_id"]}, 400)
+        ],
+    }
+
+
+def request_body(body: Any) -> dict[str, Any]:
+    if body is None:
+        return {}
+    if isinstance(body, bytes):
+        return {"content": body}
+    return {"json": body}
+
+
 # What org B may do on a collection route (no id in the path): its own things.
-B_ON_COLLECTION = {("POST", "/v2/devices"): 400}
+B_ON_COLLECTION = {
+    ("POST", "/v2/devices"): 400,
+    ("POST", "/v2/employees/import"): 200,
+    ("PATCH", "/v2/organization"): 200,
+}
+# Reads over a date range need one; org A's attendance lies in it.
+TODAY = dt.datetime.now(dt.UTC).date()
+PERIOD = {"from": (TODAY - dt.timedelta(days=2)).isoformat(), "to": TODAY.isoformat()}
+QUERY = {
+    "/v2/attendance": PERIOD,
+    "/v2/attendance.csv": PERIOD,
+    "/v2/activity": PERIOD,
+    "/v2/attendance/flags": PERIOD,
+}
 
 
 def http_routes(app: Litestar) -> list[tuple[str, str]]:
@@ -135,12 +197,32 @@ async def org_a_resources(client: AsyncTestClient[Litestar], a: Org) -> dict[str
     assert device.status_code == 201
     token = await client.post("/v2/admin-tokens", json={"name": "a-2"}, headers=a.headers)
     assert token.status_code == 201
+    shift = await client.post(
+        "/v2/shifts", json={"name": "a-shift", "start": "08:00", "end": "16:00"}, headers=a.headers
+    )
+    assert shift.status_code == 201, shift.text
+    mark = uuid.uuid4().hex[:12]
+    employee = await client.post(
+        "/v2/employees",
+        json={
+            "employee_no": f"a{mark}",
+            "name": f"a-person-{mark}",
+            "shift_id": shift.json()["id"],
+        },
+        headers=a.headers,
+    )
+    assert employee.status_code == 201, employee.text
     ids = {
         "gateway_id": gateway["id"],
         "agent_id": agent["id"],
         "policy_id": policy.json()["id"],
         "device_id": device.json()["id"],
         "token_id": token.json()["id"],
+        "shift_id": shift.json()["id"],
+        "employee_id": employee.json()["id"],
+        "employee_name": employee.json()["name"],
+        # Not a mark of org A: org B may have an employee with the same number.
+        "employee_no": employee.json()["employee_no"],
     }
     command = await client.post(
         f"/v2/gateways/{gateway['id']}/commands", json={"type": "ping"}, headers=a.headers
@@ -155,6 +237,110 @@ async def org_a_resources(client: AsyncTestClient[Litestar], a: Org) -> dict[str
     return ids
 
 
+def marks(ids: dict[str, str]) -> dict[str, str]:
+    """What no answer to org B may contain: org A's ids and names."""
+    return {name: value for name, value in ids.items() if name != "employee_no"}
+
+
+async def eventually(
+    client: AsyncTestClient[Litestar],
+    a: Org,
+    path: str,
+    shown: Callable[[Any], bool],
+    **params: str,
+) -> None:
+    """Poll org A's `path` (over PERIOD) until `shown` holds for its items: the attendance
+    engine is asynchronous."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        response = await client.get(path, params={**PERIOD, **params}, headers=a.headers)
+        assert response.status_code == 200, f"{path}: {response.text}"
+        if shown(response.json()["items"]):
+            return
+        assert time.monotonic() < deadline, f"{path}: not there yet: {response.text[:300]}"
+        await anyio.sleep(0.05)
+
+
+async def org_a_history(
+    client: AsyncTestClient[Litestar], a: Org, database_url: str
+) -> dict[str, str]:
+    """Org A's data that only reads show, made once: a punch and PC activity of one employee,
+    PC activity without a punch of another (a reconciliation flag), a terminal its gateway
+    refused. The matrix requires each to show to org A and never to org B."""
+    gateway = await create_gateway(client, a)
+    mark = uuid.uuid4().hex[:12]
+    people = {}
+    for role in ("punched", "unpunched"):
+        created = await client.post(
+            "/v2/employees",
+            json={
+                "employee_no": f"{role[0]}{mark}",
+                "name": f"a-{role}-{mark}",
+                "agent_uids": [f"pc-{role}-{mark}"],
+            },
+            headers=a.headers,
+        )
+        assert created.status_code == 201, created.text
+        people[role] = created.json()
+    worked = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    groups = {
+        "device:door-1": [
+            log(
+                "device_event",
+                ts=worked - dt.timedelta(minutes=30),
+                device_id="door-1",
+                serial_no=1,
+                major=5,
+                minor=1,
+                employee_no=people["punched"]["employee_no"],
+            )
+        ],
+        **{
+            f"pc-{role}-{mark}": [
+                log("active_window", ts=worked, app=f"a-app-{mark}", duration_ms=600_000)
+            ]
+            for role in people
+        },
+    }
+    ingest = await client.post(
+        INGEST_PATH, json=batch(groups), headers={"X-API-Key": gateway["api_key"]}
+    )
+    assert ingest.status_code == 200, ingest.text
+    seen = SeenDevice(
+        vendor="zkteco", serial=f"a-serial-{mark}", first_seen_at=worked, last_seen_at=worked
+    )
+    conn = await asyncpg.connect(database_url)
+    try:
+        await record_devices_seen(
+            conn, uuid.UUID(gateway["id"]), uuid.UUID(a.id), DevicesSeen(devices=[seen])
+        )
+    finally:
+        await conn.close()
+    history = {
+        "org_id": a.id,
+        "punched_id": people["punched"]["id"],
+        "punched_name": people["punched"]["name"],
+        "unpunched_id": people["unpunched"]["id"],
+        "unpunched_name": people["unpunched"]["name"],
+        "app": f"a-app-{mark}",
+        "seen_serial": seen.serial,
+    }
+    await eventually(
+        client,
+        a,
+        "/v2/attendance",
+        lambda items: any(row["punches"] and row["active_s"] > 0 for row in items),
+        employee_id=history["punched_id"],
+    )
+    await eventually(
+        client,
+        a,
+        "/v2/attendance/flags",
+        lambda items: [row["employee_id"] for row in items] == [history["unpunched_id"]],
+    )
+    return history
+
+
 async def org_a_state(client: AsyncTestClient[Litestar], a: Org, ids: dict[str, str]) -> Any:
     """Everything of org A's that a route could change, as org A sees it."""
     paths = [
@@ -164,6 +350,12 @@ async def org_a_state(client: AsyncTestClient[Litestar], a: Org, ids: dict[str, 
         f"/v2/devices/{ids['device_id']}/commands",
         f"/v2/policies/{ids['policy_id']}",
         f"/v2/agents/{ids['agent_id']}",
+        f"/v2/employees/{ids['employee_id']}",
+        f"/v2/shifts/{ids['shift_id']}",
+        "/v2/organization",
+        "/v2/employees",
+        "/v2/shifts",
+        "/v2/devices/seen",
         "/v2/admin-tokens",
         "/v2/gateways",
         "/v2/devices",
@@ -184,83 +376,126 @@ async def metrics_client(make_app: Any) -> AsyncIterator[AsyncTestClient[Litesta
         yield test_client
 
 
+async def send(
+    client: AsyncTestClient[Litestar],
+    method: str,
+    path: str,
+    body: Any,
+    headers: dict[str, str] | None = None,
+    params: dict[str, str] | None = None,
+) -> httpx.Response:
+    """One request; a bytes body is the CSV of an import."""
+    headers = dict(headers or {})
+    kwargs: dict[str, Any] = {}
+    if isinstance(body, bytes):
+        kwargs["content"] = body
+        headers["Content-Type"] = "text/csv"
+    elif body is not None:
+        kwargs["json"] = body
+    return await client.request(method, path, headers=headers, params=params, **kwargs)
+
+
 @pytest.mark.anyio
 async def test_every_route_refuses_other_organisations(
-    metrics_client: AsyncTestClient[Litestar], new_org: Any
+    metrics_client: AsyncTestClient[Litestar], new_org: Any, migrated_url: str
 ) -> None:
     client = metrics_client
     a, b = await new_org("a"), await new_org("b")
     routes = http_routes(client.app)
     assert len(routes) >= 30, routes
     checked = set()
+    history = await org_a_history(client, a, migrated_url)
+    # Every id and name org A ever had in this test: none may show to org B.
+    seen_of_a: dict[str, str] = {}
 
     for method, template in routes:
-        if template in SPECIAL:
+        if template in SPECIAL or template.startswith(DASHBOARD_PREFIX):
             continue
+        ids = {**history, **await org_a_resources(client, a)}
+        seen_of_a.update({f"{name}#{value}": value for name, value in marks(ids).items()})
         if template in PUBLIC or template.startswith(SCHEMA_PREFIX):
-            ids = await org_a_resources(client, a)
             path = template.replace("{path:str}", "openapi.json")
             response = await client.request(method, path)
             assert response.status_code == 200, f"{method} {template}: {response.text[:200]}"
-            leaked = [name for name, value in ids.items() if value in response.text]
+            leaked = [name for name, value in seen_of_a.items() if value in response.text]
             assert not leaked, f"{method} {template} shows org A's {leaked} to anyone"
             checked.add((method, template))
             continue
 
-        ids = await org_a_resources(client, a)
         route_ids = dict(ids)
         if "/devices/" in template and "command_id" in template:
             route_ids["command_id"] = ids["device_command_id"]
         path = fill(template, route_ids)
-        write_bodies = bodies(ids)
-        kwargs: dict[str, Any] = {}
+        params = QUERY.get(template)
+        body = None
         if method in {"POST", "PUT", "PATCH"}:
+            write_bodies = bodies(ids)
             assert (method, template) in write_bodies, f"add a body for {method} {template}"
-            if write_bodies[(method, template)] is not None:
-                kwargs["json"] = write_bodies[(method, template)]
+            body = write_bodies[(method, template)]
+        b_body = b_bodies(ids).get((method, template), body)
 
-        anonymous = await client.request(method, path, **kwargs)
+        anonymous = await send(client, method, path, body, params=params)
         assert anonymous.status_code == 401, f"{method} {template} without a token"
         # The metrics token is not an admin token.
-        with_metrics_token = await client.request(
-            method, path, headers={"Authorization": f"Bearer {METRICS_TOKEN}"}, **kwargs
+        with_metrics_token = await send(
+            client, method, path, body, {"Authorization": f"Bearer {METRICS_TOKEN}"}, params
         )
         assert with_metrics_token.status_code == 401, f"{method} {template}, metrics token"
 
         if method == "DELETE":
             # Org B first: after org A's own delete, a refusal would prove nothing.
             before = await org_a_state(client, a, ids)
-            as_b = await client.request(method, path, headers=b.headers, **kwargs)
+            as_b = await send(client, method, path, b_body, b.headers, params)
             assert (as_b.status_code, as_b.json()["error"]) == (404, "not_found"), as_b.text
             assert await org_a_state(client, a, ids) == before, f"{method} {template} by B"
-            as_a = await client.request(method, path, headers=a.headers, **kwargs)
+            as_a = await send(client, method, path, body, a.headers, params)
             assert as_a.is_success, f"positive control {method} {template}: {as_a.text}"
             checked.add((method, template))
             continue
 
-        as_a = await client.request(method, path, headers=a.headers, **kwargs)
+        as_a = await send(client, method, path, body, a.headers, params)
         assert as_a.is_success, f"positive control {method} {template}: {as_a.text}"
+        if method == "GET" and "{" not in template:
+            # Org A sees its own data here, so the leak check below can fail.
+            shown = [name for name, value in seen_of_a.items() if value in as_a.text]
+            assert shown, f"positive control {method} {template}: none of org A's data"
         before = await org_a_state(client, a, ids)
-        as_b = await client.request(method, path, headers=b.headers, **kwargs)
+        as_b = await send(client, method, path, b_body, b.headers, params)
         if "{" in template:
             assert as_b.status_code == 404, f"{method} {template} as org B: {as_b.text}"
             assert as_b.json()["error"] == "not_found"
         elif method == "GET":
             assert as_b.status_code == 200, f"{method} {template}: {as_b.text}"
-            leaked = [name for name, value in ids.items() if value in as_b.text]
+            leaked = [name for name, value in seen_of_a.items() if value in as_b.text]
             assert not leaked, f"{method} {template} shows org A's {leaked} to org B"
-            for name in ("gateway_id", "agent_id"):
-                filtered = await client.get(template, params={name: ids[name]}, headers=b.headers)
+            filters = {
+                "gateway_id": ids["gateway_id"],
+                "agent_id": ids["agent_id"],
+                "employee_id": ids["punched_id"],
+            }
+            for name, value in filters.items():
+                filtered = await client.get(
+                    template, params={**(params or {}), name: value}, headers=b.headers
+                )
                 if filtered.status_code == 200:
-                    leaked = [n for n, value in ids.items() if value in filtered.text]
+                    leaked = [n for n, v in seen_of_a.items() if v in filtered.text]
                     assert not leaked, f"{template}?{name}= shows org A's {leaked} to org B"
         else:
             expected = B_ON_COLLECTION.get((method, template), 201)
             assert as_b.status_code == expected, f"{method} {template} as org B: {as_b.text}"
+            # (A refusal may name the id org B sent; what org B made must not name org A's.)
+            if as_b.is_success:
+                leaked = [name for name, value in seen_of_a.items() if value in as_b.text]
+                assert not leaked, f"{method} {template} answers org B with org A's {leaked}"
+            for refused_body, status in b_refused(ids).get((method, template), []):
+                refused = await send(client, method, path, refused_body, b.headers)
+                assert refused.status_code == status, f"{method} {template}: {refused.text}"
         assert await org_a_state(client, a, ids) == before, f"{method} {template} by org B"
         checked.add((method, template))
 
-    assert checked == {r for r in routes if r[1] not in SPECIAL}
+    assert checked == {
+        r for r in routes if r[1] not in SPECIAL and not r[1].startswith(DASHBOARD_PREFIX)
+    }
 
 
 @pytest.mark.anyio

@@ -16,6 +16,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,9 @@ from litestar.routes import ASGIRoute, HTTPRoute
 from litestar.testing import AsyncTestClient
 
 from backend.control.state import record_devices_seen
+from backend.dashboard.policy_form import form_values
+from backend.dashboard.session import COOKIE_NAME
+from protocol.agent import PolicyBody
 from protocol.control import (
     AgentSeen,
     AgentsSeen,
@@ -496,6 +500,173 @@ async def test_every_route_refuses_other_organisations(
     assert checked == {
         r for r in routes if r[1] not in SPECIAL and not r[1].startswith(DASHBOARD_PREFIX)
     }
+
+
+# ---- the dashboard: HTML pages behind a session cookie ---------------------------------------
+
+
+# Served to anyone (the sign-in form, the stylesheet and htmx): none of an organisation's data.
+DASHBOARD_PUBLIC = {"/dashboard/sign-in", "/dashboard/static/{file_path:path}"}
+SIGN_OUT = "/dashboard/sign-out"
+# Pages that may show nothing of org A (they list only what needs attention).
+QUIET_PAGES: set[str] = set()
+
+
+def dashboard_forms(a: dict[str, str]) -> dict[tuple[str, str], dict[str, str]]:
+    """The form of every dashboard POST, aimed at org A's resources (the CSRF secret is added
+    per session)."""
+    policy_form = form_values("a", PolicyBody())
+    return {
+        ("POST", SIGN_OUT): {},
+        ("POST", "/dashboard/fleet/{gateway_id:uuid}/commands"): {"type": "ping"},
+        ("POST", "/dashboard/doors/{device_id:uuid}/commands"): {"type": "open_door"},
+        ("POST", "/dashboard/policies/{policy_id:uuid}"): {**policy_form, "revision": "1"},
+        ("POST", "/dashboard/policies/{policy_id:uuid}/rollback/{revision:int}"): {},
+    }
+
+
+@dataclass
+class Session:
+    cookie: str
+    csrf: str
+
+
+async def dashboard_session(client: AsyncTestClient[Litestar], org: Org) -> Session:
+    """Sign in with the organisation's admin token, as the browser does."""
+    client.cookies.clear()
+    signed_in = await client.post(
+        "/dashboard/sign-in", data={"token": org.token}, follow_redirects=False
+    )
+    assert signed_in.status_code == 303, signed_in.text
+    cookie = signed_in.cookies[COOKIE_NAME]
+    client.cookies.clear()
+    landing = await as_session(client, "GET", "/dashboard/", Session(cookie, ""))
+    assert landing.status_code == 200, landing.text
+    match = re.search(r'name="csrf_token" value="([^"]+)"', landing.text)
+    assert match, "the page carries the session's CSRF secret"
+    return Session(cookie, match.group(1))
+
+
+async def as_session(
+    client: AsyncTestClient[Litestar],
+    method: str,
+    path: str,
+    session: Session | None,
+    form: dict[str, str] | None = None,
+) -> httpx.Response:
+    """One request with exactly this session's cookie (the client's jar stays empty)."""
+    client.cookies.clear()
+    headers = {"Cookie": f"{COOKIE_NAME}={session.cookie}"} if session else {}
+    data = None
+    if form is not None:
+        data = {**form, "csrf_token": session.csrf} if session else form
+    response = await client.request(
+        method, path, headers=headers, data=data, follow_redirects=False
+    )
+    client.cookies.clear()
+    return response
+
+
+def dashboard_paths(template: str, ids: dict[str, str]) -> list[str]:
+    """The template filled with org A's ids; a command is followed as a gateway's and as a
+    terminal's."""
+    if "{kind:str}" not in template:
+        return [fill(template, {**ids, "revision": "1"})]
+    return [
+        fill(template, {**ids, "kind": "gateway", "owner_id": ids["gateway_id"]}),
+        fill(
+            template,
+            {
+                **ids,
+                "kind": "device",
+                "owner_id": ids["device_id"],
+                "command_id": ids["device_command_id"],
+            },
+        ),
+    ]
+
+
+@pytest.mark.anyio
+async def test_every_dashboard_page_refuses_other_organisations(
+    client: AsyncTestClient[Litestar], new_org: Any, migrated_url: str
+) -> None:
+    """The dashboard's own walk of `app.routes`: signed out, a page sends the browser to sign
+    in; org B's session gets 404 on org A's resources and pages without org A's data; org A's
+    session is the positive control; org A's state is unchanged by org B's attempts."""
+    a, b = await new_org("a"), await new_org("b")
+    routes = [r for r in http_routes(client.app) if r[1].startswith(DASHBOARD_PREFIX)]
+    assert len(routes) >= 15, routes
+    history = await org_a_history(client, a, migrated_url)
+    session_a, session_b = await dashboard_session(client, a), await dashboard_session(client, b)
+    seen_of_a: dict[str, str] = {}
+    checked = set()
+
+    for method, template in routes:
+        ids = {**history, **await org_a_resources(client, a)}
+        seen_of_a.update({f"{name}#{value}": value for name, value in marks(ids).items()})
+        if template in DASHBOARD_PUBLIC:
+            path = fill(template, {"file_path": "dashboard.css"})
+            form = {"token": "tda_" + "A" * 32} if method == "POST" else None
+            response = await as_session(client, method, path, None, form)
+            # A token that is none: the form again, no session.
+            assert response.status_code == (401 if form else 200), f"{method} {template}"
+            assert COOKIE_NAME not in response.headers.get("set-cookie", "")
+            leaked = [name for name, value in seen_of_a.items() if value in response.text]
+            assert not leaked, f"{method} {template} shows org A's {leaked} to anyone"
+            checked.add((method, template))
+            continue
+
+        form = None
+        if method == "POST":
+            forms = dashboard_forms(ids)
+            assert (method, template) in forms, f"add a form for {method} {template}"
+            form = forms[(method, template)]
+        for path in dashboard_paths(template, ids):
+            anonymous = await as_session(client, method, path, None, form)
+            assert anonymous.status_code == 303, f"{method} {path} signed out: {anonymous.text}"
+            assert anonymous.headers["location"] == "/dashboard/sign-in"
+            fragment = await client.request(
+                method, path, data=form, headers={"HX-Request": "true"}, follow_redirects=False
+            )
+            assert fragment.status_code == 401, f"{method} {path} signed out, from HTMX"
+            assert fragment.headers["hx-redirect"] == "/dashboard/sign-in"
+
+            if template == SIGN_OUT:
+                # Org B signing out ends only its own session.
+                as_b = await as_session(client, method, path, session_b, form)
+                assert as_b.status_code == 303 and as_b.headers["location"].endswith("/sign-in")
+                still = await as_session(client, "GET", "/dashboard/fleet", session_a)
+                assert still.status_code == 200 and ids["gateway_id"] in still.text
+                as_a = await as_session(client, method, path, session_a, form)
+                assert as_a.status_code == 303, f"positive control {method} {path}"
+                continue
+
+            before = await org_a_state(client, a, ids)
+            if method == "POST":
+                # Org B first: org A's positive control changes what it would aim at.
+                as_b = await as_session(client, method, path, session_b, form)
+                assert as_b.status_code == 404, f"{method} {path} as org B: {as_b.text[:300]}"
+                assert await org_a_state(client, a, ids) == before, f"{method} {path} by org B"
+                as_a = await as_session(client, method, path, session_a, form)
+                assert as_a.status_code in (200, 303), f"positive control {method} {path}"
+                assert "sign-in" not in as_a.headers.get("location", "")
+                continue
+
+            as_a = await as_session(client, method, path, session_a)
+            assert as_a.status_code == 200, f"positive control {method} {path}: {as_a.text[:300]}"
+            as_b = await as_session(client, method, path, session_b)
+            if "{" in template:
+                assert as_b.status_code == 404, f"{method} {path} as org B: {as_b.text[:300]}"
+            else:
+                assert as_b.status_code == 200, f"{method} {path} as org B: {as_b.text[:300]}"
+                leaked = [name for name, value in seen_of_a.items() if value in as_b.text]
+                assert not leaked, f"{method} {path} shows org A's {leaked} to org B"
+                shown = [name for name, value in seen_of_a.items() if value in as_a.text]
+                assert shown or template in QUIET_PAGES, f"{path}: none of org A's data"
+            assert await org_a_state(client, a, ids) == before, f"{method} {path} by org B"
+        checked.add((method, template))
+
+    assert checked == set(routes)
 
 
 @pytest.mark.anyio

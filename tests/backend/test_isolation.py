@@ -4,7 +4,10 @@ The matrix walks the app's own route list (`app.routes`, every path, not only /v
 route fails here until it is classified below, so no route can ship unchecked. Every refusal
 has a positive control on the same path: org A's own call succeeds (so a 404 for org B means
 "not yours", not "no such route"), and org A's state is compared before and after org B's
-attempt. The control WebSocket is checked against a real `td-backend serve` further down.
+attempt. Org A also has history only reads show (attendance, PC activity, a flag, a refused
+terminal): each collection read must show org A's data to org A and none of it to org B. The
+dashboard's pages get the same walk with session cookies; the control WebSocket is checked
+against a real `td-backend serve` further down.
 """
 
 from __future__ import annotations

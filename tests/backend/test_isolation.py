@@ -146,7 +146,11 @@ B_ON_COLLECTION = {
 }
 # Reads over a date range need one; org A's attendance lies in it.
 TODAY = dt.datetime.now(dt.UTC).date()
-PERIOD = {"from": (TODAY - dt.timedelta(days=2)).isoformat(), "to": TODAY.isoformat()}
+PERIOD = {
+    "from": (TODAY - dt.timedelta(days=2)).isoformat(),
+    # A day ahead: the test may run across midnight after this module was imported.
+    "to": (TODAY + dt.timedelta(days=1)).isoformat(),
+}
 QUERY = {
     "/v2/attendance": PERIOD,
     "/v2/attendance.csv": PERIOD,

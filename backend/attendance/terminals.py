@@ -40,10 +40,14 @@ class TerminalList(msgspec.Struct):
 
 
 async def push_user(services: Services, org_id: uuid.UUID, employee: EmployeeOut) -> None:
-    """Queue add_user (active) or delete_user (left) for every enabled terminal of the org."""
+    """Queue add_user (active) or delete_user (left) for every enabled terminal of the org
+    behind an enabled gateway (a disabled gateway takes no commands: queuing one would fail
+    the employee change that was already saved)."""
     async with services.connection() as conn:
         devices = await conn.fetch(
-            "SELECT id, gateway_id FROM devices WHERE org_id = $1 AND enabled ORDER BY id",
+            "SELECT d.id, d.gateway_id FROM devices d"
+            " JOIN gateway_instances g ON g.id = d.gateway_id AND g.disabled_at IS NULL"
+            " WHERE d.org_id = $1 AND d.enabled ORDER BY d.id",
             org_id,
         )
     if employee.status == "active":

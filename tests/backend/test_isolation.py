@@ -4,7 +4,10 @@ The matrix walks the app's own route list (`app.routes`, every path, not only /v
 route fails here until it is classified below, so no route can ship unchecked. Every refusal
 has a positive control on the same path: org A's own call succeeds (so a 404 for org B means
 "not yours", not "no such route"), and org A's state is compared before and after org B's
-attempt. The control WebSocket is checked against a real `td-backend serve` further down.
+attempt. Org A also has history only reads show (attendance, PC activity, a flag, a refused
+terminal): each collection read must show org A's data to org A and none of it to org B. The
+dashboard's pages get the same walk with session cookies; the control WebSocket is checked
+against a real `td-backend serve` further down.
 """
 
 from __future__ import annotations
@@ -13,11 +16,14 @@ import asyncio
 import datetime as dt
 import json
 import re
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import asyncpg
 import httpx
 import pytest
@@ -26,13 +32,19 @@ from litestar import Litestar
 from litestar.routes import ASGIRoute, HTTPRoute
 from litestar.testing import AsyncTestClient
 
+from backend.control.state import record_devices_seen
+from backend.dashboard.policy_form import form_values
+from backend.dashboard.session import COOKIE_NAME
+from protocol.agent import PolicyBody
 from protocol.control import (
     AgentSeen,
     AgentsSeen,
     CommandResult,
     CommandStatus,
+    DevicesSeen,
     DeviceState,
     PolicyAck,
+    SeenDevice,
 )
 from tests.backend.conftest import Org, batch, create_gateway, log
 from tests.backend.fake_gateway import connected_gateway, now
@@ -46,10 +58,14 @@ PUBLIC = {"/health", "/ready"}
 SCHEMA_PREFIX = "/schema"
 # Checked by their own tests below (gateway-authenticated or token-gated).
 SPECIAL = {INGEST_PATH, CONTROL_PATH, "/metrics"}
+# HTML pages behind a session cookie: their own matrix, test_every_dashboard_page_...
+DASHBOARD_PREFIX = "/dashboard"
+WAIT_S = 20.0
 
 
 def bodies(a: dict[str, str]) -> dict[tuple[str, str], Any]:
     """A body for every write route, aimed at org A's resources where it can be."""
+    fresh = uuid.uuid4().hex[:12]
     device = {
         "gateway_id": a["gateway_id"],
         "vendor": "hikvision",
@@ -79,11 +95,68 @@ def bodies(a: dict[str, str]) -> dict[tuple[str, str], Any]:
         ("POST", "/v2/devices/{device_id:uuid}/commands"): {"type": "open_door"},
         ("POST", "/v2/devices/{device_id:uuid}/commands/{command_id:uuid}/cancel"): None,
         ("POST", "/v2/admin-tokens"): {"name": "b-token"},
+        # The same employee_no in both organisations: each has its own.
+        ("POST", "/v2/employees"): {"employee_no": fresh, "name": "new hire"},
+        ("PATCH", "/v2/employees/{employee_id:uuid}"): {"name": "hijacked", "department": "x"},
+        # Org A updates its own employee by number.
+        ("POST", "/v2/employees/import"): csv_body(a["employee_no"], "renamed by import"),
+        ("POST", "/v2/shifts"): {"name": "b-shift", "start": "09:00", "end": "17:00"},
+        ("PATCH", "/v2/shifts/{shift_id:uuid}"): {"name": "hijacked", "start": "01:00"},
+        # Org A's own setting, unchanged in value: its recorded days stay as they are.
+        ("PATCH", "/v2/organization"): {"time_zone": "UTC"},
     }
 
 
+def csv_body(employee_no: str, name: str) -> bytes:
+    return f"employee_no,name\n{employee_no},{name}\n".encode()
+
+
+def b_bodies(a: dict[str, str]) -> dict[tuple[str, str], Any]:
+    """Where org B's write must differ from org A's positive control to be seen landing in
+    org A: org A's employee_no renamed, another time zone."""
+    return {
+        ("POST", "/v2/employees/import"): csv_body(a["employee_no"], "renamed by org b"),
+        ("PATCH", "/v2/organization"): {"time_zone": "Pacific/Auckland"},
+    }
+
+
+def b_refused(a: dict[str, str]) -> dict[tuple[str, str], list[tuple[Any, int]]]:
+    """Org B's writes on its own collection that name one of org A's resources: refused."""
+    return {
+        ("PATCH", "/v2/organization"): [({"default_shift_id": a["shift_id"]}, 404)],
+        ("POST", "/v2/employees"): [
+            ({"employee_no": uuid.uuid4().hex[:12], "name": "b", "shift_id": a["shift_id"]}, 400)
+        ],
+    }
+
+
+def request_body(body: Any) -> dict[str, Any]:
+    if body is None:
+        return {}
+    if isinstance(body, bytes):
+        return {"content": body}
+    return {"json": body}
+
+
 # What org B may do on a collection route (no id in the path): its own things.
-B_ON_COLLECTION = {("POST", "/v2/devices"): 400}
+B_ON_COLLECTION = {
+    ("POST", "/v2/devices"): 400,
+    ("POST", "/v2/employees/import"): 200,
+    ("PATCH", "/v2/organization"): 200,
+}
+# Reads over a date range need one; org A's attendance lies in it.
+TODAY = dt.datetime.now(dt.UTC).date()
+PERIOD = {
+    "from": (TODAY - dt.timedelta(days=2)).isoformat(),
+    # A day ahead: the test may run across midnight after this module was imported.
+    "to": (TODAY + dt.timedelta(days=1)).isoformat(),
+}
+QUERY = {
+    "/v2/attendance": PERIOD,
+    "/v2/attendance.csv": PERIOD,
+    "/v2/activity": PERIOD,
+    "/v2/attendance/flags": PERIOD,
+}
 
 
 def http_routes(app: Litestar) -> list[tuple[str, str]]:
@@ -135,12 +208,32 @@ async def org_a_resources(client: AsyncTestClient[Litestar], a: Org) -> dict[str
     assert device.status_code == 201
     token = await client.post("/v2/admin-tokens", json={"name": "a-2"}, headers=a.headers)
     assert token.status_code == 201
+    shift = await client.post(
+        "/v2/shifts", json={"name": "a-shift", "start": "08:00", "end": "16:00"}, headers=a.headers
+    )
+    assert shift.status_code == 201, shift.text
+    mark = uuid.uuid4().hex[:12]
+    employee = await client.post(
+        "/v2/employees",
+        json={
+            "employee_no": f"a{mark}",
+            "name": f"a-person-{mark}",
+            "shift_id": shift.json()["id"],
+        },
+        headers=a.headers,
+    )
+    assert employee.status_code == 201, employee.text
     ids = {
         "gateway_id": gateway["id"],
         "agent_id": agent["id"],
         "policy_id": policy.json()["id"],
         "device_id": device.json()["id"],
         "token_id": token.json()["id"],
+        "shift_id": shift.json()["id"],
+        "employee_id": employee.json()["id"],
+        "employee_name": employee.json()["name"],
+        # Not a mark of org A: org B may have an employee with the same number.
+        "employee_no": employee.json()["employee_no"],
     }
     command = await client.post(
         f"/v2/gateways/{gateway['id']}/commands", json={"type": "ping"}, headers=a.headers
@@ -155,6 +248,110 @@ async def org_a_resources(client: AsyncTestClient[Litestar], a: Org) -> dict[str
     return ids
 
 
+def marks(ids: dict[str, str]) -> dict[str, str]:
+    """What no answer to org B may contain: org A's ids and names."""
+    return {name: value for name, value in ids.items() if name != "employee_no"}
+
+
+async def eventually(
+    client: AsyncTestClient[Litestar],
+    a: Org,
+    path: str,
+    shown: Callable[[Any], bool],
+    **params: str,
+) -> None:
+    """Poll org A's `path` (over PERIOD) until `shown` holds for its items: the attendance
+    engine is asynchronous."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        response = await client.get(path, params={**PERIOD, **params}, headers=a.headers)
+        assert response.status_code == 200, f"{path}: {response.text}"
+        if shown(response.json()["items"]):
+            return
+        assert time.monotonic() < deadline, f"{path}: not there yet: {response.text[:300]}"
+        await anyio.sleep(0.05)
+
+
+async def org_a_history(
+    client: AsyncTestClient[Litestar], a: Org, database_url: str
+) -> dict[str, str]:
+    """Org A's data that only reads show, made once: a punch and PC activity of one employee,
+    PC activity without a punch of another (a reconciliation flag), a terminal its gateway
+    refused. The matrix requires each to show to org A and never to org B."""
+    gateway = await create_gateway(client, a)
+    mark = uuid.uuid4().hex[:12]
+    people = {}
+    for role in ("punched", "unpunched"):
+        created = await client.post(
+            "/v2/employees",
+            json={
+                "employee_no": f"{role[0]}{mark}",
+                "name": f"a-{role}-{mark}",
+                "agent_uids": [f"pc-{role}-{mark}"],
+            },
+            headers=a.headers,
+        )
+        assert created.status_code == 201, created.text
+        people[role] = created.json()
+    worked = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    groups = {
+        "device:door-1": [
+            log(
+                "device_event",
+                ts=worked - dt.timedelta(minutes=30),
+                device_id="door-1",
+                serial_no=1,
+                major=5,
+                minor=1,
+                employee_no=people["punched"]["employee_no"],
+            )
+        ],
+        **{
+            f"pc-{role}-{mark}": [
+                log("active_window", ts=worked, app=f"a-app-{mark}", duration_ms=600_000)
+            ]
+            for role in people
+        },
+    }
+    ingest = await client.post(
+        INGEST_PATH, json=batch(groups), headers={"X-API-Key": gateway["api_key"]}
+    )
+    assert ingest.status_code == 200, ingest.text
+    seen = SeenDevice(
+        vendor="zkteco", serial=f"a-serial-{mark}", first_seen_at=worked, last_seen_at=worked
+    )
+    conn = await asyncpg.connect(database_url)
+    try:
+        await record_devices_seen(
+            conn, uuid.UUID(gateway["id"]), uuid.UUID(a.id), DevicesSeen(devices=[seen])
+        )
+    finally:
+        await conn.close()
+    history = {
+        "org_id": a.id,
+        "punched_id": people["punched"]["id"],
+        "punched_name": people["punched"]["name"],
+        "unpunched_id": people["unpunched"]["id"],
+        "unpunched_name": people["unpunched"]["name"],
+        "app": f"a-app-{mark}",
+        "seen_serial": seen.serial,
+    }
+    await eventually(
+        client,
+        a,
+        "/v2/attendance",
+        lambda items: any(row["punches"] and row["active_s"] > 0 for row in items),
+        employee_id=history["punched_id"],
+    )
+    await eventually(
+        client,
+        a,
+        "/v2/attendance/flags",
+        lambda items: [row["employee_id"] for row in items] == [history["unpunched_id"]],
+    )
+    return history
+
+
 async def org_a_state(client: AsyncTestClient[Litestar], a: Org, ids: dict[str, str]) -> Any:
     """Everything of org A's that a route could change, as org A sees it."""
     paths = [
@@ -164,6 +361,12 @@ async def org_a_state(client: AsyncTestClient[Litestar], a: Org, ids: dict[str, 
         f"/v2/devices/{ids['device_id']}/commands",
         f"/v2/policies/{ids['policy_id']}",
         f"/v2/agents/{ids['agent_id']}",
+        f"/v2/employees/{ids['employee_id']}",
+        f"/v2/shifts/{ids['shift_id']}",
+        "/v2/organization",
+        "/v2/employees",
+        "/v2/shifts",
+        "/v2/devices/seen",
         "/v2/admin-tokens",
         "/v2/gateways",
         "/v2/devices",
@@ -184,83 +387,293 @@ async def metrics_client(make_app: Any) -> AsyncIterator[AsyncTestClient[Litesta
         yield test_client
 
 
+async def send(
+    client: AsyncTestClient[Litestar],
+    method: str,
+    path: str,
+    body: Any,
+    headers: dict[str, str] | None = None,
+    params: dict[str, str] | None = None,
+) -> httpx.Response:
+    """One request; a bytes body is the CSV of an import."""
+    headers = dict(headers or {})
+    kwargs: dict[str, Any] = {}
+    if isinstance(body, bytes):
+        kwargs["content"] = body
+        headers["Content-Type"] = "text/csv"
+    elif body is not None:
+        kwargs["json"] = body
+    return await client.request(method, path, headers=headers, params=params, **kwargs)
+
+
 @pytest.mark.anyio
 async def test_every_route_refuses_other_organisations(
-    metrics_client: AsyncTestClient[Litestar], new_org: Any
+    metrics_client: AsyncTestClient[Litestar], new_org: Any, migrated_url: str
 ) -> None:
     client = metrics_client
     a, b = await new_org("a"), await new_org("b")
     routes = http_routes(client.app)
     assert len(routes) >= 30, routes
     checked = set()
+    history = await org_a_history(client, a, migrated_url)
+    # Every id and name org A ever had in this test: none may show to org B.
+    seen_of_a: dict[str, str] = {}
 
     for method, template in routes:
-        if template in SPECIAL:
+        if template in SPECIAL or template.startswith(DASHBOARD_PREFIX):
             continue
+        ids = {**history, **await org_a_resources(client, a)}
+        seen_of_a.update({f"{name}#{value}": value for name, value in marks(ids).items()})
         if template in PUBLIC or template.startswith(SCHEMA_PREFIX):
-            ids = await org_a_resources(client, a)
             path = template.replace("{path:str}", "openapi.json")
             response = await client.request(method, path)
             assert response.status_code == 200, f"{method} {template}: {response.text[:200]}"
-            leaked = [name for name, value in ids.items() if value in response.text]
+            leaked = [name for name, value in seen_of_a.items() if value in response.text]
             assert not leaked, f"{method} {template} shows org A's {leaked} to anyone"
             checked.add((method, template))
             continue
 
-        ids = await org_a_resources(client, a)
         route_ids = dict(ids)
         if "/devices/" in template and "command_id" in template:
             route_ids["command_id"] = ids["device_command_id"]
         path = fill(template, route_ids)
-        write_bodies = bodies(ids)
-        kwargs: dict[str, Any] = {}
+        params = QUERY.get(template)
+        body = None
         if method in {"POST", "PUT", "PATCH"}:
+            write_bodies = bodies(ids)
             assert (method, template) in write_bodies, f"add a body for {method} {template}"
-            if write_bodies[(method, template)] is not None:
-                kwargs["json"] = write_bodies[(method, template)]
+            body = write_bodies[(method, template)]
+        b_body = b_bodies(ids).get((method, template), body)
 
-        anonymous = await client.request(method, path, **kwargs)
+        anonymous = await send(client, method, path, body, params=params)
         assert anonymous.status_code == 401, f"{method} {template} without a token"
         # The metrics token is not an admin token.
-        with_metrics_token = await client.request(
-            method, path, headers={"Authorization": f"Bearer {METRICS_TOKEN}"}, **kwargs
+        with_metrics_token = await send(
+            client, method, path, body, {"Authorization": f"Bearer {METRICS_TOKEN}"}, params
         )
         assert with_metrics_token.status_code == 401, f"{method} {template}, metrics token"
 
         if method == "DELETE":
             # Org B first: after org A's own delete, a refusal would prove nothing.
             before = await org_a_state(client, a, ids)
-            as_b = await client.request(method, path, headers=b.headers, **kwargs)
+            as_b = await send(client, method, path, b_body, b.headers, params)
             assert (as_b.status_code, as_b.json()["error"]) == (404, "not_found"), as_b.text
             assert await org_a_state(client, a, ids) == before, f"{method} {template} by B"
-            as_a = await client.request(method, path, headers=a.headers, **kwargs)
+            as_a = await send(client, method, path, body, a.headers, params)
             assert as_a.is_success, f"positive control {method} {template}: {as_a.text}"
             checked.add((method, template))
             continue
 
-        as_a = await client.request(method, path, headers=a.headers, **kwargs)
+        as_a = await send(client, method, path, body, a.headers, params)
         assert as_a.is_success, f"positive control {method} {template}: {as_a.text}"
+        if method == "GET" and "{" not in template:
+            # Org A sees its own data here, so the leak check below can fail.
+            shown = [name for name, value in seen_of_a.items() if value in as_a.text]
+            assert shown, f"positive control {method} {template}: none of org A's data"
         before = await org_a_state(client, a, ids)
-        as_b = await client.request(method, path, headers=b.headers, **kwargs)
+        as_b = await send(client, method, path, b_body, b.headers, params)
         if "{" in template:
             assert as_b.status_code == 404, f"{method} {template} as org B: {as_b.text}"
             assert as_b.json()["error"] == "not_found"
         elif method == "GET":
             assert as_b.status_code == 200, f"{method} {template}: {as_b.text}"
-            leaked = [name for name, value in ids.items() if value in as_b.text]
+            leaked = [name for name, value in seen_of_a.items() if value in as_b.text]
             assert not leaked, f"{method} {template} shows org A's {leaked} to org B"
-            for name in ("gateway_id", "agent_id"):
-                filtered = await client.get(template, params={name: ids[name]}, headers=b.headers)
+            filters = {
+                "gateway_id": ids["gateway_id"],
+                "agent_id": ids["agent_id"],
+                "employee_id": ids["punched_id"],
+            }
+            for name, value in filters.items():
+                filtered = await client.get(
+                    template, params={**(params or {}), name: value}, headers=b.headers
+                )
                 if filtered.status_code == 200:
-                    leaked = [n for n, value in ids.items() if value in filtered.text]
+                    leaked = [n for n, v in seen_of_a.items() if v in filtered.text]
                     assert not leaked, f"{template}?{name}= shows org A's {leaked} to org B"
         else:
             expected = B_ON_COLLECTION.get((method, template), 201)
             assert as_b.status_code == expected, f"{method} {template} as org B: {as_b.text}"
+            # (A refusal may name the id org B sent; what org B made must not name org A's.)
+            if as_b.is_success:
+                leaked = [name for name, value in seen_of_a.items() if value in as_b.text]
+                assert not leaked, f"{method} {template} answers org B with org A's {leaked}"
+            for refused_body, status in b_refused(ids).get((method, template), []):
+                refused = await send(client, method, path, refused_body, b.headers)
+                assert refused.status_code == status, f"{method} {template}: {refused.text}"
         assert await org_a_state(client, a, ids) == before, f"{method} {template} by org B"
         checked.add((method, template))
 
-    assert checked == {r for r in routes if r[1] not in SPECIAL}
+    assert checked == {
+        r for r in routes if r[1] not in SPECIAL and not r[1].startswith(DASHBOARD_PREFIX)
+    }
+
+
+# ---- the dashboard: HTML pages behind a session cookie ---------------------------------------
+
+
+# Served to anyone (the sign-in form, the stylesheet and htmx): none of an organisation's data.
+DASHBOARD_PUBLIC = {"/dashboard/sign-in", "/dashboard/static/{file_path:path}"}
+SIGN_OUT = "/dashboard/sign-out"
+# Pages that may show nothing of org A (they list only what needs attention).
+QUIET_PAGES: set[str] = set()
+
+
+def dashboard_forms(a: dict[str, str]) -> dict[tuple[str, str], dict[str, str]]:
+    """The form of every dashboard POST, aimed at org A's resources (the CSRF secret is added
+    per session)."""
+    policy_form = form_values("a", PolicyBody())
+    return {
+        ("POST", SIGN_OUT): {},
+        ("POST", "/dashboard/fleet/{gateway_id:uuid}/commands"): {"type": "ping"},
+        ("POST", "/dashboard/doors/{device_id:uuid}/commands"): {"type": "open_door"},
+        ("POST", "/dashboard/policies/{policy_id:uuid}"): {**policy_form, "revision": "1"},
+        ("POST", "/dashboard/policies/{policy_id:uuid}/rollback/{revision:int}"): {},
+    }
+
+
+@dataclass
+class Session:
+    cookie: str
+    csrf: str
+
+
+async def dashboard_session(client: AsyncTestClient[Litestar], org: Org) -> Session:
+    """Sign in with the organisation's admin token, as the browser does."""
+    client.cookies.clear()
+    signed_in = await client.post(
+        "/dashboard/sign-in", data={"token": org.token}, follow_redirects=False
+    )
+    assert signed_in.status_code == 303, signed_in.text
+    cookie = signed_in.cookies[COOKIE_NAME]
+    client.cookies.clear()
+    landing = await as_session(client, "GET", "/dashboard/", Session(cookie, ""))
+    assert landing.status_code == 200, landing.text
+    match = re.search(r'name="csrf_token" value="([^"]+)"', landing.text)
+    assert match, "the page carries the session's CSRF secret"
+    return Session(cookie, match.group(1))
+
+
+async def as_session(
+    client: AsyncTestClient[Litestar],
+    method: str,
+    path: str,
+    session: Session | None,
+    form: dict[str, str] | None = None,
+) -> httpx.Response:
+    """One request with exactly this session's cookie (the client's jar stays empty)."""
+    client.cookies.clear()
+    headers = {"Cookie": f"{COOKIE_NAME}={session.cookie}"} if session else {}
+    data = None
+    if form is not None:
+        data = {**form, "csrf_token": session.csrf} if session else form
+    response = await client.request(
+        method, path, headers=headers, data=data, follow_redirects=False
+    )
+    client.cookies.clear()
+    return response
+
+
+def dashboard_paths(template: str, ids: dict[str, str]) -> list[str]:
+    """The template filled with org A's ids; a command is followed as a gateway's and as a
+    terminal's."""
+    if "{kind:str}" not in template:
+        return [fill(template, {**ids, "revision": "1"})]
+    return [
+        fill(template, {**ids, "kind": "gateway", "owner_id": ids["gateway_id"]}),
+        fill(
+            template,
+            {
+                **ids,
+                "kind": "device",
+                "owner_id": ids["device_id"],
+                "command_id": ids["device_command_id"],
+            },
+        ),
+    ]
+
+
+@pytest.mark.anyio
+async def test_every_dashboard_page_refuses_other_organisations(
+    client: AsyncTestClient[Litestar], new_org: Any, migrated_url: str
+) -> None:
+    """The dashboard's own walk of `app.routes`: signed out, a page sends the browser to sign
+    in; org B's session gets 404 on org A's resources and pages without org A's data; org A's
+    session is the positive control; org A's state is unchanged by org B's attempts."""
+    a, b = await new_org("a"), await new_org("b")
+    routes = [r for r in http_routes(client.app) if r[1].startswith(DASHBOARD_PREFIX)]
+    assert len(routes) >= 15, routes
+    history = await org_a_history(client, a, migrated_url)
+    session_a, session_b = await dashboard_session(client, a), await dashboard_session(client, b)
+    seen_of_a: dict[str, str] = {}
+    checked = set()
+
+    for method, template in routes:
+        ids = {**history, **await org_a_resources(client, a)}
+        seen_of_a.update({f"{name}#{value}": value for name, value in marks(ids).items()})
+        if template in DASHBOARD_PUBLIC:
+            path = fill(template, {"file_path": "dashboard.css"})
+            form = {"token": "tda_" + "A" * 32} if method == "POST" else None
+            response = await as_session(client, method, path, None, form)
+            # A token that is none: the form again, no session.
+            assert response.status_code == (401 if form else 200), f"{method} {template}"
+            assert COOKIE_NAME not in response.headers.get("set-cookie", "")
+            leaked = [name for name, value in seen_of_a.items() if value in response.text]
+            assert not leaked, f"{method} {template} shows org A's {leaked} to anyone"
+            checked.add((method, template))
+            continue
+
+        form = None
+        if method == "POST":
+            forms = dashboard_forms(ids)
+            assert (method, template) in forms, f"add a form for {method} {template}"
+            form = forms[(method, template)]
+        for path in dashboard_paths(template, ids):
+            anonymous = await as_session(client, method, path, None, form)
+            assert anonymous.status_code == 303, f"{method} {path} signed out: {anonymous.text}"
+            assert anonymous.headers["location"] == "/dashboard/sign-in"
+            fragment = await client.request(
+                method, path, data=form, headers={"HX-Request": "true"}, follow_redirects=False
+            )
+            assert fragment.status_code == 401, f"{method} {path} signed out, from HTMX"
+            assert fragment.headers["hx-redirect"] == "/dashboard/sign-in"
+
+            if template == SIGN_OUT:
+                # Org B signing out ends only its own session.
+                as_b = await as_session(client, method, path, session_b, form)
+                assert as_b.status_code == 303 and as_b.headers["location"].endswith("/sign-in")
+                still = await as_session(client, "GET", "/dashboard/fleet", session_a)
+                assert still.status_code == 200 and ids["gateway_id"] in still.text
+                as_a = await as_session(client, method, path, session_a, form)
+                assert as_a.status_code == 303, f"positive control {method} {path}"
+                continue
+
+            before = await org_a_state(client, a, ids)
+            if method == "POST":
+                # Org B first: org A's positive control changes what it would aim at.
+                as_b = await as_session(client, method, path, session_b, form)
+                assert as_b.status_code == 404, f"{method} {path} as org B: {as_b.text[:300]}"
+                assert await org_a_state(client, a, ids) == before, f"{method} {path} by org B"
+                as_a = await as_session(client, method, path, session_a, form)
+                assert as_a.status_code in (200, 303), f"positive control {method} {path}"
+                assert "sign-in" not in as_a.headers.get("location", "")
+                continue
+
+            as_a = await as_session(client, method, path, session_a)
+            assert as_a.status_code == 200, f"positive control {method} {path}: {as_a.text[:300]}"
+            as_b = await as_session(client, method, path, session_b)
+            if "{" in template:
+                assert as_b.status_code == 404, f"{method} {path} as org B: {as_b.text[:300]}"
+            else:
+                assert as_b.status_code == 200, f"{method} {path} as org B: {as_b.text[:300]}"
+                leaked = [name for name, value in seen_of_a.items() if value in as_b.text]
+                assert not leaked, f"{method} {path} shows org A's {leaked} to org B"
+                shown = [name for name, value in seen_of_a.items() if value in as_a.text]
+                assert shown or template in QUIET_PAGES, f"{path}: none of org A's data"
+            assert await org_a_state(client, a, ids) == before, f"{method} {path} by org B"
+        checked.add((method, template))
+
+    assert checked == set(routes)
 
 
 @pytest.mark.anyio

@@ -10,10 +10,12 @@ DURATION ?= 60s
 # Seconds between an agent's posts; empty: each agent follows its policy's upload_interval_s.
 INTERVAL ?=
 PROCESSES ?= 0
+# Generated cases per API operation and per decoder/parser in `make fuzz`.
+FUZZ_EXAMPLES ?= 50
 
 LINTED := protocol gateway backend tests bench loadtests scripts
 
-.PHONY: run test lint typecheck pytest system-deps bench loadtest loadtest-headless clean
+.PHONY: run test lint typecheck pytest system-deps bench loadtest loadtest-headless fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +44,10 @@ test: lint typecheck pytest
 
 bench: $(STAMP)
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# Hostile input against real servers and every decoder; prints one JSON object.
+fuzz: $(STAMP)
+	@$(BIN)/python scripts/fuzz.py --examples $(FUZZ_EXAMPLES)
 
 loadtest: $(STAMP)
 	PYTHONPATH=. $(BIN)/locust -f loadtests/agents.py --host http://127.0.0.1:8080 --web-host 127.0.0.1 --web-port 8089

@@ -238,7 +238,9 @@ async def test_the_control_channel_survives_hostile_messages(
                     await trio.sleep(0.05)
         log = backend.log_path.read_text()
         assert "control session failed" not in log
-        assert log.count("bad control message") == 5
+        # The deep status, the huge integer and the deep result; NUL in a fault or a device's
+        # error text is replaced (protocol.bounds.captured_text), not a reason to drop it.
+        assert log.count("bad control message") == 3
 
 
 async def asyncio_free_fetch(database_url: str, sql: str, *args: Any) -> list[Any]:

@@ -1,8 +1,8 @@
 """What the gateway acknowledges, the backend stores: hypothesis generates agent posts (NUL in
-text, integers at and past 64 bits, timestamps around the window, long strings), the gateway's
-own rule (`protocol.storable.check_agent_logs` after the agent-body decoder) picks the ones a
-gateway would answer 202, and every accepted log is posted to a real `td-backend serve`, as
-the gateway forwards it, and must be stored."""
+text, long and non-ASCII strings, integers up to 2**63 - 1, timestamps across the window),
+the gateway's own rule (the agent-body decoder, then `protocol.storable.check_agent_logs`)
+decides what a gateway would answer 202 for, and every accepted log is posted to a real
+`td-backend serve` as the gateway forwards it, and must be stored."""
 
 from __future__ import annotations
 
@@ -29,16 +29,13 @@ from tests.support.backend import BackendProcess
 
 pytestmark = pytest.mark.slow
 
-# Mostly what an agent may send, at its edges, with some of what it may not.
+# What an agent may send, pushed to its edges: NUL, long and non-ASCII text, integers up to
+# 2**63 - 1, timestamps across the whole window. (Refusals are tested in test_hostile_input.)
 text = st.text(st.characters(exclude_categories=("Cs",)), max_size=200) | st.sampled_from(
-    ["\x00", "a\x00b", "\x00" * 256, "ü\x00漢", "x" * 257]
+    ["\x00", "a\x00b", "\x00" * 256, "ü\x00漢", "\u2028\ufffd"]
 )
-integers = st.integers(min_value=0, max_value=2**63 - 1) | st.sampled_from(
-    [2**63 - 1, 0, 2**63, 2**64, -1]
-)
+integers = st.integers(min_value=0, max_value=2**63 - 1)
 timestamps = st.integers(min_value=-30 * 86_400 + 120, max_value=86_400 - 120).map(
-    lambda s: (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=s)).isoformat()
-) | st.sampled_from([-40 * 86_400, 3 * 86_400]).map(
     lambda s: (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=s)).isoformat()
 )
 accepted_posts: list[int] = []

@@ -178,6 +178,8 @@ def test_the_backend_refuses_hostile_ingest_and_admin_input_with_400(
             assert_refused(rollback, 400, "revision")
             assert_refused(admin.get("/v2/agents", params={"hostname": "a\x00b"}), 400, "hostname")
             assert_refused(admin.get("/v2/agents?hostname=a%00b"), 400, "hostname")
+            assert_refused(admin.get("/v2/agents?hostname=%ff"), 400, "query: not UTF-8")
+            assert_refused(admin.get("/v2/logs", params={"kind": "x" * 5000}), 400, "kind")
             assert_refused(admin.post("/v2/gateways", json={"name": "gw\x00"}), 400, "name")
             assert_refused(
                 admin.post("/v2/policies", json={"name": "p", "body": {"blocked_apps": ["a\x00"]}}),

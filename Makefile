@@ -15,10 +15,12 @@ CHAOS_DURATION ?= 180
 CHAOS_AGENTS ?= 16
 CHAOS_FAULTS ?= 5
 SEED ?=
+# Generated cases per API operation and per decoder/parser in `make fuzz`.
+FUZZ_EXAMPLES ?= 50
 
 LINTED := protocol gateway backend devsim chaos tests bench loadtests scripts
 
-.PHONY: run test lint typecheck pytest system-deps bench loadtest loadtest-headless chaos clean
+.PHONY: run test lint typecheck pytest system-deps bench loadtest loadtest-headless chaos fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +49,10 @@ test: lint typecheck pytest
 
 bench: $(STAMP)
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+# Hostile input against real servers and every decoder; prints one JSON object.
+fuzz: $(STAMP)
+	@$(BIN)/python scripts/fuzz.py --examples $(FUZZ_EXAMPLES)
 
 loadtest: $(STAMP)
 	PYTHONPATH=. $(BIN)/locust -f loadtests/agents.py --host http://127.0.0.1:8080 --web-host 127.0.0.1 --web-port 8089

@@ -98,6 +98,10 @@ def handle_error(request: Request[Any, Any, Any], exc: Exception) -> Response[An
             return _error(400, "invalid_request", str(exc))
         case ValidationException():
             return _error(400, "invalid_request", _validation_detail(exc))
+        case RecursionError():
+            # Litestar decodes admin bodies with msgspec, whose recursion guard is the
+            # interpreter's limit: a body nested ~1,000 deep ends here.
+            return _error(400, "invalid_request", "body: nested too deeply")
         case asyncpg.exceptions.DataError() | asyncpg.exceptions.ProgramLimitExceededError():
             # A last net: every edge bounds its values (protocol.bounds), so reaching this is
             # a missed bound, logged as such; still the client's data, so never a 500.

@@ -10,15 +10,11 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 
 from backend.errors import Unavailable
+from protocol.storable import month_of
 
 _PARTITION_NAME = re.compile(r"^agent_logs_y(\d{4})m(\d{2})$")
 _CREATE_LOCK_ID = 0x7D_70_61_72
 _LOCK_TIMEOUT_MS = 5000
-
-
-def month_of(ts: dt.datetime) -> dt.date:
-    utc = ts.astimezone(dt.UTC)
-    return dt.date(utc.year, utc.month, 1)
 
 
 def next_month(month: dt.date) -> dt.date:

@@ -205,9 +205,7 @@ class AgentApi:
         body = await read_body(receive, headers, self._config.max_request_bytes)
         try:
             request = codec.logs_request.decode(body, headers.get("content-type"))
-            now = dt.datetime.now(dt.UTC)
-            months = storable.make_storable(request.logs, "$.logs", now, storable.AGENT_WINDOW)
-            storable.check_months(months, "$.logs", storable.AGENT_WINDOW)
+            storable.check_agent_logs(request.logs, dt.datetime.now(dt.UTC))
         except codec.ProtocolError as exc:
             detail = str(exc)
             if exc.path.endswith(".kind"):

@@ -47,6 +47,37 @@ def check_free_form(value: Any, path: str) -> None:
     _check(value, path, 0, budget)
 
 
+def captured_free_form(value: Any, path: str) -> Any:
+    """`value` (what a terminal or the OS reported, e.g. device info) with NUL in its text
+    replaced by U+FFFD; still FreeFormError past the depth, integer and size bounds."""
+    cleaned = _replace_nul(value)
+    check_free_form(cleaned, path)
+    return cleaned
+
+
+def captured_text(text: str | None, max_length: int = 4096) -> str | None:
+    """Reported text (an error a device gave, a fault) made storable: NUL becomes U+FFFD and
+    the text is cut at `max_length`, as refusing it would lose the report it belongs to."""
+    if text is None:
+        return None
+    return text.replace("\x00", REPLACEMENT)[:max_length]
+
+
+REPLACEMENT = "\ufffd"
+
+
+def _replace_nul(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", REPLACEMENT) if "\x00" in value else value
+    if depth > MAX_DEPTH:
+        return value  # check_free_form refuses it
+    if isinstance(value, dict):
+        return {_replace_nul(k): _replace_nul(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replace_nul(item, depth + 1) for item in value]
+    return value
+
+
 def _check(value: Any, path: str, depth: int, budget: list[int]) -> None:
     budget[0] -= 1
     if budget[0] < 0:

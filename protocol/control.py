@@ -15,13 +15,13 @@ from msgspec import Meta
 
 from protocol.agent import AgentUid, Hostname, PolicyBody, ShortText, UtcDatetime
 from protocol.bounds import (
-    NO_NUL,
     Count,
     FreeFormError,
     Measure,
     Name64,
     Revision,
-    Text4k,
+    captured_free_form,
+    captured_text,
     check_free_form,
 )
 
@@ -74,6 +74,17 @@ def _free_form(value: dict[str, Any] | None, field: str) -> None:
             raise ValueError(str(exc)) from None
 
 
+def _reported(value: dict[str, Any] | None, field: str) -> dict[str, Any] | None:
+    """A terminal's or the OS's report: NUL replaced, other bounds refused (as ValueError)."""
+    if value is None:
+        return None
+    try:
+        cleaned: dict[str, Any] = captured_free_form(value, field)
+    except FreeFormError as exc:
+        raise ValueError(str(exc)) from None
+    return cleaned
+
+
 class BufferFigures(msgspec.Struct, kw_only=True):
     queue_depth: Count = 0
     queue_bytes: Count = 0
@@ -114,7 +125,11 @@ class Status(msgspec.Struct, tag_field="type", tag="status", kw_only=True):
     upload_error_streak: Count = 0
     last_upload_at: UtcDatetime | None = None
     # A fault the operator should see (buffer near its cap, uploads failing); None when fine.
-    fault: Annotated[str, Meta(max_length=MAX_FAULT_CHARS, pattern=NO_NUL)] | None = None
+    # Refused past its bound (see MAX_FAULT_CHARS); a NUL quoted from elsewhere is replaced.
+    fault: Annotated[str, Meta(max_length=MAX_FAULT_CHARS)] | None = None
+
+    def __post_init__(self) -> None:
+        self.fault = captured_text(self.fault)
 
 
 class PolicyAck(msgspec.Struct, tag_field="type", tag="policy_ack", kw_only=True):
@@ -122,17 +137,23 @@ class PolicyAck(msgspec.Struct, tag_field="type", tag="policy_ack", kw_only=True
     revision: Revision
     checksum: Name64
     applied: bool
-    reason: Text4k | None = None
+    reason: str | None = None
+
+    def __post_init__(self) -> None:
+        self.reason = captured_text(self.reason)
 
 
 class CommandResult(msgspec.Struct, tag_field="type", tag="command_result", kw_only=True):
     command_id: uuid.UUID
     status: CommandStatus
     result: dict[str, Any] | None = None
-    error: Text4k | None = None
+    # Device errors quote what the terminal said: NUL replaced and cut, not refused (a
+    # refused result would leave the command SENT until it times out).
+    error: str | None = None
 
     def __post_init__(self) -> None:
-        _free_form(self.result, "result")
+        self.result = _reported(self.result, "result")
+        self.error = captured_text(self.error)
 
 
 AgentId = Annotated[str, Meta(max_length=64)]
@@ -176,10 +197,11 @@ class DeviceState(msgspec.Struct, tag_field="type", tag="device_state", kw_only=
     online: bool
     checked_at: UtcDatetime
     info: dict[str, Any] | None = None
-    error: Text4k | None = None
+    error: str | None = None
 
     def __post_init__(self) -> None:
-        _free_form(self.info, "info")
+        self.info = _reported(self.info, "info")
+        self.error = captured_text(self.error)
 
 
 GatewayMessage = Hello | Status | PolicyAck | CommandResult | AgentsSeen | DeviceState | DevicesSeen

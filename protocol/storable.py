@@ -117,3 +117,10 @@ def check_months(months: set[dt.date], path: str, window: LogWindow) -> None:
             f"the logs span {len(months)} months; post at most {window.max_months}"
             " months per request",
         )
+
+
+def check_agent_logs(logs: Sequence[Log], now: dt.datetime) -> None:
+    """The gateway's whole rule for the logs of `POST /v1/logs` (and of terminals): what
+    passes it, the backend stores (its window is wider, see `backend_window`)."""
+    months = make_storable(logs, "$.logs", now, AGENT_WINDOW)
+    check_months(months, "$.logs", AGENT_WINDOW)

@@ -28,7 +28,7 @@ log = get_logger("backend.ingest")
     status_code=200,
     tags=["ingest"],
     operation_class=IngestOperation,
-    responses=error_responses(400, 401, 413, 415, 429),
+    responses=error_responses(400, 401, 413, 415, 429, 503),
     # The body is read and decoded by hand: msgspec's prebuilt decoder is twice as fast as
     # letting the framework build the struct.
     description=(

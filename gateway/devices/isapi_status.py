@@ -75,6 +75,9 @@ def parse_json(body: bytes, what: str) -> dict[str, Any]:
         value = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
         raise protocol_error(what, f"invalid JSON: {exc}") from None
+    except RecursionError:
+        # msgspec bounds its recursion by the interpreter's limit; no terminal nests so deep.
+        raise protocol_error(what, "JSON nested too deeply") from None
     if not isinstance(value, dict):
         raise protocol_error(what, "JSON is not an object")
     return value

@@ -120,8 +120,8 @@ def test_make_run_up_curls_ctrl_c_and_reuse(tmp_path: Path) -> None:
         assert "/v2/attendance?" in attendance
         deadline = time.monotonic() + 60
         while True:
-            statuses = {row["employee_no"]: row["status"] for row in json.loads(
-                run(attendance))["items"]}  # fmt: skip
+            rows = json.loads(run(attendance))["items"]
+            statuses = {row["employee_no"]: row["status"] for row in rows}
             if statuses.get("1004") == "late" and statuses.get("1001") == "present":
                 break
             assert time.monotonic() < deadline, f"attendance: {statuses}"

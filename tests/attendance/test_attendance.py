@@ -432,3 +432,48 @@ async def test_door_events_in_words_with_the_employees_name(
         ("face granted", "Visitor Vic"),
         (None, None),
     ]
+
+
+async def test_absurd_numbers_from_a_log_are_bounded_not_a_server_error(
+    client: AsyncTestClient[Litestar], org: Org
+) -> None:
+    gateway = await setup_org(client, org, "09:00", "17:00")
+    alice = await employee(client, org, "1001", agent_uids=["pc-alice"])
+    day = "2026-03-10"
+    huge = 10**18
+    result = await ingest(
+        client,
+        gateway["api_key"],
+        {
+            "pc-alice": [
+                log("active_window", ts=at(day, "10:00"), app="x", duration_ms=huge),
+                log("active_window", ts=at(day, "10:01"), app="x", duration_ms=huge),
+                log("idle", ts=at(day, "10:02"), duration_ms=huge // 3),
+            ],
+            "device:door-1": [
+                log(
+                    "device_event",
+                    ts=at(day, "09:00"),
+                    device_id="d",
+                    serial_no=huge,
+                    major=5,
+                    minor=huge,
+                    employee_no="1001",
+                ),
+                log(
+                    "device_event",
+                    ts=at(day, "09:01"),
+                    device_id="d",
+                    serial_no=huge * 9,
+                    major=5,
+                    minor=1,
+                    employee_no="1001",
+                ),
+            ],
+        },
+    )
+    assert result["accepted"] == 5
+    row = await day_of(client, org, alice["id"], day, lambda r: r["idle_s"] > 0)
+    assert row["active_s"] <= 86_400 and row["idle_s"] <= 86_400
+    # Neither event is a punch: an unknown minor, a serial beyond what a terminal counts.
+    assert row["punches"] == []

@@ -477,3 +477,23 @@ async def test_absurd_numbers_from_a_log_are_bounded_not_a_server_error(
     assert row["active_s"] <= 86_400 and row["idle_s"] <= 86_400
     # Neither event is a punch: an unknown minor, a serial beyond what a terminal counts.
     assert row["punches"] == []
+
+
+async def test_punches_before_the_employee_existed_count_once_they_do(
+    client: AsyncTestClient[Litestar], org: Org
+) -> None:
+    gateway = await setup_org(client, org, "09:00", "17:00")
+    yesterday = (dt.datetime.now(BERLIN) - dt.timedelta(days=1)).date().isoformat()
+    await ingest(
+        client,
+        gateway["api_key"],
+        {
+            "device:door-1": [
+                punch(at(yesterday, "08:59"), "1001", 1),
+                punch(at(yesterday, "17:01"), "1001", 2),
+            ]
+        },
+    )
+    alice = await employee(client, org, "1001")
+    row = await day_of(client, org, alice["id"], yesterday, lambda r: bool(r["punches"]))
+    assert row["worked_s"] == 8 * 3600 + 2 * 60

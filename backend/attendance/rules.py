@@ -120,16 +120,6 @@ def frame_for(work_date: dt.date, shift: ShiftRule | None, zone: ZoneInfo) -> Da
     )
 
 
-def work_dates_touching(instant: dt.datetime, shift: ShiftRule | None, zone: ZoneInfo) -> dt.date:
-    """The work date whose window holds `instant`."""
-    local_date = instant.astimezone(zone).date()
-    for candidate in (local_date, local_date - DAY, local_date + DAY):
-        frame = frame_for(candidate, shift, zone)
-        if frame.window_start <= instant < frame.window_end:
-            return candidate
-    return local_date
-
-
 def dedupe_punches(punches: Sequence[dt.datetime], min_gap_s: int) -> list[dt.datetime]:
     """Sorted punches with a repeat within `min_gap_s` of the last kept one dropped."""
     kept: list[dt.datetime] = []
@@ -196,8 +186,11 @@ def compute_day(
     if mine:
         result.first_activity = min(b.first_ts for b in mine)
         result.last_activity = max(b.last_ts for b in mine)
-        result.active_s = sum(max(0, b.foreground_ms - b.idle_ms) for b in mine) // 1000
-        result.idle_s = sum(b.idle_ms for b in mine) // 1000
+        # Overlapping or inflated durations cannot make a day hold more than its window.
+        longest = int((frame.window_end - frame.window_start).total_seconds())
+        active_ms = sum(max(0, b.foreground_ms - b.idle_ms) for b in mine)
+        result.active_s = min(active_ms // 1000, longest)
+        result.idle_s = min(sum(b.idle_ms for b in mine) // 1000, longest)
     result.flags = _flags(result, has_workstation, closed)
     return result
 

@@ -13,7 +13,7 @@ PROCESSES ?= 0
 
 LINTED := protocol gateway backend tests bench loadtests scripts
 
-.PHONY: run test lint typecheck pytest system-deps bench loadtest loadtest-headless clean
+.PHONY: run test lint typecheck pytest system-deps bench loadtest loadtest-headless screenshots clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ loadtest: $(STAMP)
 loadtest-headless: $(STAMP)
 	$(BIN)/python -m loadtests.headless --users $(USERS) --duration $(DURATION) \
 		--processes $(PROCESSES) $(if $(INTERVAL),--interval-s $(INTERVAL))
+
+# A PNG of each dashboard page into docs/screenshots/, from a real site in Debian's chromium.
+screenshots: $(STAMP) system-deps
+	PYTHONPATH=. $(BIN)/python scripts/screenshots.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import Any
 
@@ -11,7 +12,7 @@ from litestar.response import Template
 
 from backend.dashboard import commands, reads
 from backend.dashboard.pages import fragment, owned_door, page
-from backend.dashboard.session import SignedIn, checked_form
+from backend.dashboard.session import Operator, SignedIn, checked_form
 from backend.errors import InvalidRequest
 from backend.routes.common import services_of
 
@@ -50,7 +51,7 @@ def event_words(event: reads.AccessEvent, names: dict[str, str]) -> str:
 
 
 async def described_events(
-    request: Request[Any, Any, Any], operator: SignedIn, device_id: uuid.UUID | None = None
+    request: Request[Any, Any, Any], operator: Operator, device_id: uuid.UUID | None = None
 ) -> list[dict[str, Any]]:
     services = services_of(request)
     events = await reads.access_events(services, operator.org_id, device_id)
@@ -104,4 +105,6 @@ class DoorController(Controller):
         if kind not in BUTTONS:
             raise InvalidRequest(f"type: one of {', '.join(BUTTONS)}")
         command = await commands.start(services, operator, door.gateway_id, kind, device_id)
-        return fragment("_command.html", command=command, follow=True)
+        return fragment(
+            "_command.html", command=dataclasses.replace(command, owner_name=door.name), follow=True
+        )

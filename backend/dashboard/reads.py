@@ -17,7 +17,11 @@ RECENT_EVENTS = 30
 RECENT_COMMANDS = 20
 # Access events are read from recent partitions only, so a page never scans months of logs.
 EVENT_LOOKBACK = dt.timedelta(days=7)
-RANGES = {"hour": dt.timedelta(hours=1), "day": dt.timedelta(days=1)}
+RANGES = {
+    "10min": dt.timedelta(minutes=10),
+    "hour": dt.timedelta(hours=1),
+    "day": dt.timedelta(days=1),
+}
 MAX_SNAPSHOT_POINTS = 600
 
 _object = msgspec.json.Decoder(dict[str, Any])

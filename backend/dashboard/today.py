@@ -11,13 +11,13 @@ from litestar.response import Template
 from backend.dashboard import reads
 from backend.dashboard.doors import described_events
 from backend.dashboard.pages import fragment, page
-from backend.dashboard.session import SignedIn
+from backend.dashboard.session import Operator, SignedIn
 from backend.routes.common import services_of
 
 FAILED_SINCE = dt.timedelta(hours=1)
 
 
-async def _panels(request: Request[Any, Any, Any], operator: SignedIn) -> dict[str, Any]:
+async def _panels(request: Request[Any, Any, Any], operator: Operator) -> dict[str, Any]:
     services = services_of(request)
     doors = await reads.doors(services, operator.org_id)
     events = await described_events(request, operator)

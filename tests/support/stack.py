@@ -103,9 +103,14 @@ class Site:
 
 
 @contextlib.contextmanager
-def site(data_dir: Path, database_url: str | None, gateway_name: str = "site") -> Iterator[Site]:
+def site(
+    data_dir: Path,
+    database_url: str | None,
+    gateway_name: str = "site",
+    backend_env: dict[str, str] | None = None,
+) -> Iterator[Site]:
     """Backend and simulator running, one gateway created (not started); all stopped on exit."""
-    backend = BackendProcess(data_dir / "backend", database_url)
+    backend = BackendProcess(data_dir / "backend", database_url, env=backend_env)
     gateway: GatewayProcess | None = None
     try:
         backend.start()

@@ -16,6 +16,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import Receive, Scope, Send
 
+from backend.attendance.engine import engine_loop
 from backend.config import Config, load_config
 from backend.control.hub import ControlHub
 from backend.control.session import control_endpoint
@@ -26,7 +27,19 @@ from backend.db import Database
 from backend.errors import BackendError
 from backend.logging import configure_logging, get_logger
 from backend.maintenance import maintenance_loop, run_maintenance
-from backend.routes import agents, commands, devices, gateways, health, ingest, logs, policies
+from backend.routes import (
+    agents,
+    attendance,
+    commands,
+    devices,
+    employees,
+    gateways,
+    health,
+    ingest,
+    logs,
+    policies,
+    shifts,
+)
 from backend.routes.common import provide_org_id, provide_services, require_admin
 from backend.routes.ingest_schema import uplink_components
 from backend.services import Services
@@ -124,6 +137,10 @@ def admin_router() -> Router:
             policies.PolicyController,
             devices.DeviceController,
             logs.LogController,
+            employees.EmployeeController,
+            shifts.ShiftController,
+            shifts.OrganizationController,
+            attendance.AttendanceController,
         ],
         security=[{"adminToken": []}],
     )
@@ -151,6 +168,9 @@ def create_app(config: Config) -> Litestar:
             on_stop_signal(asyncio.get_running_loop(), hub.begin_shutdown)
             tasks.append(asyncio.create_task(maintenance_loop(services)))
             tasks.append(asyncio.create_task(sweep_forever(hub)))
+            tasks.append(
+                asyncio.create_task(engine_loop(services.pool, config.attendance_interval))
+            )
             yield
         finally:
             for task in tasks:

@@ -38,6 +38,10 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     maintenance_interval: PositiveFloat = 3600.0
     expiry_check_interval: PositiveFloat = 1.0
     instance_name: str = ""
+    # Keep attendance's derived tables at ingest (off only to measure what it costs).
+    attendance_at_ingest: bool = True
+    # How often the attendance engine recomputes the employee-days marked dirty.
+    attendance_interval: PositiveFloat = 1.0
 
     @property
     def data_path(self) -> Path:

@@ -21,6 +21,7 @@ import asyncpg  # type: ignore[import-untyped]
 import msgspec
 import zstandard
 
+from backend.attendance.capture import capture_stored
 from backend.auth import GatewayIdentity
 from backend.errors import InvalidRequest, PayloadTooLarge, RateLimited, UnsupportedMediaType
 from backend.partitions import LogPartitions, month_of
@@ -143,23 +144,28 @@ def _months(batch: UplinkBatch) -> set[dt.date]:
 
 
 async def store_batch(
-    pool: Any, partitions: LogPartitions, gateway: GatewayIdentity, batch: UplinkBatch
+    pool: Any,
+    partitions: LogPartitions,
+    gateway: GatewayIdentity,
+    batch: UplinkBatch,
+    *,
+    attendance: bool = True,
 ) -> IngestOutcome:
     """Store a decoded batch exactly once; `batch.gateway_id` is ignored (the key says who)."""
     log_count = batch.log_count()
     months = _months(batch)
     await partitions.ensure(pool, months)
     try:
-        return await _store(pool, gateway, batch, log_count)
+        return await _store(pool, gateway, batch, log_count, attendance)
     except asyncpg.exceptions.CheckViolationError:
         # "no partition found for row": another instance dropped a month we had cached.
         partitions.forget()
         await partitions.ensure(pool, months)
-        return await _store(pool, gateway, batch, log_count)
+        return await _store(pool, gateway, batch, log_count, attendance)
 
 
 async def _store(
-    pool: Any, gateway: GatewayIdentity, batch: UplinkBatch, log_count: int
+    pool: Any, gateway: GatewayIdentity, batch: UplinkBatch, log_count: int, attendance: bool
 ) -> IngestOutcome:
     async with pool.acquire() as conn, conn.transaction():
         claimed = await conn.fetchval(
@@ -194,15 +200,22 @@ async def _store(
         await conn.copy_records_to_table(
             "ingest_staging", records=records, columns=_STAGING_COLUMNS
         )
-        status = await conn.execute(
+        insert = (
             "INSERT INTO agent_logs"
             " (ts, id, org_id, gateway_id, agent_id, agent_uid, kind, received_at, data)"
             " SELECT ts, id, $1, $2, agent_id, agent_uid, kind, now(), data FROM ingest_staging"
-            " ON CONFLICT (ts, id) DO NOTHING",
-            gateway.org_id,
-            gateway.gateway_id,
+            " ON CONFLICT (ts, id) DO NOTHING"
         )
-        accepted = int(status.rsplit(" ", 1)[1])
+        if attendance:
+            # Only the rows this INSERT stored feed attendance, so retries never count twice.
+            stored = await conn.fetch(
+                insert + " RETURNING ts, id", gateway.org_id, gateway.gateway_id
+            )
+            accepted = len(stored)
+            await capture_stored(conn, gateway.org_id, batch, stored)
+        else:
+            status = await conn.execute(insert, gateway.org_id, gateway.gateway_id)
+            accepted = int(status.rsplit(" ", 1)[1])
         await conn.execute(
             "UPDATE ingest_batches SET accepted = $2 WHERE id = $1", batch.batch_id, accepted
         )

@@ -63,6 +63,8 @@ class DeviceEvent(_LogBase, tag="device_event", kw_only=True):
     card_no: ShortText | None = None
     door: NonNegativeInt | None = None
     verify_mode: ShortText | None = None
+    # The person's name as the terminal knows it.
+    name: ShortText | None = None
 
 
 Log = ActiveWindow | Idle | Activity | Session | DeviceEvent

@@ -4,7 +4,9 @@ Starts the backend (127.0.0.1:8000), provisions an organisation, a gateway, a de
 policy and a simulated Hikvision terminal through the API, starts the gateway
 (127.0.0.1:8080) and the terminal simulator (127.0.0.1:18080) — other ports with
 --backend-port, --gateway-port, --devsim-port —, prints what you need to use them, and
-stops everything on Ctrl-C. What it provisioned is kept in `<data-dir>/stack.json`
+stops everything on Ctrl-C. The terminal plays a demo crowd badging in and out (employees
+with cards, one owning the demo PC, a few late) on a shift anchored four hours before the
+start, so today's attendance has something to show. What it provisioned is kept in `<data-dir>/stack.json`
 (mode 0600), so the next `make run` reuses the same organisation and keys.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import json
 import os
 import secrets
@@ -24,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from gateway.devices.simulated_people import DEMO_PEOPLE, SHIFT_HOURS
 
 BIN = Path(sys.executable).parent
 START_DEADLINE_S = 90
@@ -129,17 +134,72 @@ def provision(data_dir: Path, ports: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# The simulated terminal's clock runs at UTC+8 (its default zone); the organisation uses the
+# same zone so the demo crowd's punches land on the shift's wall-clock times.
+DEMO_ZONE = dt.timezone(dt.timedelta(hours=8))
+DEMO_ZONE_NAME = "Asia/Shanghai"
+DEMO_AGENT_UID = "demo-pc"
+
+
+def demo_shift_start(now: dt.datetime | None = None) -> dt.datetime:
+    """A shift that started four hours ago (on the hour), so the crowd has arrived (some of
+    them late) and leaves later while you watch."""
+    local = (now or dt.datetime.now(dt.UTC)).astimezone(DEMO_ZONE) - dt.timedelta(hours=4)
+    return local.replace(minute=0, second=0, microsecond=0)
+
+
+def provision_people(admin: httpx.Client) -> dict[str, Any]:
+    """The demo crowd as employees (one owning the demo PC), their shift, the org's zone."""
+    shift = admin.post(
+        "/v2/shifts",
+        json={"name": "Demo day", "start": "09:00", "end": "17:00",
+              "working_days": [0, 1, 2, 3, 4, 5, 6], "late_grace_s": 300},
+    ).raise_for_status()  # fmt: skip
+    admin.patch(
+        "/v2/organization",
+        json={"time_zone": DEMO_ZONE_NAME, "default_shift_id": shift.json()["id"]},
+    ).raise_for_status()
+    for person in DEMO_PEOPLE:
+        admin.post(
+            "/v2/employees",
+            json={
+                "employee_no": person.employee_no,
+                "name": person.name,
+                "department": person.department,
+                "card_nos": [person.card_no],
+                "agent_uids": [DEMO_AGENT_UID] if person is DEMO_PEOPLE[0] else [],
+            },
+        ).raise_for_status()
+    return {"demo_shift_id": shift.json()["id"]}
+
+
+def anchor_demo_shift(info: dict[str, Any], start: dt.datetime) -> None:
+    """Move the demo shift to `start`, where the simulated crowd's day is anchored."""
+    end = start + dt.timedelta(hours=SHIFT_HOURS)
+    with httpx.Client(
+        base_url=info["backend_url"],
+        headers={"Authorization": f"Bearer {info['admin_token']}"},
+        timeout=30,
+    ) as admin:
+        if "demo_shift_id" not in info:
+            info.update(provision_people(admin))
+        admin.patch(
+            f"/v2/shifts/{info['demo_shift_id']}",
+            json={"start": start.strftime("%H:%M"), "end": end.strftime("%H:%M")},
+        ).raise_for_status()
+
+
 def register_demo_agent(stack_info: dict[str, Any]) -> str:
     response = httpx.post(
         f"{stack_info['gateway_url']}/v1/agents/register",
         headers={"X-Enrollment-Key": stack_info["enrollment_key"]},
-        json={"agent_uid": "demo-pc", "hostname": "DEMO-PC", "os": "Windows 11"},
+        json={"agent_uid": DEMO_AGENT_UID, "hostname": "DEMO-PC", "os": "Windows 11"},
         timeout=10,
     ).raise_for_status()
     return str(response.json()["token"])
 
 
-def summary(info: dict[str, Any], agent_token: str) -> str:
+def summary(info: dict[str, Any], agent_token: str, work_date: dt.date) -> str:
     backend, gateway = info["backend_url"], info["gateway_url"]
     admin = f"-H 'Authorization: Bearer {info['admin_token']}'"
     return f"""
@@ -168,6 +228,9 @@ Change the default policy (agents long-polling /v1/policy get it at once):
 Open the door on the simulated terminal:
   curl -s -X POST {backend}/v2/devices/{info["device_id"]}/commands {admin} \\
     -H 'Content-Type: application/json' -d '{{"type":"open_door","payload":{{"door":1}}}}'
+
+Today's attendance (the simulated door badges the demo crowd in and out; a few are late):
+  curl -s '{backend}/v2/attendance?from={work_date}&to={work_date}' {admin}
 
 See what arrived:  curl -s '{backend}/v2/logs?limit=20' {admin}
 Load test:         make loadtest   (locust UI on http://127.0.0.1:8089)
@@ -212,13 +275,16 @@ def main() -> int:
                 info = provision(data_dir, args)
             info["backend_url"] = f"http://127.0.0.1:{args.backend_port}"
             info["database_url"] = td_backend("dburl", "--data-dir", str(data_dir))
+            shift_start = demo_shift_start()
+            anchor_demo_shift(info, shift_start)
             stack_file.touch(mode=0o600)
             stack_file.write_text(json.dumps(info, indent=2))
 
             stack.start(
                 "terminal simulator",
                 [str(BIN / "td-devsim"), "hikvision", "--host", "127.0.0.1",
-                 "--port", str(info["devsim_port"]), "--user", "admin"],
+                 "--port", str(info["devsim_port"]), "--user", "admin",
+                 "--play-attendance", "--shift-start", shift_start.strftime("%H:%M")],
                 env={"TD_DEVSIM_PASSWORD": info["devsim_password"]},  # not on the command line
             )  # fmt: skip
             stack.start(
@@ -233,7 +299,8 @@ def main() -> int:
                 },
             )
             wait_until_up(stack, f"{info['gateway_url']}/health")
-            print(summary(info, register_demo_agent(info)), flush=True)
+            agent_token = register_demo_agent(info)
+            print(summary(info, agent_token, shift_start.date()), flush=True)
             while True:
                 stack.check_alive()
                 time.sleep(1)

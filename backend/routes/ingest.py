@@ -54,7 +54,13 @@ async def ingest_logs(
             batch.batch_id = uuid.UUID(idempotency_key)
         except ValueError:
             raise InvalidRequest("Idempotency-Key: must be the batch id (a UUID)") from None
-    outcome = await store_batch(services.pool, services.partitions, gateway, batch)
+    outcome = await store_batch(
+        services.pool,
+        services.partitions,
+        gateway,
+        batch,
+        attendance=services.config.attendance_at_ingest,
+    )
     metrics = services.metrics
     if outcome.response.duplicate:
         metrics.ingest_batches.labels("duplicate").inc()

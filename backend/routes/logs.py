@@ -10,6 +10,7 @@ import msgspec
 from litestar import Controller, get
 from litestar.params import FromQuery, QueryParameter
 
+from backend.attendance.directory import describe_door_events
 from backend.errors import InvalidRequest
 from backend.routes.common import (
     ADMIN_ERRORS,
@@ -35,6 +36,9 @@ class LogOut(msgspec.Struct):
     received_at: dt.datetime
     # The log as the agent sent it (every field of its kind).
     data: dict[str, Any]
+    # Door events in words (e.g. "card granted") and the employee's name, when known.
+    event: str | None = None
+    employee_name: str | None = None
 
 
 class LogPage(msgspec.Struct):
@@ -109,6 +113,8 @@ class LogController(Controller):
             )
             for r in rows[:limit]
         ]
+        async with services.connection() as conn:
+            await describe_door_events(conn, org_id, items)
         more = len(rows) > limit
         return LogPage(
             items=items,

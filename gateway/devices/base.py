@@ -108,6 +108,10 @@ class UserRecord(msgspec.Struct, kw_only=True):
     begin_time: str = "2020-01-01T00:00:00"
     end_time: str = "2037-12-31T23:59:59"
     doors: list[int] = msgspec.field(default_factory=lambda: [1])
+    # Cards the user opens doors with; add_user makes the terminal hold exactly these.
+    card_nos: list[str] = msgspec.field(default_factory=list)
+    # True: a user the terminal already has is updated instead of refused.
+    replace: bool = False
 
 
 class DeviceAdapter(Protocol):

@@ -197,10 +197,41 @@ class HikvisionAdapter:
     # ---- users -------------------------------------------------------------------------
 
     async def add_user(self, user: UserRecord) -> dict[str, Any]:
+        """Add the user (with `replace`, update it if the terminal has it); then its cards
+        become exactly `user.card_nos`."""
         body = isapi.build_user_record(user)
         what = f"add user {user.employee_no}"
-        result = await self._call("POST", isapi.USER_RECORD, what, body, _JSON)
-        return {"employee_no": user.employee_no, **result}
+        try:
+            result = await self._call("POST", isapi.USER_RECORD, what, body, _JSON)
+            updated = False
+        except DeviceError as exc:
+            if not user.replace or exc.sub_status_code != "employeeNoAlreadyExist":
+                raise
+            what = f"update user {user.employee_no}"
+            result = await self._call("PUT", isapi.USER_MODIFY, what, body, _JSON)
+            updated = True
+        if updated or user.card_nos:
+            await self._call(
+                "PUT",
+                isapi.CARD_DELETE,
+                f"clear cards of {user.employee_no}",
+                isapi.build_card_delete([user.employee_no]),
+                _JSON,
+            )
+        for card_no in user.card_nos:
+            await self._call(
+                "POST",
+                isapi.CARD_RECORD,
+                f"add card {card_no} of {user.employee_no}",
+                isapi.build_card_record(user.employee_no, card_no),
+                _JSON,
+            )
+        return {
+            "employee_no": user.employee_no,
+            "updated": updated,
+            "card_nos": user.card_nos,
+            **result,
+        }
 
     async def delete_user(self, employee_no: str) -> dict[str, Any]:
         body = isapi.build_user_delete([employee_no])

@@ -35,6 +35,9 @@ ACS_EVENT = "/ISAPI/AccessControl/AcsEvent?format=json"
 USER_RECORD = "/ISAPI/AccessControl/UserInfo/Record?format=json"
 USER_DELETE = "/ISAPI/AccessControl/UserInfo/Delete?format=json"
 USER_SEARCH = "/ISAPI/AccessControl/UserInfo/Search?format=json"
+USER_MODIFY = "/ISAPI/AccessControl/UserInfo/Modify?format=json"
+CARD_RECORD = "/ISAPI/AccessControl/CardInfo/Record?format=json"
+CARD_DELETE = "/ISAPI/AccessControl/CardInfo/Delete?format=json"
 
 
 def door_path(door_no: int) -> str:
@@ -275,6 +278,17 @@ def build_user_record(user: UserRecord) -> bytes:
         "RightPlan": [{"doorNo": d, "planTemplateNo": "1"} for d in user.doors],
     }
     return msgspec.json.encode({"UserInfo": info})
+
+
+def build_card_record(employee_no: str, card_no: str) -> bytes:
+    info = {"employeeNo": employee_no, "cardNo": card_no, "cardType": "normalCard"}
+    return msgspec.json.encode({"CardInfo": info})
+
+
+def build_card_delete(employee_nos: list[str]) -> bytes:
+    """Every card of these users."""
+    wanted = [{"employeeNo": no} for no in employee_nos]
+    return msgspec.json.encode({"CardInfoDelCond": {"EmployeeNoList": wanted}})
 
 
 def build_user_delete(employee_nos: list[str]) -> bytes:

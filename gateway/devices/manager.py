@@ -93,6 +93,7 @@ def to_device_event(device_id: str, device_serial: str, event: AccessEvent) -> D
         card_no=short(event.card_no),
         door=event.door if event.door is not None and event.door >= 0 else None,
         verify_mode=short(event.verify_mode),
+        name=short(event.name),
     )
 
 

@@ -33,6 +33,7 @@ from gateway.devices.simulated_bodies import (
 REMOTE_EVENTS = {"open": 1024, "close": 1025, "alwaysOpen": 1026, "alwaysClose": 1027}
 REMOTE_REBOOT = (3, 123)
 LOCK_OPENED, LOCK_CLOSED, FACE_PASSED = (5, 21), (5, 22), (5, 75)
+CARD_PASSED, CARD_INVALID, FACE_REFUSED = (5, 1), (5, 9), (5, 76)
 DOOR_OPEN_DURATION_S = 5.0
 DEFAULT_SERIAL = "DS-K1T341AMF20231101V010100ENF12345678"
 
@@ -99,6 +100,8 @@ class SimulatedTerminal:
         self.realm = "DS-" + config.serial[-8:].upper()
         self.doors = [_Door() for _ in range(config.doors)]
         self.users: dict[str, dict[str, Any]] = {}
+        # card number -> employee number
+        self.cards: dict[str, str] = {}
         self.events: list[dict[str, Any]] = []
         self.time_zone = config.time_zone
         self.clock_skew = dt.timedelta(0)
@@ -147,6 +150,28 @@ class SimulatedTerminal:
             currentVerifyMode="face",
             cardNo="",
         )
+
+    def simulate_card_access(self, card_no: str, door: int = 1) -> int:
+        """A card shown at the reader: granted if enrolled, else an invalid card."""
+        employee_no = self.cards.get(card_no)
+        if employee_no is None:
+            return self.log_event(*CARD_INVALID, door=door, cardNo=card_no)
+        return self.log_event(
+            *CARD_PASSED,
+            door=door,
+            employeeNoString=employee_no,
+            name=self.users.get(employee_no, {}).get("name", ""),
+            currentVerifyMode="card",
+            cardNo=card_no,
+        )
+
+    def simulate_punch(self, employee_no: str = "", card_no: str = "", door: int = 1) -> int:
+        """A person at the door by card (when given) or by face."""
+        if card_no:
+            return self.simulate_card_access(card_no, door)
+        if employee_no not in self.users:
+            return self.log_event(*FACE_REFUSED, door=door, currentVerifyMode="face")
+        return self.simulate_face_access(employee_no, door)
 
     def finish_reboot(self) -> None:
         self.reboot_count += 1
@@ -203,6 +228,11 @@ class SimulatedTerminal:
             ("POST", "isapi/accesscontrol/userinfo/record"): lambda: self._add_user(path, body),
             ("PUT", "isapi/accesscontrol/userinfo/delete"): lambda: self._del_user(path, body),
             ("POST", "isapi/accesscontrol/userinfo/search"): lambda: self._search_users(body),
+            ("PUT", "isapi/accesscontrol/userinfo/modify"): lambda: self._modify_user(path, body),
+            ("POST", "isapi/accesscontrol/cardinfo/record"): lambda: self._add_card(path, body),
+            ("PUT", "isapi/accesscontrol/cardinfo/delete"): lambda: self._del_cards(path, body),
+            # Not ISAPI: the simulator's own door, so a person can be made to punch.
+            ("POST", "simulator/punch"): lambda: self._punch(path, body),
             (
                 "GET",
                 "isapi/accesscontrol/remotecontrol/door/capabilities",
@@ -336,13 +366,64 @@ class SimulatedTerminal:
     def _del_user(self, path: str, body: bytes) -> SimResponse:
         wanted = msgspec.json.decode(body)["UserInfoDelCond"]["EmployeeNoList"]
         for item in wanted:
-            self.users.pop(str(item["employeeNo"]), None)
+            employee_no = str(item["employeeNo"])
+            self.users.pop(employee_no, None)
+            self._drop_cards(employee_no)
         return self._status(200, path, True)
+
+    def _modify_user(self, path: str, body: bytes) -> SimResponse:
+        info = msgspec.json.decode(body)["UserInfo"]
+        employee_no = str(info.get("employeeNo") or "")
+        if employee_no not in self.users:
+            return self._status(
+                400, path, True, 6, "Invalid Content", "employeeNoNotExist", 0x60000020
+            )
+        self.users[employee_no] = info
+        return self._status(200, path, True)
+
+    def _add_card(self, path: str, body: bytes) -> SimResponse:
+        info = msgspec.json.decode(body)["CardInfo"]
+        employee_no, card_no = str(info.get("employeeNo") or ""), str(info.get("cardNo") or "")
+        if employee_no not in self.users or not card_no:
+            return self._status(400, path, True, 6, "Invalid Content", "badParameters", 0x60000001)
+        if card_no in self.cards:
+            return self._status(
+                400, path, True, 6, "Invalid Content", "cardNoAlreadyExist", 0x60000021
+            )
+        self.cards[card_no] = employee_no
+        return self._status(200, path, True)
+
+    def _del_cards(self, path: str, body: bytes) -> SimResponse:
+        wanted = msgspec.json.decode(body)["CardInfoDelCond"]["EmployeeNoList"]
+        for item in wanted:
+            self._drop_cards(str(item["employeeNo"]))
+        return self._status(200, path, True)
+
+    def _drop_cards(self, employee_no: str) -> None:
+        for card_no in [c for c, owner in self.cards.items() if owner == employee_no]:
+            del self.cards[card_no]
+
+    def cards_of(self, employee_no: str) -> list[str]:
+        return sorted(c for c, owner in self.cards.items() if owner == employee_no)
+
+    def _punch(self, path: str, body: bytes) -> SimResponse:
+        wanted = msgspec.json.decode(body) if body else {}
+        serial_no = self.simulate_punch(
+            employee_no=str(wanted.get("employeeNo") or ""),
+            card_no=str(wanted.get("cardNo") or ""),
+            door=int(wanted.get("door") or 1),
+        )
+        event = self.events[serial_no - 1]
+        return SimResponse(status=200, body=msgspec.json.encode(event), content_type=_JSON)
 
     def _search_users(self, body: bytes) -> SimResponse:
         cond = msgspec.json.decode(body)["UserInfoSearchCond"]
         wanted = {str(i["employeeNo"]) for i in cond.get("EmployeeNoList") or []}
-        matches = [u for no, u in self.users.items() if not wanted or no in wanted]
+        matches = [
+            {**u, "numOfCard": len(self.cards_of(no))}
+            for no, u in self.users.items()
+            if not wanted or no in wanted
+        ]
         position = int(cond.get("searchResultPosition", 0))
         page = matches[position : position + min(int(cond.get("maxResults", 30)), 30)]
         more = position + len(page) < len(matches)

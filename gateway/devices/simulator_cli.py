@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import signal
 import sys
 from collections.abc import Sequence
+from functools import partial
 
 import trio
 
-from gateway.devices.simulated_terminal import DEFAULT_SERIAL, SimulatorConfig
+from gateway.devices.simulated_people import play_attendance
+from gateway.devices.simulated_terminal import DEFAULT_SERIAL, SimulatedTerminal, SimulatorConfig
 from gateway.devices.simulator import serve_simulator
+
+
+def _clock(text: str) -> dt.time:
+    try:
+        return dt.time.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time like 09:00") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,12 +65,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     hik.add_argument("--event-page-size", type=int, default=30, help="AcsEvent page cap")
     hik.add_argument("--seed", type=int, default=None, help="seed for --busy-rate")
+    hik.add_argument(
+        "--play-attendance",
+        action="store_true",
+        help="enrol a demo crowd with cards and badge them in and out over the day",
+    )
+    hik.add_argument(
+        "--shift-start",
+        type=_clock,
+        default=dt.time(9),
+        help="HH:MM (terminal local time) the demo crowd's day is anchored on",
+    )
     return parser
 
 
-async def _run(config: SimulatorConfig) -> None:
+async def _run(config: SimulatorConfig, shift_start: dt.time | None = None) -> None:
+    terminal = SimulatedTerminal(config)
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(serve_simulator, config)
+        port = await nursery.start(partial(serve_simulator, config, terminal=terminal))
+        if shift_start is not None:
+            nursery.start_soon(play_attendance, terminal, shift_start)
         print(
             f"td-devsim: Hikvision terminal {config.serial} listening on "
             f"http://{config.host}:{port} (user {config.user!r}); Ctrl-C to stop",
@@ -98,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
     )
     try:
-        trio.run(_run, config)
+        trio.run(_run, config, args.shift_start if args.play_attendance else None)
     except OSError as exc:
         print(f"td-devsim: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1

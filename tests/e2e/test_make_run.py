@@ -114,6 +114,18 @@ def test_make_run_up_curls_ctrl_c_and_reuse(tmp_path: Path) -> None:
             while kinds() != {"idle", "device_event"}:
                 assert time.monotonic() < deadline, f"logs seen: {kinds()}"
                 time.sleep(0.2)
+
+        # Today's attendance: the demo crowd badged in at the simulated door, some late.
+        attendance = printed_curls(summary)[3]
+        assert "/v2/attendance?" in attendance
+        deadline = time.monotonic() + 60
+        while True:
+            rows = json.loads(run(attendance))["items"]
+            statuses = {row["employee_no"]: row["status"] for row in rows}
+            if statuses.get("1004") == "late" and statuses.get("1001") == "present":
+                break
+            assert time.monotonic() < deadline, f"attendance: {statuses}"
+            time.sleep(0.5)
     finally:
         children = stack.interrupt()
     assert children, "make run started no processes"

@@ -59,7 +59,7 @@ def main() -> int:
             expect(
                 page.locator('#door-commands li[data-command-type="open_door"]').first
             ).to_have_attribute("data-status", "FAILED")
-            expect(page.locator("#events")).to_contain_text("door opened remotely")
+            expect(page.locator("#events")).to_contain_text("remote open")
             shoot(page, "doors")
 
             page.goto(f"{s.dashboard}/policies/{policy_id}")

@@ -18,35 +18,20 @@ from backend.routes.common import services_of
 
 BUTTONS = {"open_door": "Open", "close_door": "Close", "reboot": "Reboot"}
 
-# Hikvision (major, minor) event codes in words (ISAPI-NOTES.md, "Event codes").
-_EVENT_WORDS = {
-    (3, 1024): "door opened remotely",
-    (3, 1025): "door closed remotely",
-    (3, 1026): "door set to stay open",
-    (3, 1027): "door set to stay closed",
-    (3, 123): "terminal rebooted remotely",
-    (5, 21): "lock opened",
-    (5, 22): "lock closed",
-    (5, 1): "card accepted",
-    (5, 2): "card and PIN accepted",
-    (5, 38): "fingerprint accepted",
-    (5, 75): "face recognised",
-    (5, 77): "ID and face accepted",
-    (5, 181): "PIN accepted",
-}
 
-
-def event_words(event: reads.AccessEvent, names: dict[str, str]) -> str:
-    """'face recognised: Ada Lovelace (1001)' — what happened, and who when known."""
-    what = _EVENT_WORDS.get((event.major, event.minor), f"event {event.major}/{event.minor}")
-    if event.employee_no:
-        name = names.get(event.employee_no)
-        who = f"{name} ({event.employee_no})" if name else f"employee {event.employee_no}"
-        what = f"{what}: {who}"
-    elif event.card_no:
-        what = f"{what}: card {event.card_no}"
-    if event.door is not None:
-        what = f"{what}, door {event.door}"
+def event_words(event: reads.AccessEvent) -> str:
+    """'face granted: Ada Lovelace (1001), door 1' — what happened, and who when known."""
+    what = event.event or "event"
+    number = event.data.get("employee_no")
+    card = event.data.get("card_no")
+    if event.employee_name:
+        what += f": {event.employee_name}" + (f" ({number})" if number else "")
+    elif number:
+        what += f": employee {number}"
+    elif card:
+        what += f": card {card}"
+    if (door := event.data.get("door")) is not None:
+        what += f", door {door}"
     return what
 
 
@@ -56,15 +41,12 @@ async def described_events(
     services = services_of(request)
     events = await reads.access_events(services, operator.org_id, device_id)
     doors = {str(d.id): d.name for d in await reads.doors(services, operator.org_id)}
-    names = await reads.employee_names(
-        services, operator.org_id, {e.employee_no for e in events if e.employee_no}
-    )
     return [
         {
             "at": e.at,
             "device_id": e.device_id,
             "door": doors.get(e.device_id, "a removed terminal"),
-            "words": event_words(e, names),
+            "words": event_words(e),
         }
         for e in events
     ]

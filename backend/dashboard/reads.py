@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from backend.attendance.directory import describe_door_events
 from backend.services import Services
 
 # A page lists at most this many rows of anything; the API pages through the rest.
@@ -271,21 +272,26 @@ async def door(services: Services, org_id: uuid.UUID, device_id: uuid.UUID) -> D
     return None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AccessEvent:
+    """One door event; `event` and `employee_name` are filled by describe_door_events."""
+
     at: dt.datetime
-    device_id: str
-    major: int
-    minor: int
-    employee_no: str | None
-    card_no: str | None
-    door: int | None
+    data: dict[str, Any]
+    kind: str = "device_event"
+    event: str | None = None
+    employee_name: str | None = None
+
+    @property
+    def device_id(self) -> str:
+        return str(self.data.get("device_id", ""))
 
 
 async def access_events(
     services: Services, org_id: uuid.UUID, device_id: uuid.UUID | None = None
 ) -> list[AccessEvent]:
-    """The latest access events of the organisation (or of one terminal), newest first."""
+    """The latest access events of the organisation (or of one terminal), newest first, in
+    words and with the person's name where the employee or card is known."""
     where = "org_id = $1 AND kind = 'device_event' AND ts > now() - $2::interval"
     args: list[Any] = [org_id, EVENT_LOOKBACK, RECENT_EVENTS]
     if device_id is not None:
@@ -296,35 +302,6 @@ async def access_events(
             f"SELECT ts, data FROM agent_logs WHERE {where} ORDER BY ts DESC, id DESC LIMIT $3",
             *args,
         )
-    events = []
-    for row in rows:
-        data = _json(row["data"])
-        events.append(
-            AccessEvent(
-                at=row["ts"],
-                device_id=str(data.get("device_id", "")),
-                major=int(data.get("major") or 0),
-                minor=int(data.get("minor") or 0),
-                employee_no=data.get("employee_no"),
-                card_no=data.get("card_no"),
-                door=data.get("door"),
-            )
-        )
+        events = [AccessEvent(at=row["ts"], data=_json(row["data"])) for row in rows]
+        await describe_door_events(conn, org_id, events)
     return events
-
-
-async def employee_names(
-    services: Services, org_id: uuid.UUID, employee_nos: set[str]
-) -> dict[str, str]:
-    """employee_no -> name for the people the terminals reported (none before people exist)."""
-    if not employee_nos:
-        return {}
-    async with services.connection() as conn:
-        if await conn.fetchval("SELECT to_regclass('employees')") is None:
-            return {}
-        rows = await conn.fetch(
-            "SELECT employee_no, name FROM employees WHERE org_id = $1 AND employee_no = ANY($2)",
-            org_id,
-            list(employee_nos)[:PAGE_ROWS],
-        )
-    return {row["employee_no"]: row["name"] for row in rows}

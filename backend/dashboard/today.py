@@ -9,6 +9,7 @@ from litestar import Controller, Request, get
 from litestar.response import Template
 
 from backend.dashboard import reads
+from backend.dashboard.attendance import current_days, org_today, sheet_rows, today_people
 from backend.dashboard.doors import described_events
 from backend.dashboard.pages import fragment, page
 from backend.dashboard.session import Operator, SignedIn
@@ -24,7 +25,15 @@ async def _panels(request: Request[Any, Any, Any], operator: Operator) -> dict[s
     last_event: dict[str, dict[str, Any]] = {}
     for event in events:  # newest first: keep each door's first
         last_event.setdefault(event["device_id"], event)
+    today = await org_today(services, operator.org_id)
+    # Yesterday too: a night shift that started yesterday is still today's work.
+    rows, more = await sheet_rows(services, operator.org_id, today - dt.timedelta(days=1), today)
+    now = dt.datetime.now(dt.UTC)
     return {
+        "people": today_people(current_days(rows, today, now), now),
+        "people_more": more,
+        "has_people": bool(rows),
+        "today": today,
         "down": await reads.gateways(services, operator.org_id, not_online=True),
         "gateway_count": len(await reads.gateways(services, operator.org_id)),
         "failed": await reads.failed_commands(services, operator.org_id, FAILED_SINCE),

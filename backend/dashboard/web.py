@@ -17,7 +17,7 @@ from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
-from backend.dashboard import commands, doors, fleet, policies, today
+from backend.dashboard import attendance, commands, doors, fleet, people, policies, today
 from backend.dashboard.session import (
     SignedIn,
     SignedOut,
@@ -67,12 +67,19 @@ def _age(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _duration(seconds: int | None) -> str:
+    if not seconds:
+        return "—"
+    hours, rest = divmod(int(seconds), 3600)
+    return f"{hours} h {rest // 60:02d} min" if hours else f"{rest // 60} min"
+
+
 def _environment() -> Environment:
     env = Environment(
         loader=FileSystemLoader(HERE / "templates"),
         autoescape=select_autoescape(default=True),
     )
-    env.filters.update(ago=_ago, utc=_utc, count=_count, age=_age)
+    env.filters.update(ago=_ago, utc=_utc, count=_count, age=_age, duration=_duration)
     return env
 
 
@@ -158,6 +165,8 @@ def dashboard_router() -> Router:
             fleet.FleetController,
             doors.DoorController,
             policies.PolicyPages,
+            people.PeoplePages,
+            attendance.AttendancePages,
             create_static_files_router(
                 path="/static", directories=[HERE / "static"], include_in_schema=False
             ),

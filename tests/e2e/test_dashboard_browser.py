@@ -79,7 +79,7 @@ def test_operator_sees_the_gateway_come_online_opens_a_door_and_rolls_out_a_poli
         page.click(f"#door-{front}-open_door")
         opened = page.locator('#door-commands li[data-command-type="open_door"]').first
         expect(opened).to_have_attribute("data-status", "SUCCESS")
-        expect(page.locator("#events")).to_contain_text("door opened remotely")
+        expect(page.locator("#events")).to_contain_text("remote open")
 
         back = s.devices["back door"]
         page.click(f"#door-{back}-open_door")

@@ -7,14 +7,17 @@ policy), and photographs each page in Debian's chromium at 1280x800, plus Today 
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import httpx
 from playwright.sync_api import Page, expect, sync_playwright
 
-from tests.support.stack import site
+from tests.gateway.e2e import poll
+from tests.support.stack import DOOR_PASSWORD, Site, site
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
@@ -25,6 +28,61 @@ def shoot(page: Page, name: str) -> None:
     path = OUT / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     print(f"wrote {path.relative_to(OUT.parent.parent)}")
+
+
+PEOPLE = (
+    # employee_no, name, department, card, badges in at the door now
+    ("1001", "Ada Lovelace", "Engineering", "1001001", True),
+    ("1002", "Grace Hopper", "Engineering", "1001002", True),
+    ("1003", "Linus Pauling", "Lab", "1001003", False),
+    ("1004", "Mary Jackson", "Lab", "1001004", False),
+)
+
+
+def add_people(s: Site) -> dict[str, str]:
+    """A shift that began two hours ago, four employees with cards; the first two badge in
+    at the simulated door now (late), the others are not in."""
+    now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+    start = now - dt.timedelta(hours=2)
+    shift = s.admin.post(
+        "/v2/shifts",
+        json={
+            "name": "Office day",
+            "start": f"{start:%H:%M}",
+            "end": f"{start + dt.timedelta(hours=8):%H:%M}",
+            "working_days": list(range(7)),
+            "late_grace_s": 300,
+        },
+    ).json()
+    s.admin.patch("/v2/organization", json={"time_zone": "UTC", "default_shift_id": shift["id"]})
+    ids = {}
+    for number, name, department, card, _ in PEOPLE:
+        created = s.admin.post(
+            "/v2/employees",
+            json={
+                "employee_no": number,
+                "name": name,
+                "department": department,
+                "card_nos": [card],
+                "agent_uids": [f"pc-{number}"],
+            },
+        )
+        ids[number] = created.json()["id"]
+    for number, *_ in PEOPLE:
+        poll(
+            lambda n=number: s.admin.get(f"/v2/employees/{ids[n]}/terminals").json()["items"][0][
+                "enrolled"
+            ],
+            60,
+            "enrolled",
+        )
+    with httpx.Client(
+        base_url=f"http://127.0.0.1:{s.devsim_port}", auth=httpx.DigestAuth("admin", DOOR_PASSWORD)
+    ) as door:
+        for _, _, _, card, badges in PEOPLE:
+            if badges:
+                door.post("/simulator/punch", json={"cardNo": card})
+    return ids
 
 
 def main() -> int:
@@ -39,6 +97,7 @@ def main() -> int:
         policy_id = s.add_policy("Office", {"idle_threshold_s": 300, "blocked_apps": ["game.exe"]})
         s.start_gateway()
         started = time.monotonic()
+        employee_ids = add_people(s)
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1280, "height": 800})
@@ -88,8 +147,18 @@ def main() -> int:
             shoot(page, "gateway")
             page.goto(f"{s.dashboard}/fleet")
             shoot(page, "fleet")
+            page.goto(f"{s.dashboard}/people")
+            shoot(page, "people")
+            page.goto(f"{s.dashboard}/people/{employee_ids['1001']}")
+            shoot(page, "employee")
+            page.goto(f"{s.dashboard}/attendance")
+            expect(page.locator('tr[data-employee="1002"][data-status="late"]')).to_have_count(1)
+            shoot(page, "attendance")
+            page.goto(f"{s.dashboard}/attendance/flags")
+            shoot(page, "flags")
             page.goto(f"{s.dashboard}/")
             expect(page.locator("#today-panels")).to_contain_text("Every gateway is online.")
+            expect(page.locator("#people-late")).to_contain_text("Grace Hopper")
             shoot(page, "today")
             phone = browser.new_page(viewport={"width": 390, "height": 844})
             phone.context.add_cookies(page.context.cookies())

@@ -61,6 +61,10 @@ async def test_sign_in_sets_an_http_only_strict_cookie_without_the_token(
     today = await client.get("/dashboard/")
     assert today.status_code == 200
     assert "<h1>Today</h1>" in today.text
+    # Never framed by another site, scripts only from this one.
+    assert "frame-ancestors 'none'" in today.headers["content-security-policy"]
+    assert "script-src 'self'" in today.headers["content-security-policy"]
+    assert today.headers["x-frame-options"] == "DENY"
 
 
 async def test_a_wrong_token_is_refused_on_the_form(client: Client, org: Org) -> None:

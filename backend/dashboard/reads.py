@@ -28,6 +28,14 @@ MAX_SNAPSHOT_POINTS = 600
 _object = msgspec.json.Decoder(dict[str, Any])
 
 
+def _number(value: Any) -> float | None:
+    """A figure from a gateway's report, or None when it is missing or not a number (reports
+    are checked at the control channel; a page still never trusts a stored shape)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
 def _json(value: Any) -> dict[str, Any]:
     if value is None:
         return {}
@@ -45,17 +53,19 @@ class GatewayRow:
     last_seen_at: dt.datetime | None
     hostname: str | None
     version: str | None
-    queue_depth: int | None
+    queue_depth: float | None
     oldest_age_s: float | None
-    dropped_total: int | None
-    dead_letter_total: int | None
-    connected_agents: int | None
+    dropped_total: float | None
+    dead_letter_total: float | None
+    connected_agents: float | None
     fault: str | None
 
 
 def _gateway(row: Any) -> GatewayRow:
     status = _json(row["last_status"])
-    buffer = status.get("buffer") or {}
+    buffer = status.get("buffer")
+    buffer = buffer if isinstance(buffer, dict) else {}
+    fault = status.get("fault")
     return GatewayRow(
         id=row["id"],
         name=row["name"],
@@ -64,12 +74,12 @@ def _gateway(row: Any) -> GatewayRow:
         last_seen_at=row["last_seen_at"],
         hostname=row["hostname"],
         version=row["version"],
-        queue_depth=buffer.get("queue_depth"),
-        oldest_age_s=buffer.get("oldest_age_s"),
-        dropped_total=buffer.get("dropped_total"),
-        dead_letter_total=buffer.get("dead_letter_total"),
-        connected_agents=status.get("connected_agents"),
-        fault=status.get("fault"),
+        queue_depth=_number(buffer.get("queue_depth")),
+        oldest_age_s=_number(buffer.get("oldest_age_s")),
+        dropped_total=_number(buffer.get("dropped_total")),
+        dead_letter_total=_number(buffer.get("dead_letter_total")),
+        connected_agents=_number(status.get("connected_agents")),
+        fault=fault if isinstance(fault, str) else None,
     )
 
 
@@ -78,15 +88,10 @@ _GATEWAY_COLUMNS = (
 )
 
 
-async def gateways(
-    services: Services, org_id: uuid.UUID, *, not_online: bool = False
-) -> list[GatewayRow]:
-    where = "org_id = $1" + (
-        " AND status <> 'ONLINE' AND disabled_at IS NULL" if not_online else ""
-    )
+async def gateways(services: Services, org_id: uuid.UUID) -> list[GatewayRow]:
     async with services.connection() as conn:
         rows = await conn.fetch(
-            f"SELECT {_GATEWAY_COLUMNS} FROM gateway_instances WHERE {where}"
+            f"SELECT {_GATEWAY_COLUMNS} FROM gateway_instances WHERE org_id = $1"
             " ORDER BY name, created_at, id LIMIT $2",
             org_id,
             PAGE_ROWS,
@@ -133,14 +138,16 @@ async def samples(
     out = []
     for row in reversed(rows[::step]):
         data = _json(row["data"])
-        total = data.get("disk_total_bytes") or 0
-        free = data.get("disk_free_bytes") or 0
+        buffer = data.get("buffer")
+        total = _number(data.get("disk_total_bytes")) or 0.0
+        free = _number(data.get("disk_free_bytes")) or 0.0
         out.append(
             Sample(
                 at=row["received_at"],
-                queue_depth=float((data.get("buffer") or {}).get("queue_depth") or 0),
-                cpu_percent=float(data.get("cpu_percent") or 0),
-                memory_percent=float(data.get("memory_percent") or 0),
+                queue_depth=_number(buffer.get("queue_depth") if isinstance(buffer, dict) else 0)
+                or 0.0,
+                cpu_percent=_number(data.get("cpu_percent")) or 0.0,
+                memory_percent=_number(data.get("memory_percent")) or 0.0,
                 disk_used_percent=100.0 * (total - free) / total if total > 0 else 0.0,
             )
         )
@@ -252,13 +259,17 @@ class DoorRow:
     status_error: str | None
 
 
+_DOOR_SQL = (
+    "SELECT d.id, d.name, d.gateway_id, g.name AS gateway_name, d.vendor, d.host,"
+    " d.port, d.enabled, d.status, d.status_checked_at, d.status_error"
+    " FROM devices d JOIN gateway_instances g ON g.id = d.gateway_id"
+)
+
+
 async def doors(services: Services, org_id: uuid.UUID) -> list[DoorRow]:
     async with services.connection() as conn:
         rows = await conn.fetch(
-            "SELECT d.id, d.name, d.gateway_id, g.name AS gateway_name, d.vendor, d.host,"
-            " d.port, d.enabled, d.status, d.status_checked_at, d.status_error"
-            " FROM devices d JOIN gateway_instances g ON g.id = d.gateway_id"
-            " WHERE d.org_id = $1 ORDER BY d.name, d.created_at, d.id LIMIT $2",
+            f"{_DOOR_SQL} WHERE d.org_id = $1 ORDER BY d.name, d.created_at, d.id LIMIT $2",
             org_id,
             PAGE_ROWS,
         )
@@ -266,10 +277,11 @@ async def doors(services: Services, org_id: uuid.UUID) -> list[DoorRow]:
 
 
 async def door(services: Services, org_id: uuid.UUID, device_id: uuid.UUID) -> DoorRow | None:
-    for row in await doors(services, org_id):
-        if row.id == device_id:
-            return row
-    return None
+    async with services.connection() as conn:
+        row = await conn.fetchrow(
+            f"{_DOOR_SQL} WHERE d.org_id = $1 AND d.id = $2", org_id, device_id
+        )
+    return DoorRow(**dict(row)) if row is not None else None
 
 
 @dataclass(slots=True)

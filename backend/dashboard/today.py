@@ -21,6 +21,7 @@ FAILED_SINCE = dt.timedelta(hours=1)
 async def _panels(request: Request[Any, Any, Any], operator: Operator) -> dict[str, Any]:
     services = services_of(request)
     doors = await reads.doors(services, operator.org_id)
+    gateways = await reads.gateways(services, operator.org_id)
     events = await described_events(request, operator)
     last_event: dict[str, dict[str, Any]] = {}
     for event in events:  # newest first: keep each door's first
@@ -34,8 +35,8 @@ async def _panels(request: Request[Any, Any, Any], operator: Operator) -> dict[s
         "people_more": more,
         "has_people": bool(rows),
         "today": today,
-        "down": await reads.gateways(services, operator.org_id, not_online=True),
-        "gateway_count": len(await reads.gateways(services, operator.org_id)),
+        "down": [g for g in gateways if g.status != "ONLINE" and not g.disabled],
+        "gateway_count": len(gateways),
         "failed": await reads.failed_commands(services, operator.org_id, FAILED_SINCE),
         "doors": [{"door": d, "last": last_event.get(str(d.id))} for d in doors],
         "now": dt.datetime.now(dt.UTC),

@@ -20,6 +20,7 @@ from litestar.template.config import TemplateConfig
 
 from backend.dashboard import attendance, commands, doors, fleet, people, policies, today
 from backend.dashboard.session import (
+    COOKIE_NAME,
     SignedIn,
     SignedOut,
     checked_form,
@@ -98,7 +99,7 @@ def _sign_in_redirect(request: Request[Any, Any, Any], exc: Exception) -> Respon
         # HTMX follows HX-Redirect with a full page load instead of swapping a fragment.
         return Response("", status_code=401, headers={"HX-Redirect": f"{PREFIX}/sign-in"})
     response: Response[Any] = Redirect(f"{PREFIX}/sign-in", status_code=303)
-    response.delete_cookie("td_session", path=PREFIX)
+    response.delete_cookie(COOKIE_NAME, path=PREFIX)
     return response
 
 

@@ -1,19 +1,22 @@
 """`make screenshots`: a PNG of each dashboard page into docs/screenshots/.
 
-Runs a real site (td-backend serve on its embedded PostgreSQL in a temporary directory,
+Runs a real site (td-backend serve on an embedded PostgreSQL in a temporary directory,
 td-gateway run, td-devsim hikvision), does what an operator would (ping, open a door, save a
 policy), and photographs each page in Debian's chromium at 1280x800, plus Today on a phone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pgserver
 from playwright.sync_api import Page, expect, sync_playwright
 
 from tests.gateway.e2e import poll
@@ -30,6 +33,18 @@ def shoot(page: Page, name: str) -> None:
     print(f"wrote {path.relative_to(OUT.parent.parent)}")
 
 
+@contextlib.contextmanager
+def postgres(data_dir: Path) -> Iterator[str]:
+    """An embedded PostgreSQL of its own (started before the backend, which then only
+    connects: on a busy machine that keeps the backend's start quick)."""
+    server = pgserver.get_server(str(data_dir / "pg"), cleanup_mode="stop")
+    try:
+        server.psql("CREATE DATABASE shots;")
+        yield str(server.get_uri("shots"))
+    finally:
+        server.cleanup()
+
+
 PEOPLE = (
     # employee_no, name, department, card, badges in at the door now
     ("1001", "Ada Lovelace", "Engineering", "1001001", True),
@@ -39,7 +54,7 @@ PEOPLE = (
 )
 
 
-def add_people(s: Site) -> dict[str, str]:
+def add_people(s: Site) -> tuple[dict[str, str], dt.date]:
     """A shift that began two hours ago, four employees with cards; the first two badge in
     at the simulated door now (late), the others are not in."""
     now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
@@ -82,22 +97,23 @@ def add_people(s: Site) -> dict[str, str]:
         for _, _, _, card, badges in PEOPLE:
             if badges:
                 door.post("/simulator/punch", json={"cardNo": card})
-    return ids
+    return ids, start.date()
 
 
 def main() -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     with (
         tempfile.TemporaryDirectory(prefix="td-shots-") as tmp,
+        postgres(Path(tmp)) as database_url,
         # Status reports every 2 s instead of 15, so the charts have a line to draw.
-        site(Path(tmp), None, backend_env={"TD_HEARTBEAT_INTERVAL": "2"}) as s,
+        site(Path(tmp), database_url, backend_env={"TD_HEARTBEAT_INTERVAL": "2"}) as s,
     ):
         front = s.add_door("Front door")
         s.add_door("Warehouse", password="an-old-password")
         policy_id = s.add_policy("Office", {"idle_threshold_s": 300, "blocked_apps": ["game.exe"]})
         s.start_gateway()
         started = time.monotonic()
-        employee_ids = add_people(s)
+        employee_ids, work_date = add_people(s)
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1280, "height": 800})
@@ -151,7 +167,7 @@ def main() -> int:
             shoot(page, "people")
             page.goto(f"{s.dashboard}/people/{employee_ids['1001']}")
             shoot(page, "employee")
-            page.goto(f"{s.dashboard}/attendance")
+            page.goto(f"{s.dashboard}/attendance?from={work_date}&to={work_date}")
             expect(page.locator('tr[data-employee="1002"][data-status="late"]')).to_have_count(1)
             shoot(page, "attendance")
             page.goto(f"{s.dashboard}/attendance/flags")

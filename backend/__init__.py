@@ -14,6 +14,8 @@
     fleet_metrics.py  td_fleet_gateway_* figures from the gateways' last reports
     routes/         HTTP routes by feature
     control/        the gateways' WebSocket control channel, LISTEN/NOTIFY between instances
+    attendance/     people and attendance: capture at ingest, the day rules, the engine,
+                    reports (docs/attendance.md)
     dashboard/      the operator's screen at /dashboard (server-rendered, htmx)
 
 Several instances may share one database; they must also share TD_SECRET_KEY (device

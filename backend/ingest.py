@@ -21,7 +21,7 @@ import asyncpg  # type: ignore[import-untyped]
 import msgspec
 import zstandard
 
-from backend.attendance.capture import capture_stored
+from backend.attendance.capture import with_capture
 from backend.auth import GatewayIdentity
 from backend.errors import InvalidRequest, PayloadTooLarge, RateLimited, UnsupportedMediaType
 from backend.partitions import LogPartitions, month_of
@@ -208,11 +208,7 @@ async def _store(
         )
         if attendance:
             # Only the rows this INSERT stored feed attendance, so retries never count twice.
-            stored = await conn.fetch(
-                insert + " RETURNING ts, id", gateway.org_id, gateway.gateway_id
-            )
-            accepted = len(stored)
-            await capture_stored(conn, gateway.org_id, batch, stored)
+            accepted = await conn.fetchval(with_capture(insert), gateway.org_id, gateway.gateway_id)
         else:
             status = await conn.execute(insert, gateway.org_id, gateway.gateway_id)
             accepted = int(status.rsplit(" ", 1)[1])

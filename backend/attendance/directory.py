@@ -188,9 +188,7 @@ class DoorEventView(Protocol):
     employee_name: str | None
 
 
-async def describe_door_events(
-    conn: Any, org_id: uuid.UUID, logs: Sequence[DoorEventView]
-) -> None:
+async def describe_door_events(conn: Any, org_id: uuid.UUID, logs: Sequence[DoorEventView]) -> None:
     """Fill `event` (the codes in words) and `employee_name` of the door events among `logs`:
     the employee's name here, else the name the terminal sent."""
     doors = [log for log in logs if log.kind == "device_event"]

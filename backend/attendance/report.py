@@ -63,11 +63,14 @@ class ActivityRow(msgspec.Struct, kw_only=True):
 
 
 def date_range(date_from: str | None, date_to: str | None) -> tuple[dt.date, dt.date]:
-    """The inclusive range of `from` and `to` (YYYY-MM-DD); InvalidRequest names the field."""
+    """The inclusive range of `from` and `to` (YYYY-MM-DD); without `from`, today (UTC);
+    without `to`, the day `from` names. InvalidRequest names the field."""
+    if date_from is None:
+        date_from = date_to or dt.datetime.now(dt.UTC).date().isoformat()
+    if date_to is None:
+        date_to = date_from
     parsed: list[dt.date] = []
     for name, text in (("from", date_from), ("to", date_to)):
-        if text is None:
-            raise InvalidRequest(f"{name}: required, a date like 2026-12-01")
         try:
             if len(text) != 10:
                 raise ValueError

@@ -196,8 +196,11 @@ def compute_day(
     if mine:
         result.first_activity = min(b.first_ts for b in mine)
         result.last_activity = max(b.last_ts for b in mine)
-        result.active_s = sum(max(0, b.foreground_ms - b.idle_ms) for b in mine) // 1000
-        result.idle_s = sum(b.idle_ms for b in mine) // 1000
+        # Overlapping or inflated durations cannot make a day hold more than its window.
+        longest = int((frame.window_end - frame.window_start).total_seconds())
+        active_ms = sum(max(0, b.foreground_ms - b.idle_ms) for b in mine)
+        result.active_s = min(active_ms // 1000, longest)
+        result.idle_s = min(sum(b.idle_ms for b in mine) // 1000, longest)
     result.flags = _flags(result, has_workstation, closed)
     return result
 

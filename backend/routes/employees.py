@@ -49,7 +49,7 @@ class EmployeePage(msgspec.Struct):
     next_cursor: str | None
 
 
-class ImportError_(msgspec.Struct):
+class ImportRowError(msgspec.Struct):
     row: int
     employee_no: str | None
     error: str
@@ -59,7 +59,7 @@ class ImportError_(msgspec.Struct):
 class ImportResult(msgspec.Struct):
     created: int
     updated: int
-    errors: list[ImportError_]
+    errors: list[ImportRowError]
 
 
 async def _body(request: Request[Any, Any, Any], limit: int = MAX_BODY_BYTES) -> bytes:
@@ -310,7 +310,7 @@ async def import_csv(services: Services, org_id: uuid.UUID, raw: bytes) -> Impor
                 raise InvalidRequest(f"body: at most {MAX_IMPORT_ROWS} rows per import")
             if None in record:
                 result.errors.append(
-                    ImportError_(
+                    ImportRowError(
                         number, None, "invalid_request", "row: more fields than the header"
                     )
                 )
@@ -340,9 +340,9 @@ async def import_csv(services: Services, org_id: uuid.UUID, raw: bytes) -> Impor
             except msgspec.ValidationError as exc:
                 reason, _, where = str(exc).rpartition(" - at `$.")
                 detail = f"{where.rstrip('`')}: {reason}" if where else str(exc)
-                result.errors.append(ImportError_(number, employee_no, "invalid_request", detail))
+                result.errors.append(ImportRowError(number, employee_no, "invalid_request", detail))
             except BackendError as exc:
-                result.errors.append(ImportError_(number, employee_no, exc.code, exc.detail))
+                result.errors.append(ImportRowError(number, employee_no, exc.code, exc.detail))
     for earlier, later in touched:
         if earlier is None or _terminals_differ(earlier, later):
             await push_user(services, org_id, later)

@@ -49,6 +49,13 @@ def bodies(a: dict[str, str]) -> dict[tuple[str, str], Any]:
         ("DELETE", "/v2/devices/{device_id:uuid}"): None,
         ("POST", "/v2/devices/{device_id:uuid}/commands"): {"type": "open_door"},
         ("POST", "/v2/devices/{device_id:uuid}/commands/{command_id:uuid}/cancel"): None,
+        # Org A's shift is not org B's to use (400): nothing is created.
+        ("POST", "/v2/employees"): {"employee_no": "b1", "name": "B", "shift_id": a["shift_id"]},
+        ("PATCH", "/v2/employees/{employee_id:uuid}"): {"name": "hijacked"},
+        ("POST", "/v2/employees/import"): None,
+        ("POST", "/v2/shifts"): {"name": "b", "start": "09:00", "end": "17:00"},
+        ("PATCH", "/v2/shifts/{shift_id:uuid}"): {"name": "hijacked"},
+        ("PATCH", "/v2/organization"): {"time_zone": "Asia/Tokyo"},
     }
 
 
@@ -96,11 +103,21 @@ async def org_a_resources(client: AsyncTestClient[Litestar], a: Org) -> dict[str
         },
         headers=a.headers,
     )
+    shift = await client.post(
+        "/v2/shifts", json={"name": "a", "start": "09:00", "end": "17:00"}, headers=a.headers
+    )
+    employee = await client.post(
+        "/v2/employees",
+        json={"employee_no": "a1", "name": "a-person", "shift_id": shift.json()["id"]},
+        headers=a.headers,
+    )
     ids = {
         "gateway_id": gateway["id"],
         "agent_id": agents[0]["id"],
         "policy_id": policy.json()["id"],
         "device_id": device.json()["id"],
+        "shift_id": shift.json()["id"],
+        "employee_id": employee.json()["id"],
     }
     command = await client.post(
         f"/v2/gateways/{gateway['id']}/commands", json={"type": "ping"}, headers=a.headers
@@ -154,7 +171,9 @@ async def test_every_admin_route_hides_other_organisations(
                 filtered = await client.get(template, params={name: ids[name]}, headers=b.headers)
                 if filtered.status_code == 200:
                     assert ids[name] not in filtered.text
-                    assert filtered.json()["items"] == []
+                    # Lists only (not the CSV export or the organisation's own settings).
+                    if filtered.headers["content-type"].startswith("application/json"):
+                        assert filtered.json().get("items", []) == []
 
     # Nothing org B attempted changed org A's resources.
     policy = (await client.get(f"/v2/policies/{ids['policy_id']}", headers=a.headers)).json()
@@ -165,6 +184,8 @@ async def test_every_admin_route_hides_other_organisations(
     assert gateway["disabled"] is False
     logs = (await client.get("/v2/logs", headers=a.headers)).json()["items"]
     assert len(logs) == 1
+    person = await client.get(f"/v2/employees/{ids['employee_id']}", headers=a.headers)
+    assert person.json()["name"] == "a-person" and person.json()["status"] == "active"
 
 
 async def test_a_token_that_is_not_one_is_refused(client: AsyncTestClient[Litestar]) -> None:

@@ -74,7 +74,7 @@ class Site:
             self.backend.url,
             *("--control-backoff-base-s", "0.2", "--control-backoff-cap-s", "1"),
             *("--device-poll-s", "1"),
-            env={"TD_GATEWAY_API_KEY": self.api_key, "TD_HEARTBEAT_INTERVAL": "1"},
+            env={"TD_GATEWAY_API_KEY": self.api_key},
         ).start()
         return self.gateway
 

@@ -188,6 +188,15 @@ async def _resolve(conn: Any, marks: list[Any]) -> dict[uuid.UUID, set[dt.date]]
     return targets
 
 
+async def _put_back(pool: Any, marks: list[Any]) -> None:
+    async with pool.acquire() as conn:
+        await conn.executemany(
+            "INSERT INTO attendance_dirty (org_id, subject_kind, subject, utc_day)"
+            " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            [tuple(mark) for mark in marks],
+        )
+
+
 async def run_once(pool: Any, now: dt.datetime | None = None, limit: int = CLAIM_LIMIT) -> int:
     """One pass: dirty marks, then days whose window has closed since; returns the work."""
     now = now or dt.datetime.now(dt.UTC)
@@ -211,13 +220,10 @@ async def run_once(pool: Any, now: dt.datetime | None = None, limit: int = CLAIM
                 # of the next one.
                 await recompute(conn, person, min(days) - DAY, max(days) + DAY, now)
         except BaseException:
-            # Put the claimed marks back so the work is not lost with this pass.
+            # Put the claimed marks back so the work is not lost with this pass (on a fresh
+            # connection, and shielded: a cancelled pass must still return them).
             if marks:
-                await conn.executemany(
-                    "INSERT INTO attendance_dirty (org_id, subject_kind, subject, utc_day)"
-                    " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                    [tuple(mark) for mark in marks],
-                )
+                await asyncio.shield(_put_back(pool, marks))
             raise
     return len(marks) + sum(len(days) for days in targets.values())
 

@@ -120,16 +120,6 @@ def frame_for(work_date: dt.date, shift: ShiftRule | None, zone: ZoneInfo) -> Da
     )
 
 
-def work_dates_touching(instant: dt.datetime, shift: ShiftRule | None, zone: ZoneInfo) -> dt.date:
-    """The work date whose window holds `instant`."""
-    local_date = instant.astimezone(zone).date()
-    for candidate in (local_date, local_date - DAY, local_date + DAY):
-        frame = frame_for(candidate, shift, zone)
-        if frame.window_start <= instant < frame.window_end:
-            return candidate
-    return local_date
-
-
 def dedupe_punches(punches: Sequence[dt.datetime], min_gap_s: int) -> list[dt.datetime]:
     """Sorted punches with a repeat within `min_gap_s` of the last kept one dropped."""
     kept: list[dt.datetime] = []

@@ -169,13 +169,21 @@ class AttendancePages(Controller):
         )
 
 
+def _instant(value: str | dt.datetime | None) -> dt.datetime | None:
+    """A row's time (ISO 8601 text with its offset) as an aware datetime."""
+    if value is None or isinstance(value, dt.datetime):
+        return value
+    return dt.datetime.fromisoformat(value)
+
+
 def current_days(
     rows: list[AttendanceRow], today: dt.date, now: dt.datetime
 ) -> list[AttendanceRow]:
     """Each employee's current work day: yesterday's while its shift still runs, else today's."""
     chosen: dict[uuid.UUID, AttendanceRow] = {}
     for row in rows:
-        running = row.scheduled_end is not None and now < row.scheduled_end
+        end = _instant(row.scheduled_end)
+        running = end is not None and now < end
         if (row.date == today and row.employee_id not in chosen) or (row.date < today and running):
             chosen[row.employee_id] = row
     return list(chosen.values())
@@ -192,7 +200,9 @@ def today_people(rows: list[AttendanceRow], now: dt.datetime) -> dict[str, list[
         and (
             r.status == "absent"
             or (
-                r.status == "pending" and r.scheduled_start is not None and r.scheduled_start <= now
+                r.status == "pending"
+                and (start := _instant(r.scheduled_start)) is not None
+                and start <= now
             )
         )
     ]

@@ -55,6 +55,14 @@ def _utc(value: dt.datetime | None) -> str:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value else "—"
 
 
+def _clock(value: str | dt.datetime | None) -> str:
+    """HH:MM of a local time (the attendance rows carry ISO 8601 text in the employee's zone)."""
+    if value is None:
+        return "—"
+    moment = dt.datetime.fromisoformat(value) if isinstance(value, str) else value
+    return moment.strftime("%H:%M")
+
+
 def _count(value: float | None) -> str:
     return "—" if value is None else f"{value:,.0f}"
 
@@ -81,7 +89,7 @@ def _environment() -> Environment:
         loader=FileSystemLoader(HERE / "templates"),
         autoescape=select_autoescape(default=True),
     )
-    env.filters.update(ago=_ago, utc=_utc, count=_count, age=_age, duration=_duration)
+    env.filters.update(ago=_ago, utc=_utc, count=_count, age=_age, duration=_duration, clock=_clock)
     return env
 
 

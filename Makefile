@@ -20,7 +20,7 @@ FUZZ_EXAMPLES ?= 50
 
 LINTED := protocol gateway backend devsim chaos tests bench loadtests scripts
 
-.PHONY: run test lint typecheck pytest system-deps bench loadtest loadtest-headless chaos fuzz clean
+.PHONY: run test lint typecheck pytest system-deps bench loadtest loadtest-headless chaos fuzz screenshots clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -66,6 +66,10 @@ loadtest-headless: $(STAMP)
 chaos: $(STAMP)
 	@$(BIN)/python -m chaos --duration $(CHAOS_DURATION) --agents $(CHAOS_AGENTS) \
 		--faults-each $(CHAOS_FAULTS) $(if $(SEED),--seed $(SEED))
+
+# A PNG of each dashboard page into docs/screenshots/, from a real site in Debian's chromium.
+screenshots: $(STAMP) system-deps
+	PYTHONPATH=. $(BIN)/python scripts/screenshots.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

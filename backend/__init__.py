@@ -16,6 +16,7 @@
     control/        the gateways' WebSocket control channel, LISTEN/NOTIFY between instances
     attendance/     people and attendance: capture at ingest, the day rules, the engine,
                     reports (docs/attendance.md)
+    dashboard/      the operator's screen at /dashboard (server-rendered, htmx)
 
 Several instances may share one database; they must also share TD_SECRET_KEY (device
 passwords and enrollment keys are encrypted with it).

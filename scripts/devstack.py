@@ -211,6 +211,7 @@ def summary(info: dict[str, Any], agent_token: str, work_date: dt.date) -> str:
 TD stack is up (Ctrl-C stops everything)
 
   backend   {backend}   (OpenAPI: {backend}/schema, health: {backend}/ready)
+  dashboard {backend}/dashboard   (sign in with the admin token below)
   gateway   {gateway}   (health: {gateway}/health, agent API: {gateway}/schema)
   terminal  http://127.0.0.1:{info["devsim_port"]}   (simulated Hikvision, device {info["device_id"]})
   database  {info["database_url"]}

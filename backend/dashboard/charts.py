@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from markupsafe import Markup, escape
 
-WIDTH = 600
-HEIGHT = 140
+WIDTH = 420
+HEIGHT = 150
 PAD_LEFT = 44
 PAD_BOTTOM = 20
 PAD_TOP = 8
@@ -61,7 +61,7 @@ def line_chart(series: Series, start: dt.datetime, end: dt.datetime) -> Markup:
     latest = f"{_label(series.points[-1][1])}{series.unit}" if series.points else "no reports yet"
     parts = [
         f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img"'
-        f' aria-label="{title}, latest {escape(latest)}" preserveAspectRatio="none">',
+        f' aria-label="{title}, latest {escape(latest)}">',
         f'<line class="axis" x1="{PAD_LEFT}" y1="{PAD_TOP + plot_h}"'
         f' x2="{WIDTH - 4}" y2="{PAD_TOP + plot_h}"/>',
         f'<line class="grid" x1="{PAD_LEFT}" y1="{PAD_TOP}" x2="{WIDTH - 4}" y2="{PAD_TOP}"/>',

@@ -8,6 +8,7 @@ connections per site, and a page of waiting commands must not take them all.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import Any, Literal
 
@@ -15,8 +16,9 @@ from litestar import Request, get
 from litestar.params import FromPath, FromQuery
 from litestar.response import Template
 
+from backend.dashboard import reads
 from backend.dashboard.reads import CommandRow, command_row
-from backend.dashboard.session import SignedIn
+from backend.dashboard.session import Operator, SignedIn
 from backend.routes.commands import CommandCreate
 from backend.routes.commands import _create as create_command
 from backend.routes.commands import _read_waiting as read_command
@@ -53,7 +55,7 @@ def _row(kind: str, command: Any) -> CommandRow:
 
 async def start(
     services: Services,
-    operator: SignedIn,
+    operator: Operator,
     gateway_id: uuid.UUID,
     command_type: str,
     device_id: uuid.UUID | None = None,
@@ -90,4 +92,17 @@ async def command_progress(
         owner_id,
         WAIT_S if follow else 0.0,
     )
-    return Template("_command.html", context={"command": _row(kind, command), "follow": follow})
+    row = dataclasses.replace(
+        _row(kind, command), owner_name=await _owner_name(request, kind, owner_id, operator)
+    )
+    return Template("_command.html", context={"command": row, "follow": follow})
+
+
+async def _owner_name(
+    request: Request[Any, Any, Any], kind: str, owner_id: uuid.UUID, operator: Operator
+) -> str:
+    services = services_of(request)
+    if kind == "device":
+        door = await reads.door(services, operator.org_id, owner_id)
+        return door.name if door else ""
+    return ""

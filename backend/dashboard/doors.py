@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from typing import Any
 
@@ -11,59 +12,41 @@ from litestar.response import Template
 
 from backend.dashboard import commands, reads
 from backend.dashboard.pages import fragment, owned_door, page
-from backend.dashboard.session import SignedIn, checked_form
+from backend.dashboard.session import Operator, SignedIn, checked_form
 from backend.errors import InvalidRequest
 from backend.routes.common import services_of
 
 BUTTONS = {"open_door": "Open", "close_door": "Close", "reboot": "Reboot"}
 
-# Hikvision (major, minor) event codes in words (ISAPI-NOTES.md, "Event codes").
-_EVENT_WORDS = {
-    (3, 1024): "door opened remotely",
-    (3, 1025): "door closed remotely",
-    (3, 1026): "door set to stay open",
-    (3, 1027): "door set to stay closed",
-    (3, 123): "terminal rebooted remotely",
-    (5, 21): "lock opened",
-    (5, 22): "lock closed",
-    (5, 1): "card accepted",
-    (5, 2): "card and PIN accepted",
-    (5, 38): "fingerprint accepted",
-    (5, 75): "face recognised",
-    (5, 77): "ID and face accepted",
-    (5, 181): "PIN accepted",
-}
 
-
-def event_words(event: reads.AccessEvent, names: dict[str, str]) -> str:
-    """'face recognised: Ada Lovelace (1001)' — what happened, and who when known."""
-    what = _EVENT_WORDS.get((event.major, event.minor), f"event {event.major}/{event.minor}")
-    if event.employee_no:
-        name = names.get(event.employee_no)
-        who = f"{name} ({event.employee_no})" if name else f"employee {event.employee_no}"
-        what = f"{what}: {who}"
-    elif event.card_no:
-        what = f"{what}: card {event.card_no}"
-    if event.door is not None:
-        what = f"{what}, door {event.door}"
+def event_words(event: reads.AccessEvent) -> str:
+    """'face granted: Ada Lovelace (1001), door 1' — what happened, and who when known."""
+    what = event.event or "event"
+    number = event.data.get("employee_no")
+    card = event.data.get("card_no")
+    if event.employee_name:
+        what += f": {event.employee_name}" + (f" ({number})" if number else "")
+    elif number:
+        what += f": employee {number}"
+    elif card:
+        what += f": card {card}"
+    if (door := event.data.get("door")) is not None:
+        what += f", door {door}"
     return what
 
 
 async def described_events(
-    request: Request[Any, Any, Any], operator: SignedIn, device_id: uuid.UUID | None = None
+    request: Request[Any, Any, Any], operator: Operator, device_id: uuid.UUID | None = None
 ) -> list[dict[str, Any]]:
     services = services_of(request)
     events = await reads.access_events(services, operator.org_id, device_id)
     doors = {str(d.id): d.name for d in await reads.doors(services, operator.org_id)}
-    names = await reads.employee_names(
-        services, operator.org_id, {e.employee_no for e in events if e.employee_no}
-    )
     return [
         {
             "at": e.at,
             "device_id": e.device_id,
             "door": doors.get(e.device_id, "a removed terminal"),
-            "words": event_words(e, names),
+            "words": event_words(e),
         }
         for e in events
     ]
@@ -104,4 +87,6 @@ class DoorController(Controller):
         if kind not in BUTTONS:
             raise InvalidRequest(f"type: one of {', '.join(BUTTONS)}")
         command = await commands.start(services, operator, door.gateway_id, kind, device_id)
-        return fragment("_command.html", command=command, follow=True)
+        return fragment(
+            "_command.html", command=dataclasses.replace(command, owner_name=door.name), follow=True
+        )

@@ -50,10 +50,13 @@ class FleetController(Controller):
         end = dt.datetime.now(dt.UTC)
         samples = await reads.samples(services, operator.org_id, gateway_id, span)
         charts = [
-            line_chart(
-                Series(title, unit, [(s.at, getattr(s, key)) for s in samples], top),
-                end - span,
-                end,
+            (
+                title,
+                line_chart(
+                    Series(title, unit, [(s.at, getattr(s, key)) for s in samples], top),
+                    end - span,
+                    end,
+                ),
             )
             for title, key, unit, top in (
                 ("Queue depth (batches)", "queue_depth", "", None),

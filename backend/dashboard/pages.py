@@ -8,12 +8,12 @@ from typing import Any
 from litestar.response import Template
 
 from backend.dashboard import reads
-from backend.dashboard.session import SignedIn
+from backend.dashboard.session import Operator
 from backend.errors import NotFound
 from backend.services import Services
 
 
-def page(template: str, operator: SignedIn, section: str, **context: Any) -> Template:
+def page(template: str, operator: Operator, section: str, **context: Any) -> Template:
     """A full page: the layout needs the CSRF secret (for HTMX) and the current section."""
     return Template(template, context={"csrf": operator.csrf, "section": section, **context})
 
@@ -23,7 +23,7 @@ def fragment(template: str, **context: Any) -> Template:
 
 
 async def owned_gateway(
-    services: Services, operator: SignedIn, gateway_id: uuid.UUID
+    services: Services, operator: Operator, gateway_id: uuid.UUID
 ) -> reads.GatewayRow:
     """The organisation's gateway, else NotFound, worded as for an unknown id (as the API)."""
     row = await reads.gateway(services, operator.org_id, gateway_id)
@@ -32,7 +32,7 @@ async def owned_gateway(
     return row
 
 
-async def owned_door(services: Services, operator: SignedIn, device_id: uuid.UUID) -> reads.DoorRow:
+async def owned_door(services: Services, operator: Operator, device_id: uuid.UUID) -> reads.DoorRow:
     row = await reads.door(services, operator.org_id, device_id)
     if row is None:
         raise NotFound(f"no terminal {device_id} in this organisation")

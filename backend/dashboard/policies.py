@@ -12,7 +12,7 @@ from litestar.response import Redirect, Template
 
 from backend.dashboard import policy_form, reads
 from backend.dashboard.pages import fragment, page
-from backend.dashboard.session import SignedIn, checked_form
+from backend.dashboard.session import Operator, SignedIn, checked_form
 from backend.errors import NotFound
 from backend.routes.common import services_of
 from backend.routes.policies import _new_revision as new_revision
@@ -23,7 +23,7 @@ from backend.tables import Policy, PolicyRevision
 from protocol.agent import PolicyBody
 
 
-async def _rollout(services: Services, operator: SignedIn, policy_id: uuid.UUID) -> dict[str, Any]:
+async def _rollout(services: Services, operator: Operator, policy_id: uuid.UUID) -> dict[str, Any]:
     status = await rollout_status(operator.org_id, policy_id)
     names = {g.id: g.name for g in await reads.gateways(services, operator.org_id)}
     rows = [
@@ -81,7 +81,7 @@ class PolicyPages(Controller):
     async def _edit_page(
         self,
         request: Request[Any, Any, Any],
-        operator: SignedIn,
+        operator: Operator,
         policy: dict[str, Any],
         form: policy_form.PolicyForm,
         saved: int | None = None,

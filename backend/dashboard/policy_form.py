@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from backend.dashboard.words import readable
 from protocol.agent import PolicyBody
 
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -29,12 +30,6 @@ LABELS = {
 }
 _HOURS_LINE = re.compile(r"^(\w{3})\s+(\d{2}:\d{2})\s*-\s*(\d{2}:\d{2})$")
 _AT_FIELD = re.compile(r"^(.*) - at `\$\.([a-z_]+)(.*)`$")
-_READABLE = (
-    (re.compile(r"^Expected `int` >= (\d+)$"), "must be at least {0}"),
-    (re.compile(r"^Expected `int` <= (\d+)$"), "must be at most {0}"),
-    (re.compile(r"^Expected `array` of length <= (\d+)$"), "at most {0} entries"),
-    (re.compile(r"^Expected `str` of length <= (\d+)$"), "an entry is longer than {0} characters"),
-)
 
 
 @dataclass
@@ -58,13 +53,6 @@ def form_values(name: str, body: PolicyBody) -> dict[str, str]:
         f"{WEEKDAYS[h.weekday]} {h.start}-{h.end}" for h in body.working_hours
     )
     return values
-
-
-def _readable(message: str) -> str:
-    for pattern, words in _READABLE:
-        if match := pattern.match(message):
-            return words.format(*match.groups())
-    return message
 
 
 def parse(fields: dict[str, str]) -> tuple[PolicyForm, str | None, PolicyBody | None]:
@@ -110,7 +98,7 @@ def parse(fields: dict[str, str]) -> tuple[PolicyForm, str | None, PolicyBody | 
             problem, key, rest = match.groups()
             if key == "working_hours" and (index := re.match(r"\[(\d+)\]", rest)):
                 problem = f"line {hour_lines[int(index.group(1))]}: {problem}"
-            form.errors[key if key in LABELS else "name"] = _readable(problem)
+            form.errors[key if key in LABELS else "name"] = readable(problem)
         else:
             form.errors["name"] = message
         return form, None, None

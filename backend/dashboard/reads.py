@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from backend.attendance.directory import describe_door_events
 from backend.services import Services
 
 # A page lists at most this many rows of anything; the API pages through the rest.
@@ -17,10 +18,22 @@ RECENT_EVENTS = 30
 RECENT_COMMANDS = 20
 # Access events are read from recent partitions only, so a page never scans months of logs.
 EVENT_LOOKBACK = dt.timedelta(days=7)
-RANGES = {"hour": dt.timedelta(hours=1), "day": dt.timedelta(days=1)}
+RANGES = {
+    "10min": dt.timedelta(minutes=10),
+    "hour": dt.timedelta(hours=1),
+    "day": dt.timedelta(days=1),
+}
 MAX_SNAPSHOT_POINTS = 600
 
 _object = msgspec.json.Decoder(dict[str, Any])
+
+
+def _number(value: Any) -> float | None:
+    """A figure from a gateway's report, or None when it is missing or not a number (reports
+    are checked at the control channel; a page still never trusts a stored shape)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
 
 
 def _json(value: Any) -> dict[str, Any]:
@@ -40,17 +53,19 @@ class GatewayRow:
     last_seen_at: dt.datetime | None
     hostname: str | None
     version: str | None
-    queue_depth: int | None
+    queue_depth: float | None
     oldest_age_s: float | None
-    dropped_total: int | None
-    dead_letter_total: int | None
-    connected_agents: int | None
+    dropped_total: float | None
+    dead_letter_total: float | None
+    connected_agents: float | None
     fault: str | None
 
 
 def _gateway(row: Any) -> GatewayRow:
     status = _json(row["last_status"])
-    buffer = status.get("buffer") or {}
+    buffer = status.get("buffer")
+    buffer = buffer if isinstance(buffer, dict) else {}
+    fault = status.get("fault")
     return GatewayRow(
         id=row["id"],
         name=row["name"],
@@ -59,12 +74,12 @@ def _gateway(row: Any) -> GatewayRow:
         last_seen_at=row["last_seen_at"],
         hostname=row["hostname"],
         version=row["version"],
-        queue_depth=buffer.get("queue_depth"),
-        oldest_age_s=buffer.get("oldest_age_s"),
-        dropped_total=buffer.get("dropped_total"),
-        dead_letter_total=buffer.get("dead_letter_total"),
-        connected_agents=status.get("connected_agents"),
-        fault=status.get("fault"),
+        queue_depth=_number(buffer.get("queue_depth")),
+        oldest_age_s=_number(buffer.get("oldest_age_s")),
+        dropped_total=_number(buffer.get("dropped_total")),
+        dead_letter_total=_number(buffer.get("dead_letter_total")),
+        connected_agents=_number(status.get("connected_agents")),
+        fault=fault if isinstance(fault, str) else None,
     )
 
 
@@ -73,15 +88,10 @@ _GATEWAY_COLUMNS = (
 )
 
 
-async def gateways(
-    services: Services, org_id: uuid.UUID, *, not_online: bool = False
-) -> list[GatewayRow]:
-    where = "org_id = $1" + (
-        " AND status <> 'ONLINE' AND disabled_at IS NULL" if not_online else ""
-    )
+async def gateways(services: Services, org_id: uuid.UUID) -> list[GatewayRow]:
     async with services.connection() as conn:
         rows = await conn.fetch(
-            f"SELECT {_GATEWAY_COLUMNS} FROM gateway_instances WHERE {where}"
+            f"SELECT {_GATEWAY_COLUMNS} FROM gateway_instances WHERE org_id = $1"
             " ORDER BY name, created_at, id LIMIT $2",
             org_id,
             PAGE_ROWS,
@@ -128,14 +138,16 @@ async def samples(
     out = []
     for row in reversed(rows[::step]):
         data = _json(row["data"])
-        total = data.get("disk_total_bytes") or 0
-        free = data.get("disk_free_bytes") or 0
+        buffer = data.get("buffer")
+        total = _number(data.get("disk_total_bytes")) or 0.0
+        free = _number(data.get("disk_free_bytes")) or 0.0
         out.append(
             Sample(
                 at=row["received_at"],
-                queue_depth=float((data.get("buffer") or {}).get("queue_depth") or 0),
-                cpu_percent=float(data.get("cpu_percent") or 0),
-                memory_percent=float(data.get("memory_percent") or 0),
+                queue_depth=_number(buffer.get("queue_depth") if isinstance(buffer, dict) else 0)
+                or 0.0,
+                cpu_percent=_number(data.get("cpu_percent")) or 0.0,
+                memory_percent=_number(data.get("memory_percent")) or 0.0,
                 disk_used_percent=100.0 * (total - free) / total if total > 0 else 0.0,
             )
         )
@@ -247,13 +259,17 @@ class DoorRow:
     status_error: str | None
 
 
+_DOOR_SQL = (
+    "SELECT d.id, d.name, d.gateway_id, g.name AS gateway_name, d.vendor, d.host,"
+    " d.port, d.enabled, d.status, d.status_checked_at, d.status_error"
+    " FROM devices d JOIN gateway_instances g ON g.id = d.gateway_id"
+)
+
+
 async def doors(services: Services, org_id: uuid.UUID) -> list[DoorRow]:
     async with services.connection() as conn:
         rows = await conn.fetch(
-            "SELECT d.id, d.name, d.gateway_id, g.name AS gateway_name, d.vendor, d.host,"
-            " d.port, d.enabled, d.status, d.status_checked_at, d.status_error"
-            " FROM devices d JOIN gateway_instances g ON g.id = d.gateway_id"
-            " WHERE d.org_id = $1 ORDER BY d.name, d.created_at, d.id LIMIT $2",
+            f"{_DOOR_SQL} WHERE d.org_id = $1 ORDER BY d.name, d.created_at, d.id LIMIT $2",
             org_id,
             PAGE_ROWS,
         )
@@ -261,27 +277,33 @@ async def doors(services: Services, org_id: uuid.UUID) -> list[DoorRow]:
 
 
 async def door(services: Services, org_id: uuid.UUID, device_id: uuid.UUID) -> DoorRow | None:
-    for row in await doors(services, org_id):
-        if row.id == device_id:
-            return row
-    return None
+    async with services.connection() as conn:
+        row = await conn.fetchrow(
+            f"{_DOOR_SQL} WHERE d.org_id = $1 AND d.id = $2", org_id, device_id
+        )
+    return DoorRow(**dict(row)) if row is not None else None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AccessEvent:
+    """One door event; `event` and `employee_name` are filled by describe_door_events."""
+
     at: dt.datetime
-    device_id: str
-    major: int
-    minor: int
-    employee_no: str | None
-    card_no: str | None
-    door: int | None
+    data: dict[str, Any]
+    kind: str = "device_event"
+    event: str | None = None
+    employee_name: str | None = None
+
+    @property
+    def device_id(self) -> str:
+        return str(self.data.get("device_id", ""))
 
 
 async def access_events(
     services: Services, org_id: uuid.UUID, device_id: uuid.UUID | None = None
 ) -> list[AccessEvent]:
-    """The latest access events of the organisation (or of one terminal), newest first."""
+    """The latest access events of the organisation (or of one terminal), newest first, in
+    words and with the person's name where the employee or card is known."""
     where = "org_id = $1 AND kind = 'device_event' AND ts > now() - $2::interval"
     args: list[Any] = [org_id, EVENT_LOOKBACK, RECENT_EVENTS]
     if device_id is not None:
@@ -292,35 +314,6 @@ async def access_events(
             f"SELECT ts, data FROM agent_logs WHERE {where} ORDER BY ts DESC, id DESC LIMIT $3",
             *args,
         )
-    events = []
-    for row in rows:
-        data = _json(row["data"])
-        events.append(
-            AccessEvent(
-                at=row["ts"],
-                device_id=str(data.get("device_id", "")),
-                major=int(data.get("major") or 0),
-                minor=int(data.get("minor") or 0),
-                employee_no=data.get("employee_no"),
-                card_no=data.get("card_no"),
-                door=data.get("door"),
-            )
-        )
+        events = [AccessEvent(at=row["ts"], data=_json(row["data"])) for row in rows]
+        await describe_door_events(conn, org_id, events)
     return events
-
-
-async def employee_names(
-    services: Services, org_id: uuid.UUID, employee_nos: set[str]
-) -> dict[str, str]:
-    """employee_no -> name for the people the terminals reported (none before people exist)."""
-    if not employee_nos:
-        return {}
-    async with services.connection() as conn:
-        if await conn.fetchval("SELECT to_regclass('employees')") is None:
-            return {}
-        rows = await conn.fetch(
-            "SELECT employee_no, name FROM employees WHERE org_id = $1 AND employee_no = ANY($2)",
-            org_id,
-            list(employee_nos)[:PAGE_ROWS],
-        )
-    return {row["employee_no"]: row["name"] for row in rows}

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from litestar import Request, Response, Router, get, post
+from litestar.datastructures import ResponseHeader
 from litestar.di import Provide
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import HTTPException
@@ -17,8 +18,9 @@ from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
-from backend.dashboard import commands, doors, fleet, policies, today
+from backend.dashboard import attendance, commands, doors, fleet, people, policies, today
 from backend.dashboard.session import (
+    COOKIE_NAME,
     SignedIn,
     SignedOut,
     checked_form,
@@ -53,6 +55,14 @@ def _utc(value: dt.datetime | None) -> str:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value else "—"
 
 
+def _clock(value: str | dt.datetime | None) -> str:
+    """HH:MM of a local time (the attendance rows carry ISO 8601 text in the employee's zone)."""
+    if value is None:
+        return "—"
+    moment = dt.datetime.fromisoformat(value) if isinstance(value, str) else value
+    return moment.strftime("%H:%M")
+
+
 def _count(value: float | None) -> str:
     return "—" if value is None else f"{value:,.0f}"
 
@@ -67,12 +77,19 @@ def _age(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _duration(seconds: int | None) -> str:
+    if not seconds:
+        return "—"
+    hours, rest = divmod(int(seconds), 3600)
+    return f"{hours} h {rest // 60:02d} min" if hours else f"{rest // 60} min"
+
+
 def _environment() -> Environment:
     env = Environment(
         loader=FileSystemLoader(HERE / "templates"),
         autoescape=select_autoescape(default=True),
     )
-    env.filters.update(ago=_ago, utc=_utc, count=_count, age=_age)
+    env.filters.update(ago=_ago, utc=_utc, count=_count, age=_age, duration=_duration, clock=_clock)
     return env
 
 
@@ -90,7 +107,7 @@ def _sign_in_redirect(request: Request[Any, Any, Any], exc: Exception) -> Respon
         # HTMX follows HX-Redirect with a full page load instead of swapping a fragment.
         return Response("", status_code=401, headers={"HX-Redirect": f"{PREFIX}/sign-in"})
     response: Response[Any] = Redirect(f"{PREFIX}/sign-in", status_code=303)
-    response.delete_cookie("td_session", path=PREFIX)
+    response.delete_cookie(COOKIE_NAME, path=PREFIX)
     return response
 
 
@@ -142,11 +159,26 @@ async def sign_out(request: Request[Any, Any, Any], operator: SignedIn) -> Respo
     return response
 
 
+# Scripts, styles and forms only from this site, never framed (no clickjacking); htmx runs
+# without eval (allowEval is off in base.html).
+SECURITY_HEADERS = [
+    ResponseHeader(
+        name="Content-Security-Policy",
+        value="default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self';"
+        " connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    ),
+    ResponseHeader(name="X-Frame-Options", value="DENY"),
+    ResponseHeader(name="X-Content-Type-Options", value="nosniff"),
+    ResponseHeader(name="Referrer-Policy", value="same-origin"),
+]
+
+
 def dashboard_router() -> Router:
     """Everything under /dashboard; pages need a session, except sign-in and the assets."""
     return Router(
         path=PREFIX,
         include_in_schema=False,
+        response_headers=SECURITY_HEADERS,
         dependencies={"operator": Provide(provide_operator)},
         exception_handlers={SignedOut: _sign_in_redirect, Exception: _error_page},
         route_handlers=[
@@ -158,6 +190,8 @@ def dashboard_router() -> Router:
             fleet.FleetController,
             doors.DoorController,
             policies.PolicyPages,
+            people.PeoplePages,
+            attendance.AttendancePages,
             create_static_files_router(
                 path="/static", directories=[HERE / "static"], include_in_schema=False
             ),

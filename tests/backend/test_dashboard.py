@@ -61,6 +61,10 @@ async def test_sign_in_sets_an_http_only_strict_cookie_without_the_token(
     today = await client.get("/dashboard/")
     assert today.status_code == 200
     assert "<h1>Today</h1>" in today.text
+    # Never framed by another site, scripts only from this one.
+    assert "frame-ancestors 'none'" in today.headers["content-security-policy"]
+    assert "script-src 'self'" in today.headers["content-security-policy"]
+    assert today.headers["x-frame-options"] == "DENY"
 
 
 async def test_a_wrong_token_is_refused_on_the_form(client: Client, org: Org) -> None:
@@ -316,3 +320,33 @@ async def test_gateway_page_charts_its_status_reports(
     assert day.status_code == 200
     bad = await client.get(f"/dashboard/fleet/{gateway['id']}?range=year")
     assert bad.status_code == 400
+
+
+async def test_a_report_of_the_wrong_shape_shows_dashes_not_an_error(
+    client: Client, org: Org, migrated_url: str
+) -> None:
+    gateway = await create_gateway(client, org)
+    conn = await asyncpg.connect(migrated_url)
+    try:
+        await conn.execute(
+            "UPDATE gateway_instances SET last_status = $2 WHERE id = $1",
+            uuid.UUID(gateway["id"]),
+            json.dumps({"buffer": {"queue_depth": "lots", "dropped_total": True}, "fault": 5}),
+        )
+        await conn.execute(
+            "INSERT INTO gateway_status_snapshots (gateway_id, org_id, ts, data)"
+            " VALUES ($1, $2, now(), $3)",
+            uuid.UUID(gateway["id"]),
+            uuid.UUID(org.id),
+            json.dumps({"cpu_percent": "high", "buffer": [1], "disk_total_bytes": {}}),
+        )
+    finally:
+        await conn.close()
+    await sign_in(client, org)
+    fleet = await client.get("/dashboard/fleet")
+    assert fleet.status_code == 200
+    row = re.search(r'<tr data-gateway="gw">(.*?)</tr>', fleet.text, re.S)
+    assert row and row.group(1).count('<td class="num">—</td>') == 5
+    page = await client.get(f"/dashboard/fleet/{gateway['id']}")
+    assert page.status_code == 200
+    assert 'aria-label="CPU, latest 0%"' in page.text

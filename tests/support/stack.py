@@ -74,7 +74,7 @@ class Site:
             self.backend.url,
             *("--control-backoff-base-s", "0.2", "--control-backoff-cap-s", "1"),
             *("--device-poll-s", "1"),
-            env={"TD_GATEWAY_API_KEY": self.api_key, "TD_HEARTBEAT_INTERVAL": "1"},
+            env={"TD_GATEWAY_API_KEY": self.api_key},
         ).start()
         return self.gateway
 
@@ -103,9 +103,14 @@ class Site:
 
 
 @contextlib.contextmanager
-def site(data_dir: Path, database_url: str | None, gateway_name: str = "site") -> Iterator[Site]:
+def site(
+    data_dir: Path,
+    database_url: str | None,
+    gateway_name: str = "site",
+    backend_env: dict[str, str] | None = None,
+) -> Iterator[Site]:
     """Backend and simulator running, one gateway created (not started); all stopped on exit."""
-    backend = BackendProcess(data_dir / "backend", database_url)
+    backend = BackendProcess(data_dir / "backend", database_url, env=backend_env)
     gateway: GatewayProcess | None = None
     try:
         backend.start()

@@ -259,9 +259,6 @@ class ZkPushHub:
         self.seen_changed = trio.Event()
         return taken
 
-    def seen(self) -> list[SeenDevice]:
-        return list(self._unknown.values())
-
     def handshake_options(self, terminal: PushTerminal) -> iclock.Options:
         minutes = utc_offset_minutes(terminal.zone, self.utcnow())
         return msgspec.structs.replace(self.options, time_zone_minutes=minutes)

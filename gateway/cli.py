@@ -17,7 +17,7 @@ import structlog
 import trio
 
 from gateway import config as settings
-from gateway import logsetup
+from gateway import discovery, logsetup
 from gateway.app import Gateway
 from gateway.errors import ConfigError, StorageError
 
@@ -33,11 +33,16 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="serve agents and upload their logs")
     run.add_argument("--config", metavar="TD_CONFIG", help="TOML file with settings")
     settings.add_flags(run)
+    commands.add_parser(
+        "discover", help="find terminals answering on loopback ports", add_help=False
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["discover"]:
+        return discovery.main(args[1:])
     namespace, _ = _parser().parse_known_args(args)  # --help and the subcommand
     config_file = namespace.config or os.environ.get("TD_CONFIG")
     flags = _without_config_flag(args[1:])

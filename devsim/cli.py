@@ -79,6 +79,12 @@ def _zkteco_parser(parser: argparse.ArgumentParser) -> None:
         help="share of commands answered Return=-1005 (busy)",
     )
     parser.add_argument("--reboot-s", type=float, default=5.0, help="downtime of a reboot")
+    parser.add_argument(
+        "--zone-minutes",
+        type=int,
+        default=0,
+        help="the zone its clock shows before a server sets one, minutes east of UTC",
+    )
     parser.add_argument("--seed", type=int, default=None)
 
 
@@ -200,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         slow_ms=args.slow_ms,
         refuse_rate=args.busy_rate,
         reboot_s=args.reboot_s,
+        zone_minutes=args.zone_minutes,
         seed=args.seed,
     )
     try:

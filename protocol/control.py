@@ -29,7 +29,7 @@ class CommandStatus(enum.StrEnum):
         return self not in (CommandStatus.PENDING, CommandStatus.SENT)
 
 
-GATEWAY_COMMAND_TYPES: tuple[str, ...] = ("ping", "flush", "sync_policy", "restart")
+GATEWAY_COMMAND_TYPES: tuple[str, ...] = ("ping", "flush", "sync_policy", "restart", "discover")
 DEVICE_COMMAND_TYPES: tuple[str, ...] = (
     "open_door",
     "close_door",
@@ -133,9 +133,7 @@ class DeviceState(msgspec.Struct, tag_field="type", tag="device_state", kw_only=
     error: str | None = None
 
 
-GatewayMessage = (
-    Hello | Status | PolicyAck | CommandResult | AgentsSeen | DeviceState | DevicesSeen
-)
+GatewayMessage = Hello | Status | PolicyAck | CommandResult | AgentsSeen | DeviceState | DevicesSeen
 
 
 # ---- backend -> gateway -------------------------------------------------------------------

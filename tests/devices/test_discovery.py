@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from gateway.discovery import parse_targets
-from tests.support.backend import free_port
+from tests.devices.test_e2e_devices import start_gateway
+from tests.support.backend import free_port, running_backend
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -86,3 +87,43 @@ def test_discover_refuses_addresses_off_the_machine() -> None:
 def test_targets_are_bounded_and_named(hosts: str, ports: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_targets(hosts, ports)
+
+
+def test_discover_as_a_gateway_command_through_the_cloud(tmp_path: Path, database_url: str) -> None:
+    with running_backend(tmp_path, database_url) as backend, simulator("biostar") as bio:
+        gateway_id, api_key, _ = backend.create_gateway("site")
+        gateway = start_gateway(backend, tmp_path / "gw", api_key)
+        try:
+            with backend.admin() as admin:
+                commands = f"/v2/gateways/{gateway_id}/commands"
+                created = admin.post(
+                    commands, json={"type": "discover", "payload": {"ports": f"{bio}"}}
+                )
+                assert created.status_code == 202, created.text
+                answer = created.json()
+                for _ in range(10):
+                    if answer["status"] not in ("PENDING", "SENT"):
+                        break
+                    answer = admin.get(f"{commands}/{answer['id']}", params={"wait": 10}).json()
+                assert answer["status"] == "SUCCESS", answer
+                assert answer["result"]["found"] == [
+                    {
+                        "vendor": "biostar",
+                        "address": f"127.0.0.1:{bio}",
+                        "model": "BioStar 2",
+                        "serial": "",
+                        "activated": None,
+                    }
+                ]
+                off_site = admin.post(
+                    commands,
+                    json={"type": "discover", "payload": {"hosts": "192.0.2.1", "ports": "80"}},
+                ).json()
+                for _ in range(10):
+                    if off_site["status"] not in ("PENDING", "SENT"):
+                        break
+                    off_site = admin.get(f"{commands}/{off_site['id']}", params={"wait": 10}).json()
+                assert off_site["status"] == "FAILED"
+                assert "not a loopback address" in off_site["error"]
+        finally:
+            gateway.stop()

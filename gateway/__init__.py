@@ -10,8 +10,9 @@ uploads them to the backend, holds the control channel and drives the devices.
     uplink.py         batches to POST /v2/ingest/logs: zstd, Idempotency-Key, backoff
     control.py        the WebSocket control channel; commands.py runs its commands
     health.py         /health and the status reports; metrics.py Prometheus td_gateway_*
-    cli.py            `td-gateway run`
-    devices/          terminals (Hikvision ISAPI) and the device manager
+    cli.py            `td-gateway run`, `td-gateway discover`
+    discovery.py      loopback probes for terminals (CLI and the `discover` command)
+    devices/          terminals (Hikvision ISAPI, ZKTeco PUSH, BioStar 2) and the manager
 
 For other parts of the gateway: `Gateway.append(agent_uid, logs)` stores logs durably
 (device events use agent_uid `device:<device_id>`), and commands.DeviceHub is what the

@@ -223,20 +223,27 @@ class BioStarAdapter:
         if self._position is not None and self._position[0] <= serial_no:
             since = self._position[1]
         found: dict[int, AccessEvent] = {}
+        page_size = PAGE_SIZE
         for _ in range(MAX_PAGES):
-            body = api.build_event_search(since, now + dt.timedelta(minutes=5), PAGE_SIZE)
+            body = api.build_event_search(since, now + dt.timedelta(minutes=5), page_size)
             page_status, content = await self._call("POST", api.EVENT_SEARCH, "event search", body)
             api.check_answer(page_status, content, "event search")
             page = api.parse_event_page(content)
             found.update((e.serial_no, e) for e in page.events if e.serial_no > serial_no)
-            if page.rows < PAGE_SIZE or page.last_time is None or len(found) >= limit:
+            if page.rows < page_size or page.last_time is None or len(found) >= limit:
                 break
             if page.last_time <= since:
-                # A full page within one instant: the window cannot move on by time.
-                raise DeviceError(
-                    DeviceErrorKind.PROTOCOL,
-                    f"event search: more than {PAGE_SIZE} events share {since.isoformat()}",
-                )
+                # A full page within one instant (a backlog stamped alike): the window cannot
+                # move on by time, so ask for that instant in a bigger page.
+                if page_size >= api.MAX_ROWS:
+                    raise DeviceError(
+                        DeviceErrorKind.PROTOCOL,
+                        f"event search: more than {api.MAX_ROWS} events share "
+                        f"{since.isoformat()}; the gateway cannot page through them",
+                    )
+                page_size = min(api.MAX_ROWS, page_size * 2)
+                continue
+            page_size = PAGE_SIZE
             since = page.last_time  # inclusive: the id filter drops the rows seen twice
         events = [found[no] for no in sorted(found)][:limit]
         if events:

@@ -51,7 +51,9 @@ OTHER_MAJOR = 0
 
 
 def iso_utc(when: dt.datetime) -> str:
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.00Z")
+    """BioStar's form: UTC with hundredths of a second (`2026-11-30T08:59:12.37Z`)."""
+    when = when.astimezone(dt.UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 10_000:02d}Z"
 
 
 def build_login(username: str, password: str) -> bytes:

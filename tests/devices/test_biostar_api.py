@@ -79,6 +79,15 @@ def test_search_body_asks_for_a_datetime_window_oldest_first() -> None:
             "values": ["2026-11-30T08:00:00.00Z", "2026-11-30T09:00:00.00Z"],
         }
     ]
+    precise = dt.datetime(2026, 11, 30, 8, 0, 1, 379_000, tzinfo=dt.UTC)
+    assert api.iso_utc(precise) == "2026-11-30T08:00:01.37Z"
+    assert query["conditions"] == [
+        {
+            "column": "datetime",
+            "operator": 3,
+            "values": ["2026-11-30T08:00:00.00Z", "2026-11-30T09:00:00.00Z"],
+        }
+    ]
     assert query["orders"] == [{"column": "datetime", "descending": False}]
 
 

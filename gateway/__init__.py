@@ -10,7 +10,10 @@ uploads them to the backend, holds the control channel and drives the devices.
     uplink.py         batches to POST /v2/ingest/logs: zstd, Idempotency-Key, backoff
     control.py        the WebSocket control channel; commands.py runs its commands
     health.py         /health and the status reports; metrics.py Prometheus td_gateway_*
-    cli.py            `td-gateway run`, `td-gateway discover`
+    cli.py            `td-gateway run`, `td-gateway discover`, `td-gateway local-token`
+    local_api.py      the operators' local API on TD_LOCAL_LISTEN (doors without the cloud);
+                      local_token.py its token, local_commands.py its commands and their
+                      reports upstream
     discovery.py      loopback probes for terminals (CLI and the `discover` command)
     devices/          terminals (Hikvision ISAPI, ZKTeco PUSH, BioStar 2) and the manager
 

@@ -133,7 +133,31 @@ class DeviceState(msgspec.Struct, tag_field="type", tag="device_state", kw_only=
     error: str | None = None
 
 
-GatewayMessage = Hello | Status | PolicyAck | CommandResult | AgentsSeen | DeviceState | DevicesSeen
+class LocalCommandRun(msgspec.Struct, tag_field="type", tag="local_command", kw_only=True):
+    """A device command an operator ran through the gateway's local API; the id is the
+    gateway's. Sent until the backend acknowledges it (`local_commands_ack`)."""
+
+    id: uuid.UUID
+    device_id: ShortText
+    command_type: ShortText
+    payload: dict[str, Any] = msgspec.field(default_factory=dict)
+    status: CommandStatus
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    created_at: UtcDatetime
+    finished_at: UtcDatetime
+
+
+GatewayMessage = (
+    Hello
+    | Status
+    | PolicyAck
+    | CommandResult
+    | AgentsSeen
+    | DeviceState
+    | DevicesSeen
+    | LocalCommandRun
+)
 
 
 # ---- backend -> gateway -------------------------------------------------------------------
@@ -203,4 +227,18 @@ class Welcome(msgspec.Struct, tag_field="type", tag="welcome", kw_only=True):
     server_time: dt.datetime | None = None
 
 
-BackendMessage = Welcome | PolicyUpdate | AgentAssignment | DeviceConfig | Command | CancelCommand
+class LocalCommandsAck(msgspec.Struct, tag_field="type", tag="local_commands_ack", kw_only=True):
+    """These local commands are recorded (or can never be): stop sending them."""
+
+    ids: Annotated[list[uuid.UUID], Meta(max_length=1000)]
+
+
+BackendMessage = (
+    Welcome
+    | PolicyUpdate
+    | AgentAssignment
+    | DeviceConfig
+    | Command
+    | CancelCommand
+    | LocalCommandsAck
+)

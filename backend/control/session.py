@@ -31,6 +31,8 @@ from protocol.control import (
     DevicesSeen,
     DeviceState,
     Hello,
+    LocalCommandRun,
+    LocalCommandsAck,
     PolicyAck,
     Status,
     Welcome,
@@ -281,6 +283,17 @@ class GatewaySession:
                     await self._touch(conn)
                 case DevicesSeen():
                     await state.record_devices_seen(conn, self.gateway_id, self.org_id, message)
+                    await self._touch(conn)
+                case LocalCommandRun():
+                    outcome = await state.record_local_command(conn, self.gateway_id, message)
+                    if outcome not in ("recorded", "known"):
+                        # Acknowledged anyway: resending could never make it storable.
+                        log.warning("local command not recorded", gateway_id=str(self.gateway_id),
+                                    command_id=str(message.id), reason=outcome)  # fmt: skip
+                    elif outcome == "recorded":
+                        log.info("local command recorded", gateway_id=str(self.gateway_id),
+                                 command_id=str(message.id), type=message.command_type)  # fmt: skip
+                    await self.send(LocalCommandsAck(ids=[message.id]))
                     await self._touch(conn)
                 case Hello():
                     log.warning("hello twice on one connection", gateway_id=str(self.gateway_id))

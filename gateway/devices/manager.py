@@ -117,6 +117,7 @@ class DeviceManager:
         self._adapters: dict[str, DeviceAdapter] = {}
         self._setup_errors: dict[str, str] = {}
         self._serials: dict[str, str] = {}
+        self._states: dict[str, DeviceState] = {}
         self._info_due: dict[str, float] = {}
         # Polling with bad credentials would lock the gateway's address out of the terminal
         # (and everyone behind the same address): after a 401 we stop until it can work.
@@ -136,6 +137,31 @@ class DeviceManager:
     @property
     def device_ids(self) -> list[str]:
         return sorted(self._configs)
+
+    def config(self, device_id: str) -> DeviceConfig | None:
+        return self._configs.get(device_id)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """The configured devices as the local API lists them: no passwords."""
+        described = []
+        for device_id in sorted(self._configs):
+            cfg = self._configs[device_id]
+            state = self._states.get(device_id)
+            described.append(
+                {
+                    "id": device_id,
+                    "name": cfg.name,
+                    "vendor": cfg.vendor,
+                    "host": cfg.host or None,
+                    "port": cfg.port if cfg.host else None,
+                    "serial": cfg.serial or self._serials.get(device_id) or None,
+                    "enabled": cfg.enabled,
+                    "online": state.online if state else None,
+                    "checked_at": state.checked_at if state else None,
+                    "error": self._setup_errors.get(device_id) or (state.error if state else None),
+                }
+            )
+        return described
 
     # ---- configuration ------------------------------------------------------------------
 
@@ -326,19 +352,15 @@ class DeviceManager:
             info = await adapter.device_info()
         except DeviceError as exc:
             error = str(exc) + self._pause_after_login_failure(device_id, exc)
-            await report_state(
-                DeviceState(device_id=device_id, online=False, checked_at=now, error=error)
-            )
+            state = DeviceState(device_id=device_id, online=False, checked_at=now, error=error)
+            self._states[device_id] = state
+            await report_state(state)
             return False
         self._serials[device_id] = info.serial_number
-        await report_state(
-            DeviceState(
-                device_id=device_id,
-                online=True,
-                checked_at=now,
-                info=msgspec.structs.asdict(info),
-            )
+        self._states[device_id] = state = DeviceState(
+            device_id=device_id, online=True, checked_at=now, info=msgspec.structs.asdict(info)
         )
+        await report_state(state)
         return True
 
     def _pause_after_login_failure(self, device_id: str, exc: DeviceError) -> str:

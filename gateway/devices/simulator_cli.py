@@ -55,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     hik.add_argument("--event-page-size", type=int, default=30, help="AcsEvent page cap")
     hik.add_argument("--seed", type=int, default=None, help="seed for --busy-rate")
+    hik.add_argument(
+        "--no-alert-stream",
+        action="store_true",
+        help="firmware without /ISAPI/Event/notification/alertStream (answers notSupport)",
+    )
     return parser
 
 
@@ -96,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         unsupported_commands=tuple(args.unsupported),
         event_page_size=args.event_page_size,
         seed=args.seed,
+        alert_stream=not args.no_alert_stream,
     )
     try:
         trio.run(_run, config)

@@ -120,7 +120,7 @@ def adapter_baseline(port: int, commands: int) -> list[float]:
     return trio.run(main)
 
 
-def run(commands: int, scratch: Path) -> dict[str, Any]:
+def run(commands: int, scratch: Path, stream: bool = True) -> dict[str, Any]:
     backend_port, devsim_port = free_port(), free_port()
     backend_url = f"http://127.0.0.1:{backend_port}"
     backend_env = {"TD_DATA_DIR": str(scratch / "backend")}
@@ -153,6 +153,8 @@ def run(commands: int, scratch: Path) -> dict[str, Any]:
         gateway = admin.post("/v2/gateways", json={"name": "bench"}).raise_for_status().json()
         devsim_args = ["td-devsim", "hikvision", "--port", str(devsim_port)]
         devsim_args += ["--password", DEVICE_PASSWORD, "--lockout-after", "0"]
+        if not stream:
+            devsim_args.append("--no-alert-stream")
         running.append(Process(scratch, "devsim", devsim_args, {}))
         token = subprocess.run(
             [str(BIN / "td-gateway"), "local-token", "--data-dir", str(gateway_dir)],
@@ -250,6 +252,7 @@ def run(commands: int, scratch: Path) -> dict[str, Any]:
             "adapter_direct": figures(baseline),
             "overhead_p50_ms": round(p50 - statistics.median(baseline), 2),
             "target_p50_ms": 30,
+            "terminal_streams_events": stream,
             "local_commands_run": local_ran,
             "local_commands_upstream": upstream,
             "note": "shared 2-core machine; compare the ratio, not the absolute figures",
@@ -262,11 +265,16 @@ def run(commands: int, scratch: Path) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--commands", type=int, default=300)
+    parser.add_argument(
+        "--no-alert-stream",
+        action="store_true",
+        help="a terminal without event stream (its door events are then polled, not pushed)",
+    )
     args = parser.parse_args()
     # A short path: the embedded PostgreSQL's Unix socket lives under the data directory.
     scratch = Path(tempfile.mkdtemp(prefix="tdlocal-"))
     try:
-        print(json.dumps(run(args.commands, scratch)))
+        print(json.dumps(run(args.commands, scratch, stream=not args.no_alert_stream)))
     except BaseException:
         print(f"local_door: logs kept in {scratch}", file=sys.stderr)
         raise

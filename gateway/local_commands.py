@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import structlog
 import trio
 
+from gateway.errors import StorageError
 from gateway.state import LocalRecord, State
 from protocol.control import Command, CommandResult, DeviceConfig, GatewayMessage, LocalCommandRun
 
@@ -25,6 +27,7 @@ log = structlog.get_logger("gateway.local_commands")
 
 REPORTS_PER_CONNECT = 500
 _RUNNING_LIMIT = 64
+_RECENT = 1000
 
 
 class Devices(Protocol):
@@ -67,6 +70,8 @@ class LocalCommands:
         self._send_upstream = send_upstream
         self._connected = connected
         self._finished: dict[uuid.UUID, trio.Event] = {}
+        # The latest records, so answering a caller costs no state.db read.
+        self._recent: OrderedDict[uuid.UUID, LocalRecord] = OrderedDict()
         # Reports sent since the last welcome and not acknowledged yet; when a full batch is
         # acknowledged, the next one follows.
         self._awaiting_ack: set[uuid.UUID] = set()
@@ -97,6 +102,7 @@ class LocalCommands:
             device_id=device_id,
         )
         await self._state.begin_local_command(command)
+        self._remember(LocalRecord(command, dt.datetime.now(dt.UTC), None, None))
         self._finished[command.id] = done = trio.Event()
         self._nursery.start_soon(self._execute, command, done)
         log.info("local_command_started", command_id=str(command.id), device_id=device_id,
@@ -106,7 +112,20 @@ class LocalCommands:
     async def _execute(self, command: Command, done: trio.Event) -> None:
         try:
             result = await self._devices.run_command(command)
-            await self._state.finish_command(result)
+            try:
+                await self._state.finish_command(result)
+            except StorageError as exc:
+                # The caller still gets the outcome; the record says "interrupted" after a
+                # restart, which is the truth state.db can tell.
+                log.error("local_command_unrecorded", command_id=str(command.id), error=str(exc))
+            started = self._recent.get(command.id)
+            record = LocalRecord(
+                command,
+                started.created_at if started else dt.datetime.now(dt.UTC),
+                result,
+                dt.datetime.now(dt.UTC),
+            )
+            self._remember(record)
         finally:
             del self._finished[command.id]
             done.set()
@@ -114,14 +133,22 @@ class LocalCommands:
                  status=result.status.value)  # fmt: skip
         if self._connected():
             # While disconnected it waits in state.db and leaves after the next welcome.
-            for record in await self._state.local_commands(command_id=command.id):
-                await self._send_upstream(report(record))
+            await self._send_upstream(report(record))
+
+    def _remember(self, record: LocalRecord) -> None:
+        self._recent[record.command.id] = record
+        self._recent.move_to_end(record.command.id)
+        while len(self._recent) > _RECENT:
+            self._recent.popitem(last=False)
 
     async def get(self, command_id: uuid.UUID, wait_s: float = 0.0) -> LocalRecord | None:
         done = self._finished.get(command_id)
         if done is not None and wait_s > 0:
             with trio.move_on_after(wait_s):
                 await done.wait()
+        recent = self._recent.get(command_id)
+        if recent is not None:
+            return recent
         found = await self._state.local_commands(command_id=command_id, limit=1)
         return found[0] if found else None
 

@@ -198,6 +198,8 @@ class DeviceCommand(Table, tablename="device_commands"):
     sent_at = Timestamptz(null=True, default=None)
     finished_at = Timestamptz(null=True, default=None)
     expires_at = Timestamptz()
+    # "cloud": created here; "local": run through the gateway's local API, reported after.
+    origin = Varchar(length=16, default="cloud")
 
 
 class AgentLog(Table, tablename="agent_logs"):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 from collections.abc import Sequence
 
 import trio
 
-from devsim import zkteco
+from devsim import biostar, zkteco
 
 
 def _users(text: str) -> tuple[str, ...]:
@@ -78,6 +79,40 @@ def _zkteco_parser(parser: argparse.ArgumentParser) -> None:
         help="share of commands answered Return=-1005 (busy)",
     )
     parser.add_argument("--reboot-s", type=float, default=5.0, help="downtime of a reboot")
+    parser.add_argument(
+        "--zone-minutes",
+        type=int,
+        default=0,
+        help="the zone its clock shows before a server sets one, minutes east of UTC",
+    )
+    parser.add_argument("--seed", type=int, default=None)
+
+
+def _biostar_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=18443)
+    parser.add_argument("--user", default="admin")
+    parser.add_argument(
+        "--password",
+        default=os.environ.get("TD_DEVSIM_PASSWORD"),
+        help="the operator password (or TD_DEVSIM_PASSWORD, which `ps` does not show)",
+    )
+    parser.add_argument("--doors", type=int, default=2)
+    parser.add_argument(
+        "--users", type=_users, default=_users("3"), help="a count (1001...) or a comma list"
+    )
+    parser.add_argument(
+        "--punch-every",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="an identify-success event every S seconds (0 = never)",
+    )
+    parser.add_argument("--latency-ms", type=int, default=0, help="delay before every answer")
+    parser.add_argument("--busy-rate", type=_rate, default=0.0, help="share of calls answered 503")
+    parser.add_argument(
+        "--session-ttl-s", type=float, default=0.0, help="sessions expire after S s (0 = never)"
+    )
     parser.add_argument("--seed", type=int, default=None)
 
 
@@ -88,6 +123,7 @@ def _parser() -> argparse.ArgumentParser:
     vendors = parser.add_subparsers(dest="vendor", required=True, metavar="VENDOR")
     vendors.add_parser("hikvision", help="a Hikvision ISAPI terminal", add_help=False)
     _zkteco_parser(vendors.add_parser("zkteco", help="a ZKTeco terminal pushing to a gateway"))
+    _biostar_parser(vendors.add_parser("biostar", help="a Suprema BioStar 2 server's REST API"))
     return parser
 
 
@@ -107,6 +143,46 @@ async def _run_zkteco(config: zkteco.TerminalConfig) -> None:
                 return
 
 
+async def _run_biostar(config: biostar.ServerConfig) -> None:
+    server = biostar.BioStarServer(config)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(biostar.serve, server)
+        print(
+            f"td-devsim: BioStar 2 server listening on http://{config.host}:{port} "
+            f"(user {config.user!r}); Ctrl-C to stop",
+            flush=True,
+        )
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                return
+
+
+def _main_biostar(args: argparse.Namespace) -> int:
+    if not args.password:
+        print("td-devsim: give --password or set TD_DEVSIM_PASSWORD", file=sys.stderr)
+        return 2
+    config = biostar.ServerConfig(
+        host=args.host,
+        port=args.port,
+        user=args.user,
+        password=args.password,
+        doors=args.doors,
+        users=args.users,
+        punch_every_s=args.punch_every,
+        latency_ms=args.latency_ms,
+        busy_rate=args.busy_rate,
+        session_ttl_s=args.session_ttl_s,
+        seed=args.seed,
+    )
+    try:
+        trio.run(_run_biostar, config)
+    except OSError as exc:
+        print(f"td-devsim: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["hikvision"]:
@@ -115,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = hikvision.main(args_list)
         return code
     args = _parser().parse_args(args_list)
+    if args.vendor == "biostar":
+        return _main_biostar(args)
     config = zkteco.TerminalConfig(
         gateway=args.gateway,
         serial=args.serial,
@@ -128,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         slow_ms=args.slow_ms,
         refuse_rate=args.busy_rate,
         reboot_s=args.reboot_s,
+        zone_minutes=args.zone_minutes,
         seed=args.seed,
     )
     try:

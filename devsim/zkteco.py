@@ -43,6 +43,8 @@ class TerminalConfig:
     slow_ms: int = 0
     refuse_rate: float = 0.0
     reboot_s: float = 5.0
+    # The zone its clock shows until a server's TimeZone option changes it (minutes east).
+    zone_minutes: int = 0
     device_type: str = "att"
     firmware: str = "Ver 8.0.4.2-20230912"
     seed: int | None = None
@@ -109,7 +111,10 @@ class PushTerminal:
         self.config = config
         self.host = parsed.hostname
         self.port = parsed.port or 80
-        self.state = TerminalState(users={pin: {"name": f"User {pin}"} for pin in config.users})
+        self.state = TerminalState(
+            users={pin: {"name": f"User {pin}"} for pin in config.users},
+            zone_minutes=config.zone_minutes,
+        )
         self.rng = random.Random(config.seed)
         self.echo = echo or (lambda _line: None)
         self._upload_now = trio.Event()

@@ -19,7 +19,7 @@ import hypercorn.trio
 import structlog
 import trio
 
-from gateway import datadir
+from gateway import datadir, local_api
 from gateway.api import AgentApi
 from gateway.buffer import BUFFER_FILE, Buffer
 from gateway.config import GatewayConfig
@@ -29,6 +29,9 @@ from gateway.devices.base import create_adapter
 from gateway.devices.manager import DeviceManager
 from gateway.health import Health
 from gateway.health import build as build_health
+from gateway.local_api import LocalApi
+from gateway.local_commands import LocalCommands
+from gateway.local_token import LocalToken
 from gateway.metrics import LiveFigures, Metrics
 from gateway.sealing import SecretBox
 from gateway.state import STATE_FILE, State
@@ -44,6 +47,7 @@ EXIT_OK = 0
 EXIT_RESTART = 75
 ADDRESS_FILE = "gateway.addr"
 ZK_ADDRESS_FILE = "zkteco.addr"
+LOCAL_ADDRESS_FILE = "local.addr"
 DEVICES_FILE = "devices.db"
 # In-flight requests get this long to finish after the listener closes; all stays < 5 s.
 HTTP_GRACE_S = 2.0
@@ -90,6 +94,10 @@ class Gateway:
             self.devices,
             restart=lambda: self.request_stop(EXIT_RESTART),
         )
+        self.local_commands = LocalCommands(
+            self.state, self.devices, self.control.send, lambda: self.control.connected
+        )
+        self.control.local_commands = self.local_commands
         self.api = AgentApi(config, self.buffer, self.state, self.metrics, self.health)
         self.metrics.watch(self._live_figures)
         self.exit_code = EXIT_OK
@@ -155,6 +163,7 @@ class Gateway:
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> int:
         """Serve until `request_stop()`; reports the bound `host:port` once listening."""
         http_stopped = trio.Event()
+        data = self.config.data_path
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.state.run)
@@ -165,6 +174,7 @@ class Gateway:
                         self.devices.run, append_logs=self.append, report_state=self.control.send
                     )
                 )
+                await nursery.start(self.local_commands.run)
                 await nursery.start(self.control.run)
                 if self.zk_hub is not None:
                     zk_address = await nursery.start(
@@ -176,6 +186,15 @@ class Gateway:
                     )
                     _write_address(self.config.data_path, zk_address, ZK_ADDRESS_FILE)
                     log.info("zkteco_listening", address=zk_address)
+                if self.config.local_listen:
+                    local_address = await nursery.start(
+                        local_api.serve,
+                        LocalApi(LocalToken(data), self.devices, self.local_commands),
+                        self.config.local_listen,
+                        self._stop.wait,
+                    )
+                    _write_address(data, local_address, LOCAL_ADDRESS_FILE)
+                    log.info("local_api_listening", address=local_address)
                 address = await nursery.start(self._serve_agents, http_stopped)
                 _write_address(self.config.data_path, address, ADDRESS_FILE)
                 log.info(

@@ -1,5 +1,7 @@
 """`td-gateway run`: settings from --flags, TD_* environment variables and --config FILE;
-`td-gateway dead-letters ...` (gateway/dead_letters.py).
+`td-gateway dead-letters ...` (gateway/dead_letters.py);
+`td-gateway local-token [--revoke]` mints (or removes) the local API's token;
+`td-gateway discover` probes for terminals.
 
 Exit codes: 0 after SIGTERM/SIGINT, 75 (EXIT_RESTART) when the backend asked for a restart,
 2 for a bad setting (one line saying which and what it accepts), 1 when storage fails.
@@ -18,7 +20,7 @@ import structlog
 import trio
 
 from gateway import config as settings
-from gateway import dead_letters, logsetup
+from gateway import dead_letters, discovery, local_token, logsetup
 from gateway.app import Gateway
 from gateway.errors import ConfigError, StorageError
 
@@ -35,14 +37,48 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", metavar="TD_CONFIG", help="TOML file with settings")
     settings.add_flags(run)
     dead_letters.add_parser(commands)
+    commands.add_parser(
+        "discover", help="find terminals answering on loopback ports", add_help=False
+    )
+    token = commands.add_parser(
+        "local-token",
+        help="mint the local API's bearer token (printed once; the previous one stops working)",
+    )
+    token.add_argument("--data-dir", metavar="TD_DATA_DIR", help="the gateway's data directory")
+    token.add_argument("--revoke", action="store_true", help="remove the token; mint none")
     return parser
+
+
+def _token_config(data_dir: str | None) -> settings.GatewayConfig:
+    return settings.load(["--data-dir", data_dir] if data_dir else [], os.environ)
+
+
+def local_token_main(revoke: bool, data_dir: str | None) -> int:
+    """`td-gateway local-token [--revoke]`: the token goes to stdout, once, and nowhere else."""
+    try:
+        path = _token_config(data_dir).data_path
+    except ConfigError as exc:
+        print(f"td-gateway: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    if revoke:
+        existed = local_token.revoke(path)
+        print("local API token revoked" if existed else "there was no local API token",
+              file=sys.stderr)  # fmt: skip
+        return 0
+    print(local_token.mint(path))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["discover"]:
+        return discovery.main(args[1:])
     namespace, _ = _parser().parse_known_args(args)  # --help and the subcommand
     if namespace.command == "dead-letters":
         return dead_letters.run(_parser().parse_args(args))
+    if namespace.command == "local-token":
+        _parser().parse_args(args)  # unknown flags are an error here
+        return local_token_main(namespace.revoke, namespace.data_dir)
     config_file = namespace.config or os.environ.get("TD_CONFIG")
     flags = _without_config_flag(args[1:])
     try:

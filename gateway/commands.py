@@ -16,9 +16,11 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+import msgspec
 import structlog
 import trio
 
+from gateway import discovery
 from gateway.buffer import Buffer
 from gateway.errors import StorageError
 from gateway.state import State
@@ -175,6 +177,8 @@ class CommandRunner:
                 return _finished(
                     command, CommandStatus.SUCCESS, result={"policy_revisions": revisions}
                 )
+            case "discover":
+                return await _discover(command)
             case "restart":
                 return _finished(
                     command,
@@ -230,3 +234,24 @@ class CommandRunner:
                 error=f"uploads did not finish within {FLUSH_WAIT_S:g} s",
             )
         return _finished(command, CommandStatus.SUCCESS, result=figures)
+
+
+async def _discover(command: Command) -> CommandResult:
+    """Probe payload {"hosts"?, "ports"} for terminals (see gateway/discovery.py)."""
+    hosts, ports = command.payload.get("hosts", "127.0.0.1"), command.payload.get("ports")
+    if not isinstance(hosts, str) or not isinstance(ports, str):
+        return _finished(
+            command,
+            CommandStatus.FAILED,
+            error='payload: "ports" (e.g. "80,8000-8100") and "hosts" are text',
+        )
+    try:
+        targets = discovery.parse_targets(hosts, ports)
+    except ValueError as exc:
+        return _finished(command, CommandStatus.FAILED, error=f"payload: {exc}")
+    found = await discovery.discover(targets)
+    return _finished(
+        command,
+        CommandStatus.SUCCESS,
+        result={"found": [msgspec.structs.asdict(f) for f in found], "probed": len(targets)},
+    )

@@ -73,6 +73,8 @@ class GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     device_poll_s: Seconds = 60.0
     # Where ZKTeco PUSH terminals reach the gateway (`/iclock/...`); empty: not served.
     zk_listen: OptionalListenAddress = ""
+    # Where operators on site reach the local API (its own token); empty: not served.
+    local_listen: OptionalListenAddress = ""
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

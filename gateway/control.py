@@ -31,6 +31,7 @@ from gateway.commands import CommandRunner, DeviceHub
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
 from gateway.health import buffer_figures, status_report
+from gateway.local_commands import LocalCommands
 from gateway.state import State
 from gateway.uplink import Uplink, backoff_delay
 from protocol import codec
@@ -46,6 +47,7 @@ from protocol.control import (
     DeviceConfig,
     GatewayMessage,
     Hello,
+    LocalCommandsAck,
     PolicyAck,
     PolicyUpdate,
     Welcome,
@@ -118,6 +120,8 @@ class ControlChannel:
         self.heartbeat_s = config.heartbeat_interval_s
         self.connected = False
         self.last_disconnect = ""
+        # Set by the gateway when it serves the local API: their commands go upstream here.
+        self.local_commands: LocalCommands | None = None
         self.commands = CommandRunner(
             state,
             buffer,
@@ -246,6 +250,9 @@ class ControlChannel:
         log.info("control_connected", gateway_id=welcome.gateway_id, heartbeat_s=self.heartbeat_s)
         reason = "closed"
         self.connected = True
+        if self.local_commands is not None:
+            for report in await self.local_commands.unreported():
+                self._enqueue(report)
         try:
             async with trio.open_nursery() as nursery:
 
@@ -333,6 +340,9 @@ class ControlChannel:
                 self._nursery.start_soon(self.commands.cancel, command_id, self._reply)
             case Welcome():
                 await self._apply_welcome(message)
+            case LocalCommandsAck(ids=ids):
+                if self.local_commands is not None:
+                    await self.local_commands.acknowledged(ids)
 
     async def _apply_welcome(self, welcome: Welcome) -> None:
         await self._state.set_setting("gateway_id", welcome.gateway_id)

@@ -35,7 +35,14 @@ from gateway.sealing import RESEND_REASON, SecretBox, Unsealable
 from gateway.sqlite import query
 from protocol import codec
 from protocol.agent import AgentPolicy, PolicyBody, RegisterRequest
-from protocol.control import AgentAccess, AgentSeen, CommandResult, CommandStatus, PolicyUpdate
+from protocol.control import (
+    AgentAccess,
+    AgentSeen,
+    Command,
+    CommandResult,
+    CommandStatus,
+    PolicyUpdate,
+)
 
 log = structlog.get_logger("gateway.state")
 
@@ -81,7 +88,19 @@ CREATE TABLE IF NOT EXISTS commands (
     finished_at REAL,
     result BLOB
 );
+-- Device commands run through the local API (their ids are ours), until the backend has
+-- recorded them; the outcome is the `commands` row of the same id.
+CREATE TABLE IF NOT EXISTS local_commands (
+    command_id TEXT PRIMARY KEY,
+    device_id TEXT NOT NULL,
+    command BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    reported INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS local_commands_unreported ON local_commands (reported, created_at);
 """
+
+_INTERRUPTED = "the gateway stopped while running this command; it was not run again"
 
 
 @dataclass
@@ -178,6 +197,8 @@ class State:
             ):
                 self._access[uid] = Access(agent_id, action, changed_at)
             self._settings = self._load_settings(conn)
+            with conn:
+                _close_interrupted_local_commands(conn)
         except apsw.Error as exc:
             raise StorageError(f"cannot open the gateway state at {self.path}: {exc}") from exc
         self._conn = conn
@@ -552,7 +573,7 @@ class State:
             return CommandResult(
                 command_id=command_id,
                 status=CommandStatus.FAILED,
-                error="the gateway stopped while running this command; it was not run again",
+                error=_INTERRUPTED,
             )
         assert isinstance(seen, bytes)
         return msgspec.msgpack.decode(seen, type=CommandResult)
@@ -583,6 +604,97 @@ class State:
             )
         )
         return [uuid.UUID(row[0]) for row in rows]
+
+    # ---- commands run through the local API ------------------------------------------------
+
+    async def begin_local_command(self, command: Command) -> None:
+        """Record a new local command as started, in one commit (ids are fresh uuid4s)."""
+
+        def claim(conn: apsw.Connection) -> None:
+            now = time.time()
+            conn.execute(
+                "INSERT INTO commands(command_id, started_at) VALUES (?, ?)",
+                (str(command.id), now),
+            )
+            conn.execute(
+                "INSERT INTO local_commands(command_id, device_id, command, created_at)"
+                " VALUES (?, ?, ?, ?)",
+                (str(command.id), command.device_id or "", codec.msgpack_encoder.encode(command),
+                 now),
+            )  # fmt: skip
+
+        await self._write(claim)
+
+    async def local_commands(
+        self,
+        *,
+        device_id: str | None = None,
+        command_id: uuid.UUID | None = None,
+        unreported: bool = False,
+        limit: int = 100,
+    ) -> list[LocalRecord]:
+        """Local commands, newest first (oldest first when `unreported`)."""
+        where, args = ["1 = 1"], []
+        if device_id is not None:
+            where.append("l.device_id = ?")
+            args.append(device_id)
+        if command_id is not None:
+            where.append("l.command_id = ?")
+            args.append(str(command_id))
+        if unreported:
+            where.append("l.reported = 0 AND c.result IS NOT NULL")
+        order = "ASC" if unreported else "DESC"
+        rows = await self._write(
+            lambda conn: query(
+                conn,
+                "SELECT l.command, l.created_at, c.result, c.finished_at FROM local_commands l"
+                " JOIN commands c ON c.command_id = l.command_id"
+                f" WHERE {' AND '.join(where)} ORDER BY l.created_at {order} LIMIT ?",
+                (*args, limit),
+            )
+        )
+        return [
+            LocalRecord(
+                command=msgspec.msgpack.decode(blob, type=Command),
+                created_at=dt.datetime.fromtimestamp(created, dt.UTC),
+                result=msgspec.msgpack.decode(result, type=CommandResult) if result else None,
+                finished_at=dt.datetime.fromtimestamp(finished, dt.UTC) if finished else None,
+            )
+            for blob, created, result, finished in rows
+        ]
+
+    async def mark_local_reported(self, ids: list[uuid.UUID]) -> None:
+        await self._write(
+            lambda conn: conn.executemany(
+                "UPDATE local_commands SET reported = 1 WHERE command_id = ?",
+                [(str(command_id),) for command_id in ids],
+            )
+        )
+
+
+@dataclass
+class LocalRecord:
+    command: Command
+    created_at: dt.datetime
+    result: CommandResult | None
+    finished_at: dt.datetime | None
+
+
+def _close_interrupted_local_commands(conn: apsw.Connection) -> None:
+    """At start nothing runs: a local command without a result was cut short by a stop."""
+    rows = query(
+        conn,
+        "SELECT l.command_id FROM local_commands l JOIN commands c"
+        " ON c.command_id = l.command_id WHERE c.result IS NULL",
+    )
+    for (command_id,) in rows:
+        result = CommandResult(
+            command_id=uuid.UUID(command_id), status=CommandStatus.FAILED, error=_INTERRUPTED
+        )
+        conn.execute(
+            "UPDATE commands SET result = ?, finished_at = ? WHERE command_id = ?",
+            (codec.msgpack_encoder.encode(result), time.time(), command_id),
+        )
 
 
 def _is_uuid(text: str) -> bool:

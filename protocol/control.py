@@ -39,7 +39,7 @@ class CommandStatus(enum.StrEnum):
         return self not in (CommandStatus.PENDING, CommandStatus.SENT)
 
 
-GATEWAY_COMMAND_TYPES: tuple[str, ...] = ("ping", "flush", "sync_policy", "restart")
+GATEWAY_COMMAND_TYPES: tuple[str, ...] = ("ping", "flush", "sync_policy", "restart", "discover")
 DEVICE_COMMAND_TYPES: tuple[str, ...] = (
     "open_door",
     "close_door",
@@ -204,7 +204,36 @@ class DeviceState(msgspec.Struct, tag_field="type", tag="device_state", kw_only=
         self.error = captured_text(self.error)
 
 
-GatewayMessage = Hello | Status | PolicyAck | CommandResult | AgentsSeen | DeviceState | DevicesSeen
+class LocalCommandRun(msgspec.Struct, tag_field="type", tag="local_command", kw_only=True):
+    """A device command an operator ran through the gateway's local API; the id is the
+    gateway's. Sent until the backend acknowledges it (`local_commands_ack`)."""
+
+    id: uuid.UUID
+    device_id: ShortText
+    command_type: ShortText
+    payload: dict[str, Any] = msgspec.field(default_factory=dict)
+    status: CommandStatus
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    created_at: UtcDatetime
+    finished_at: UtcDatetime
+
+    def __post_init__(self) -> None:
+        self.payload = _reported(self.payload, "payload") or {}
+        self.result = _reported(self.result, "result")
+        self.error = captured_text(self.error)
+
+
+GatewayMessage = (
+    Hello
+    | Status
+    | PolicyAck
+    | CommandResult
+    | AgentsSeen
+    | DeviceState
+    | DevicesSeen
+    | LocalCommandRun
+)
 
 
 # ---- backend -> gateway -------------------------------------------------------------------
@@ -295,6 +324,19 @@ class Welcome(msgspec.Struct, tag_field="type", tag="welcome", kw_only=True):
     agent_access: list[AgentAccess] = msgspec.field(default_factory=list)
 
 
+class LocalCommandsAck(msgspec.Struct, tag_field="type", tag="local_commands_ack", kw_only=True):
+    """These local commands are recorded (or can never be): stop sending them."""
+
+    ids: Annotated[list[uuid.UUID], Meta(max_length=1000)]
+
+
 BackendMessage = (
-    Welcome | PolicyUpdate | AgentAssignment | DeviceConfig | Command | CancelCommand | AgentAccess
+    Welcome
+    | PolicyUpdate
+    | AgentAssignment
+    | DeviceConfig
+    | Command
+    | CancelCommand
+    | LocalCommandsAck
+    | AgentAccess
 )

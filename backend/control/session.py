@@ -35,6 +35,8 @@ from protocol.control import (
     DevicesSeen,
     DeviceState,
     Hello,
+    LocalCommandRun,
+    LocalCommandsAck,
     PolicyAck,
     Status,
     Welcome,
@@ -369,6 +371,16 @@ class GatewaySession:
                     await state.record_device_state(conn, self.gateway_id, message)
                 case DevicesSeen():
                     await state.record_devices_seen(conn, self.gateway_id, self.org_id, message)
+                case LocalCommandRun():
+                    outcome = await state.record_local_command(conn, self.gateway_id, message)
+                    if outcome not in ("recorded", "known"):
+                        # Acknowledged anyway: resending could never make it storable.
+                        log.warning("local command not recorded", gateway_id=str(self.gateway_id),
+                                    command_id=str(message.id), reason=outcome)  # fmt: skip
+                    elif outcome == "recorded":
+                        log.info("local command recorded", gateway_id=str(self.gateway_id),
+                                 command_id=str(message.id), type=message.command_type)  # fmt: skip
+                    await self.send(LocalCommandsAck(ids=[message.id]))
                 case Hello():
                     log.warning("hello twice on one connection", gateway_id=str(self.gateway_id))
 

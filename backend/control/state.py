@@ -11,6 +11,7 @@ import msgspec
 from backend.crypto import SecretBox
 from protocol.agent import PolicyBody
 from protocol.control import (
+    DEVICE_COMMAND_TYPES,
     AgentAccess,
     AgentAssignment,
     AgentsSeen,
@@ -19,6 +20,7 @@ from protocol.control import (
     DeviceConfig,
     DevicesSeen,
     DeviceState,
+    LocalCommandRun,
     PolicyAck,
     PolicyUpdate,
     Status,
@@ -356,6 +358,54 @@ async def record_command_result(conn: Any, gateway_id: uuid.UUID, result: Comman
         if status != "UPDATE 0":
             return True
     return False
+
+
+# Text a gateway reports is cut to this; PostgreSQL text and jsonb cannot hold NUL.
+MAX_ERROR_CHARS = 2000
+
+
+async def record_local_command(conn: Any, gateway_id: uuid.UUID, run: LocalCommandRun) -> str:
+    """Store a command the gateway ran through its local API, once per id.
+
+    Answers "recorded", "known" (already stored: a resend) or a reason it never can be
+    stored (the device is not this gateway's, an unknown type, unstorable text)."""
+    device_id = _uuid_or_none(run.device_id)
+    if device_id is None:
+        return f"device_id {run.device_id!r} is not a device id"
+    if run.command_type not in DEVICE_COMMAND_TYPES:
+        return f"command_type {run.command_type!r} is not a device command"
+    if not run.status.is_terminal:
+        return f"status {run.status.value} is not terminal"
+    payload = _json.encode(run.payload).decode()
+    result = _json.encode(run.result).decode() if run.result is not None else None
+    if "\\u0000" in payload or (result is not None and "\\u0000" in result):
+        return "payload or result holds a NUL character"
+    error = run.error.replace("\0", "")[:MAX_ERROR_CHARS] if run.error is not None else None
+    inserted = await conn.fetchval(
+        "INSERT INTO device_commands (id, org_id, gateway_id, device_id, type, payload, status,"
+        " result, error, created_at, sent_at, finished_at, expires_at, origin)"
+        " SELECT $1, d.org_id, d.gateway_id, d.id, $4, $5, $6, $7, $8, $9, $9, $10, $10, 'local'"
+        " FROM devices d WHERE d.id = $2 AND d.gateway_id = $3"
+        " ON CONFLICT (id) DO NOTHING RETURNING id",
+        run.id,
+        device_id,
+        gateway_id,
+        run.command_type,
+        payload,
+        str(run.status),
+        result,
+        error,
+        run.created_at,
+        run.finished_at,
+    )
+    if inserted is not None:
+        return "recorded"
+    mine = await conn.fetchval(
+        "SELECT 1 FROM device_commands WHERE id = $1 AND gateway_id = $2", run.id, gateway_id
+    )
+    if mine:
+        return "known"
+    return f"device {device_id} is not on this gateway (or the id is taken)"
 
 
 async def record_device_state(conn: Any, gateway_id: uuid.UUID, state: DeviceState) -> None:

@@ -62,6 +62,8 @@ class CommandOut(msgspec.Struct, kw_only=True):
     sent_at: dt.datetime | None
     finished_at: dt.datetime | None
     expires_at: dt.datetime
+    # Device commands: "cloud" (created here) or "local" (run through the gateway's local API).
+    origin: str = "cloud"
 
 
 class CommandPage(msgspec.Struct):
@@ -86,6 +88,7 @@ def _command_out(row: Any) -> CommandOut:
         sent_at=row["sent_at"],
         finished_at=row["finished_at"],
         expires_at=row["expires_at"],
+        origin=row.get("origin", "cloud"),
     )
 
 

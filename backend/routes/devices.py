@@ -58,6 +58,10 @@ class DeviceCreate(msgspec.Struct, kw_only=True, tag_field="vendor", tag="hikvis
         return f"DeviceCreate(name={self.name!r}, host={self.host!r})"
 
 
+class BioStarCreate(DeviceCreate, tag="biostar"):
+    """A Suprema BioStar 2 server (its doors are the device's doors); same fields."""
+
+
 class PushDeviceCreate(msgspec.Struct, kw_only=True, tag_field="vendor", tag="zkteco"):
     """A terminal that connects to the gateway: found by its serial number."""
 
@@ -187,7 +191,7 @@ class DeviceController(Controller):
         self,
         org_id: OrgId,
         services: ServicesDep,
-        data: JSONBody[DeviceCreate | PushDeviceCreate],
+        data: JSONBody[DeviceCreate | BioStarCreate | PushDeviceCreate],
     ) -> DeviceOut:
         gateway = (
             await GatewayInstance.select(GatewayInstance.disabled_at)
@@ -230,7 +234,7 @@ class DeviceController(Controller):
                 id=device_id,
                 org_id=org_id,
                 gateway_id=data.gateway_id,
-                vendor="hikvision",
+                vendor=str(type(data).__struct_config__.tag),
                 name=data.name,
                 host=data.host,
                 port=data.port,

@@ -4,8 +4,17 @@
     isapi.py, isapi_status  ISAPI bodies and answers without I/O (byte-fixture tested)
     digest.py               HTTP Digest for both ends, with the terminals' quirks
     hikvision.py            the adapter: httpx on trio, one client per terminal
+    alert_stream.py         the ISAPI alert stream (multipart/mixed) without I/O, bounded
+    streams.py              following a terminal's event stream: backoff, fallback to polling
+    iclock.py               ZKTeco PUSH bodies and answers without I/O
+    zkteco.py               ZkPushHub (terminals by serial, commands queued for their
+                            poll) and the adapter; punches -> device_event logs
+    zkteco_server.py        the /iclock/ endpoints on TD_ZK_LISTEN
+    biostar_api.py          BioStar 2 REST bodies and answers without I/O
+    biostar.py              the BioStar 2 adapter (one server, its doors)
     manager.py              DeviceManager: configs, commands, health polling, events -> logs
-    simulated_*.py          a terminal without I/O; simulator.py puts it on a socket;
+    simulated_*.py          a terminal without I/O (simulated_stream: its alert stream);
+                            simulator.py puts it on a socket;
     simulator_cli.py        `td-devsim hikvision ...`
 
 Wiring in the gateway (one nursery):

@@ -165,4 +165,4 @@ def create_adapter(config: DeviceConfig) -> DeviceAdapter:
 
 def _load_builtin_vendors() -> None:
     # Imported lazily: vendor modules import this one to register themselves.
-    from gateway.devices import hikvision  # noqa: F401
+    from gateway.devices import biostar, hikvision  # noqa: F401

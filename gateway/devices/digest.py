@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Generator
+from collections.abc import AsyncGenerator, Generator
 
 import httpx
 import msgspec
@@ -89,7 +89,9 @@ def _qop_auth(offered: str | None) -> str | None:
 
 
 class IsapiDigestAuth(httpx.Auth):
-    requires_response_body = True  # the 401 body says whether the login is locked
+    # The 401 body says whether the login is locked, so 401s are read (async_auth_flow); other
+    # answers are not, because a 200 may be an endless stream (the alert stream).
+    requires_response_body = False
 
     def __init__(self, username: str, password: str) -> None:
         self._username = username
@@ -132,6 +134,32 @@ class IsapiDigestAuth(httpx.Auth):
         if qop is not None:
             fields += [f"qop={qop}", f"nc={nc}", f'cnonce="{cnonce}"']
         request.headers["Authorization"] = "Digest " + ", ".join(fields)
+
+    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response]:
+        flow = self.auth_flow(request)
+        request = next(flow)
+        while True:
+            response = yield request
+            if response.status_code == 401:
+                response.read()
+            try:
+                request = flow.send(response)
+            except StopIteration:
+                break
+
+    async def async_auth_flow(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        flow = self.auth_flow(request)
+        request = next(flow)
+        while True:
+            response = yield request
+            if response.status_code == 401:
+                await response.aread()
+            try:
+                request = flow.send(response)
+            except StopIteration:
+                break
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         if self._challenge is not None:

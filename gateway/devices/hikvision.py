@@ -1,20 +1,20 @@
 """The Hikvision ISAPI adapter: httpx on trio, one client per terminal.
 
-Bodies are built and read by `isapi`; this module only moves bytes and turns httpx failures
-into DeviceError, in `_send` and nowhere else.
+Bodies are built and read by `isapi` (the alert stream by `alert_stream`); this module only
+moves bytes and turns httpx failures into DeviceError, in `_translate` and nowhere else.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 import trio
 
-from gateway.devices import isapi, isapi_status
+from gateway.devices import alert_stream, isapi, isapi_status
 from gateway.devices.base import (
     DOOR_ACTIONS,
     AccessEvent,
@@ -35,6 +35,13 @@ REBOOT_GRACE_S = 300.0
 EVENT_PAGE_SIZE = 30
 USER_PAGE_SIZE = 30
 MAX_PAGES = 10_000
+# An alert stream silent this long is treated as dead and reconnected (some firmware sends no
+# heartbeat at all, so this is long; the event search covers whatever the gap held).
+STREAM_IDLE_S = 300.0
+# Bytes of an error answer read from a stream request: enough for any ResponseStatus.
+_ERROR_BODY_MAX = 64 * 1024
+
+OnAlert = Callable[[AccessEvent | None], Awaitable[None]]
 
 _XML = {"Content-Type": "application/xml; charset=UTF-8"}
 _JSON = {"Content-Type": "application/json"}
@@ -87,23 +94,28 @@ class HikvisionAdapter:
             )
         try:
             response = await self._client.request(method, path, content=body, headers=headers)
-        except httpx.TimeoutException:
-            raise DeviceError(
+        except httpx.HTTPError as exc:
+            raise self._translate(what, exc) from None
+        return response.status_code, response.content
+
+    def _translate(self, what: str, exc: httpx.HTTPError) -> DeviceError:
+        if isinstance(exc, httpx.TimeoutException):
+            return DeviceError(
                 DeviceErrorKind.TIMEOUT,
                 f"{what}: no answer from the device at {self._where} within "
                 f"{self._timeout_s:g} s; check that it is powered and not overloaded",
-            ) from None
-        except (httpx.ConnectError, httpx.ReadError, httpx.WriteError) as exc:
-            raise self._connection_error(what, exc) from None
-        except httpx.RemoteProtocolError as exc:
-            # A device going down mid-answer closes the connection without a response.
-            raise self._connection_error(what, exc) from None
-        except httpx.HTTPError as exc:
-            raise DeviceError(
-                DeviceErrorKind.PROTOCOL,
-                f"{what}: HTTP exchange with {self._where} failed ({type(exc).__name__})",
-            ) from None
-        return response.status_code, response.content
+            )
+        # A device going down mid-answer closes the connection without a response
+        # (RemoteProtocolError).
+        if isinstance(
+            exc,
+            httpx.ConnectError | httpx.ReadError | httpx.WriteError | httpx.RemoteProtocolError,
+        ):
+            return self._connection_error(what, exc)
+        return DeviceError(
+            DeviceErrorKind.PROTOCOL,
+            f"{what}: HTTP exchange with {self._where} failed ({type(exc).__name__})",
+        )
 
     def _connection_error(self, what: str, exc: Exception) -> DeviceError:
         reason = str(exc) or type(exc).__name__
@@ -277,6 +289,48 @@ class HikvisionAdapter:
                     "event search: the device said MORE but sent an empty page",
                 )
         return [events[no] for no in sorted(events)][:limit]
+
+    async def watch_alerts(self, on_alert: OnAlert, *, idle_s: float = STREAM_IDLE_S) -> None:
+        """Follow the alert stream: `on_alert(event)` per access event, `on_alert(None)` once
+        connected and per heartbeat or other alert. Returns when the device ends the stream;
+        raises DeviceError when it breaks (NOT_SUPPORTED: the terminal has no stream)."""
+        what = "alert stream"
+        if self._client.is_closed:
+            raise DeviceError(DeviceErrorKind.UNREACHABLE, f"{what}: the adapter was closed")
+        timeout = httpx.Timeout(self._timeout_s, read=idle_s)
+        try:
+            async with self._client.stream(
+                "GET", alert_stream.ALERT_STREAM, timeout=timeout
+            ) as response:
+                if response.status_code != 200:
+                    body = bytearray()
+                    if response.is_stream_consumed:  # a 401 the Digest flow already read
+                        body += response.content[:_ERROR_BODY_MAX]
+                    else:
+                        async for chunk in response.aiter_raw():
+                            body += chunk
+                            if len(body) > _ERROR_BODY_MAX:
+                                break
+                    raise isapi_status.error_for_response(response.status_code, bytes(body), what)
+                try:
+                    parser = alert_stream.MultipartParser(
+                        alert_stream.boundary_of(response.headers.get("content-type", ""))
+                    )
+                except alert_stream.StreamError as exc:
+                    # Answering 200 with something else is how some firmware says "no stream".
+                    raise DeviceError(DeviceErrorKind.NOT_SUPPORTED, f"{what}: {exc}") from None
+                await on_alert(None)
+                async for chunk in response.aiter_raw():
+                    try:
+                        parts = parser.feed(chunk)
+                    except alert_stream.StreamError as exc:
+                        raise DeviceError(DeviceErrorKind.PROTOCOL, f"{what}: {exc}") from None
+                    for part in parts:
+                        await on_alert(alert_stream.parse_alert(part))
+                    if parser.closed:
+                        return
+        except httpx.HTTPError as exc:
+            raise self._translate(what, exc) from None
 
 
 register("hikvision", HikvisionAdapter)

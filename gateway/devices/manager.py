@@ -4,6 +4,10 @@ Access events become `device_event` logs with an id derived from the terminal's 
 number and the event's serialNo, so reading an event twice never makes a second log. The
 stored cursor (last serialNo per device) advances only after `append_logs` returned, which
 the gateway does after its durable commit: a crash or a failed append re-reads, never skips.
+
+Terminals with an event stream (streams.py) deliver events as they happen: the next
+serialNo is appended at once, anything else makes the event search fill the gap in order.
+One lock per device keeps the stream and the search from moving the cursor together.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import msgspec
 import structlog
 import trio
 
+from gateway.devices import streams
 from gateway.devices.base import (
     AccessEvent,
     AdapterFactory,
@@ -123,6 +128,7 @@ class DeviceManager:
         self._adapters: dict[str, DeviceAdapter] = {}
         self._setup_errors: dict[str, str] = {}
         self._serials: dict[str, str] = {}
+        self._states: dict[str, DeviceState] = {}
         self._info_due: dict[str, float] = {}
         # Polling with bad credentials would lock the gateway's address out of the terminal
         # (and everyone behind the same address): after a 401 we stop until it can work.
@@ -134,6 +140,18 @@ class DeviceManager:
         # Deleted and replaced configs (with their passwords) are overwritten, not left in
         # free pages of the file.
         db.execute("PRAGMA secure_delete=ON")
+        self._event_locks: dict[str, trio.Lock] = {}
+        # Set once the device answered with its current credentials (streams wait for it).
+        self._reachable: dict[str, trio.Event] = {}
+        self._append_logs: AppendLogs | None = None
+        # Devices whose event stream is connected right now (the rest are polled only).
+        self.streaming: set[str] = set()
+        # The cursor is saved on the event loop after every streamed event. WAL without an
+        # fsync per commit keeps that off the door commands' path, and it is safe: a cursor
+        # update lost to a power cut only makes the search read events again (same ids),
+        # and configs are re-sent by the backend on every connect.
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
         db.execute(_SCHEMA)
         for device_id, blob in db.execute(
             "SELECT device_id, config FROM device_configs"
@@ -174,10 +192,36 @@ class DeviceManager:
     def device_ids(self) -> list[str]:
         return sorted(self._configs)
 
+    def config(self, device_id: str) -> DeviceConfig | None:
+        return self._configs.get(device_id)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """The configured devices as the local API lists them: no passwords."""
+        described = []
+        for device_id in sorted(self._configs):
+            cfg = self._configs[device_id]
+            state = self._states.get(device_id)
+            described.append(
+                {
+                    "id": device_id,
+                    "name": cfg.name,
+                    "vendor": cfg.vendor,
+                    "host": cfg.host or None,
+                    "port": cfg.port if cfg.host else None,
+                    "serial": cfg.serial or self._serials.get(device_id) or None,
+                    "enabled": cfg.enabled,
+                    "online": state.online if state else None,
+                    "checked_at": state.checked_at if state else None,
+                    "error": self._setup_errors.get(device_id) or (state.error if state else None),
+                }
+            )
+        return described
+
     # ---- configuration ------------------------------------------------------------------
 
     def _install(self, cfg: DeviceConfig) -> None:
         self._configs[cfg.device_id] = cfg
+        self._reachable.pop(cfg.device_id, None)  # new credentials must prove themselves
         self._setup_errors.pop(cfg.device_id, None)
         if not cfg.enabled:
             return
@@ -304,8 +348,10 @@ class DeviceManager:
         if scope.cancelled_caught:
             return failed(f"device {cfg.name!r} did not finish before the command expired",
                           CommandStatus.TIMED_OUT)  # fmt: skip
-        if cmd.command_type in _DOOR_COMMANDS or cmd.command_type == "reboot":
-            self._wake.set()  # the device logged events: pick them up now
+        if cmd.command_type == "reboot" or (
+            cmd.command_type in _DOOR_COMMANDS and device_id not in self.streaming
+        ):
+            self._wake.set()  # the device logged events: pick them up now (a stream sends them)
         if cmd.command_type == "reboot":
             self._info_due[device_id] = 0.0
         self._paused_until.pop(device_id, None)  # the credentials work (again)
@@ -322,18 +368,79 @@ class DeviceManager:
     ) -> None:
         """Poll health every poll_interval_s and pull events every event_interval_s (or
         right after a door command) until cancelled."""
+        self._append_logs = append_logs
         task_status.started()
         try:
-            while True:
-                async with trio.open_nursery() as nursery:
-                    for device_id in list(self._adapters):
-                        nursery.start_soon(self._cycle, device_id, append_logs, report_state)
-                with trio.move_on_after(self._event_interval_s):
-                    await self._wake.wait()
-                self._wake = trio.Event()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._follow_streams)
+                while True:
+                    async with trio.open_nursery() as cycle:
+                        for device_id in list(self._adapters):
+                            cycle.start_soon(self._cycle, device_id, append_logs, report_state)
+                    with trio.move_on_after(self._event_interval_s):
+                        await self._wake.wait()
+                    self._wake = trio.Event()
         finally:
             with trio.move_on_after(5, shield=True):
                 await self.aclose()
+
+    # ---- event streams (streams.StreamSink) ----------------------------------------------
+
+    async def _follow_streams(self) -> None:
+        """One watcher per adapter that streams; restarted when its device is reconfigured."""
+        watching: dict[str, tuple[DeviceAdapter, trio.CancelScope]] = {}
+        async with trio.open_nursery() as nursery:
+            while True:
+                changed = self._config_changed
+                for device_id, (adapter, scope) in list(watching.items()):
+                    if self._adapters.get(device_id) is not adapter:
+                        scope.cancel()
+                        del watching[device_id]
+                        self.streaming.discard(device_id)
+                for device_id, adapter in list(self._adapters.items()):
+                    if device_id not in watching and isinstance(adapter, streams.AlertSource):
+                        scope = trio.CancelScope()
+                        watching[device_id] = (adapter, scope)
+                        nursery.start_soon(self._watch, device_id, adapter, scope)
+                await changed.wait()
+
+    async def _watch(
+        self, device_id: str, adapter: streams.AlertSource, scope: trio.CancelScope
+    ) -> None:
+        with scope:
+            await streams.watch(device_id, adapter, self)
+
+    async def wait_ready(self, device_id: str) -> None:
+        await self._reachable.setdefault(device_id, trio.Event()).wait()
+
+    def stream_up(self, device_id: str) -> None:
+        self.streaming.add(device_id)
+        self._wake.set()  # backfill whatever happened while the stream was down
+
+    def stream_down(self, device_id: str, error: DeviceError | None) -> float:
+        self.streaming.discard(device_id)
+        if error is not None:
+            self._pause_after_login_failure(device_id, error)
+        return max(0.0, self._paused_until.get(device_id, 0.0) - trio.current_time())
+
+    async def streamed(self, device_id: str, event: AccessEvent) -> None:
+        append_logs, serial = self._append_logs, self._serials.get(device_id)
+        if append_logs is None or serial is None:
+            self._wake.set()  # the search learns the serial number and reads in order
+            return
+        async with self._event_lock(device_id):
+            cursor = self._load_cursor(device_id)
+            last = cursor[1] if cursor is not None and cursor[0] == serial else 0
+            if event.serial_no <= last:
+                return  # re-sent on connect (currentEvent false), or already searched
+            if event.serial_no != last + 1:
+                self._wake.set()  # a gap: the search reads it in order, this one included
+                return
+            await append_logs(f"device:{device_id}", [to_device_event(device_id, serial, event)])
+            self._save_cursor(device_id, serial, event.serial_no)
+
+    def _event_lock(self, device_id: str) -> trio.Lock:
+        return self._event_locks.setdefault(device_id, trio.Lock())
 
     async def _cycle(
         self, device_id: str, append_logs: AppendLogs, report_state: ReportState
@@ -363,19 +470,16 @@ class DeviceManager:
             info = await adapter.device_info()
         except DeviceError as exc:
             error = str(exc) + self._pause_after_login_failure(device_id, exc)
-            await report_state(
-                DeviceState(device_id=device_id, online=False, checked_at=now, error=error)
-            )
+            state = DeviceState(device_id=device_id, online=False, checked_at=now, error=error)
+            self._states[device_id] = state
+            await report_state(state)
             return False
         self._serials[device_id] = info.serial_number
-        await report_state(
-            DeviceState(
-                device_id=device_id,
-                online=True,
-                checked_at=now,
-                info=msgspec.structs.asdict(info),
-            )
+        self._reachable.setdefault(device_id, trio.Event()).set()
+        self._states[device_id] = state = DeviceState(
+            device_id=device_id, online=True, checked_at=now, info=msgspec.structs.asdict(info)
         )
+        await report_state(state)
         return True
 
     def _pause_after_login_failure(self, device_id: str, exc: DeviceError) -> str:
@@ -411,20 +515,22 @@ class DeviceManager:
         if serial is None:
             serial = (await adapter.device_info()).serial_number
             self._serials[device_id] = serial
-        cursor = self._load_cursor(device_id)
-        # A different terminal behind the same device id numbers its events from 1 again.
-        last = cursor[1] if cursor is not None and cursor[0] == serial else 0
-        while True:
-            events = await adapter.events_since(last, limit=EVENTS_PER_APPEND)
-            if not events:
-                return
-            logs: list[Log] = [to_device_event(device_id, serial, e) for e in events]
-            await append_logs(f"device:{device_id}", logs)
-            last = events[-1].serial_no
-            self._save_cursor(device_id, serial, last)
-            log.info("device.events_appended", device_id=device_id, count=len(logs), last=last)
-            if len(events) < EVENTS_PER_APPEND:
-                return
+        async with self._event_lock(device_id):
+            cursor = self._load_cursor(device_id)
+            # A different terminal behind the same device id numbers its events from 1 again.
+            last = cursor[1] if cursor is not None and cursor[0] == serial else 0
+            while True:
+                events = await adapter.events_since(last, limit=EVENTS_PER_APPEND)
+                if not events:
+                    return
+                logs: list[Log] = [to_device_event(device_id, serial, e) for e in events]
+                await append_logs(f"device:{device_id}", logs)
+                last = events[-1].serial_no
+                self._save_cursor(device_id, serial, last)
+                log.info("device.events_appended", device_id=device_id, count=len(logs),
+                         last=last)  # fmt: skip
+                if len(events) < EVENTS_PER_APPEND:
+                    return
 
 
 DeviceCall = Callable[[DeviceAdapter], Awaitable[dict[str, Any]]]

@@ -59,6 +59,8 @@ class SimulatorConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     honours_begin_serial_no: bool = True
     time_zone: str = "CST-8:00:00"
     seed: int | None = None
+    # GET /ISAPI/Event/notification/alertStream; without it the route answers notSupport.
+    alert_stream: bool = True
 
     def __repr__(self) -> str:
         return f"SimulatorConfig(user={self.user!r}, port={self.port}, serial={self.serial!r})"
@@ -78,6 +80,7 @@ class SimResponse(msgspec.Struct, kw_only=True):
     content_type: str = "application/xml"
     headers: list[tuple[str, str]] = msgspec.field(default_factory=list)
     reboot: bool = False  # the shell takes the terminal off the network after answering
+    stream: bool = False  # the shell keeps the connection and sends the alert stream
 
 
 class _Door(msgspec.Struct):
@@ -103,6 +106,8 @@ class SimulatedTerminal:
         # card number -> employee number
         self.cards: dict[str, str] = {}
         self.events: list[dict[str, Any]] = []
+        # Set (and replaced) whenever an event is logged: the alert stream waits on it.
+        self.event_logged = trio.Event()
         self.time_zone = config.time_zone
         self.clock_skew = dt.timedelta(0)
         self.reboot_count = 0
@@ -137,6 +142,8 @@ class SimulatedTerminal:
         if door is not None:
             event["doorNo"] = door
         self.events.append(event)
+        self.event_logged.set()
+        self.event_logged = trio.Event()
         return serial_no
 
     def simulate_face_access(self, employee_no: str, door: int = 1) -> int:
@@ -238,6 +245,10 @@ class SimulatedTerminal:
                 "isapi/accesscontrol/remotecontrol/door/capabilities",
             ): lambda: SimResponse(status=200, body=door_capabilities_xml(self.config.doors)),
         }
+        if self.config.alert_stream:
+            handlers["GET", "isapi/event/notification/alertstream"] = lambda: SimResponse(
+                status=200, content_type="multipart/mixed; boundary=MIME_boundary", stream=True
+            )
         handler = handlers.get((method, key))
         if handler is not None:
             return handler()

@@ -14,6 +14,7 @@ import h11
 import structlog
 import trio
 
+from gateway.devices.simulated_stream import send_stream
 from gateway.devices.simulated_terminal import (
     SimRequest,
     SimResponse,
@@ -128,6 +129,9 @@ async def _serve_connection(
                 # terminal down.
                 log.exception("simulator.handler_failed", target=request.target)
                 response = SimResponse(status=500, content_type="text/plain")
+            if response.stream:
+                await send_stream(stream, terminal)
+                return
             await _send_response(stream, conn, response)
         except h11.RemoteProtocolError as exc:
             if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):

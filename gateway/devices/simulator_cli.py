@@ -76,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
         default=dt.time(9),
         help="HH:MM (terminal local time) the demo crowd's day is anchored on",
     )
+    hik.add_argument(
+        "--no-alert-stream",
+        action="store_true",
+        help="firmware without /ISAPI/Event/notification/alertStream (answers notSupport)",
+    )
     return parser
 
 
@@ -120,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         unsupported_commands=tuple(args.unsupported),
         event_page_size=args.event_page_size,
         seed=args.seed,
+        alert_stream=not args.no_alert_stream,
     )
     try:
         trio.run(_run, config, args.shift_start if args.play_attendance else None)

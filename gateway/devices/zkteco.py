@@ -253,14 +253,11 @@ class ZkPushHub:
             self.seen_changed.set()
 
     def take_unreported(self) -> list[SeenDevice]:
-        """Newly seen unknown terminals, once each (a reconnect re-reports all via `seen`)."""
+        """Unknown terminals seen since the last call, each once."""
         taken = [self._unknown[s] for s in self._unreported if s in self._unknown]
         self._unreported.clear()
         self.seen_changed = trio.Event()
         return taken
-
-    def seen(self) -> list[SeenDevice]:
-        return list(self._unknown.values())
 
     def handshake_options(self, terminal: PushTerminal) -> iclock.Options:
         minutes = utc_offset_minutes(terminal.zone, self.utcnow())

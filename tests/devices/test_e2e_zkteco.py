@@ -7,6 +7,7 @@ are picked up at the terminal's next poll and come back SUCCESS or FAILED.
 
 from __future__ import annotations
 
+import datetime as dt
 import signal
 import subprocess
 import sys
@@ -71,7 +72,10 @@ def test_a_pushing_terminal_is_adopted_and_its_punches_and_commands_go_through(
         gateway = start_gateway(backend, tmp_path / "gw", api_key)
         zk_url = "http://" + (tmp_path / "gw" / "zkteco.addr").read_text().strip()
         terminal_log = tmp_path / "terminal.log"
-        flags = ("--punch-every", "0.2", "--punches", str(PUNCHES), "--resend-rate", "1")
+        flags = (
+            *("--punch-every", "0.2", "--punches", str(PUNCHES), "--resend-rate", "1"),
+            *("--zone-minutes", "330"),  # installed in Kolkata: punches before adoption too
+        )
         try:
             with backend.admin() as admin, running_terminal(zk_url, terminal_log, *flags):
                 poll(lambda: SERIAL in seen_serials(admin), 30, "the unknown terminal seen")
@@ -149,6 +153,12 @@ def test_a_pushing_terminal_is_adopted_and_its_punches_and_commands_go_through(
                 assert len(events) == PUNCHES
                 assert {e["data"]["employee_no"] for e in events} == {"1001", "1002", "1003"}
                 assert {e["data"]["attendance_status"] for e in events} <= {"checkIn", "checkOut"}
+                # The terminal shows Kolkata time (+05:30); stored times are UTC. An hour's
+                # slack tells a converted time from one 5.5 h off.
+                now = dt.datetime.now(dt.UTC)
+                for event in events:
+                    punched_at = dt.datetime.fromisoformat(event["ts"].replace("Z", "+00:00"))
+                    assert abs(punched_at - now) < dt.timedelta(hours=1), event["ts"]
                 rows = stored_ids(database_url)
                 assert sorted(rows) == sorted({e["id"] for e in events})
         finally:

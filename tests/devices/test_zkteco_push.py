@@ -17,12 +17,13 @@ import pytest
 import trio
 import trio.testing
 
+from gateway import config
 from gateway.devices.base import DeviceError, DeviceErrorKind, UserRecord
 from gateway.devices.iclock import CommandReturn
 from gateway.devices.manager import DeviceManager
 from gateway.devices.zkteco import ZkPushHub, ZkTecoAdapter, adapter_factory
 from gateway.devices.zkteco_server import serve
-from gateway.errors import BufferFull
+from gateway.errors import BufferFull, ConfigError
 from protocol.agent import DeviceEvent, Log
 from protocol.control import Command, DeviceConfig, DevicesSeen, GatewayMessage
 
@@ -224,3 +225,11 @@ def test_devsim_simulators_import_nothing_from_the_gateway() -> None:
             elif isinstance(node, ast.ImportFrom):
                 names = [node.module or ""]
             assert not any(n == "gateway" or n.startswith("gateway.") for n in names), path
+
+
+def test_the_listener_is_off_unless_set_and_a_bad_address_is_named() -> None:
+    assert config.load([], {}).zk_listen == ""
+    assert config.load([], {"TD_ZK_LISTEN": "0.0.0.0:8081"}).zk_listen == "0.0.0.0:8081"
+    assert config.load(["--zk-listen", "127.0.0.1:0"], {}).zk_listen == "127.0.0.1:0"
+    with pytest.raises(ConfigError, match=r"TD_ZK_LISTEN \(--zk-listen\): got '8081'"):
+        config.load([], {"TD_ZK_LISTEN": "8081"})

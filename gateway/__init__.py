@@ -15,7 +15,7 @@ uploads them to the backend, holds the control channel and drives the devices.
     dead_letters.py   `td-gateway dead-letters`: list, show, replay, drop refused logs
     control.py        the WebSocket control channel; commands.py runs its commands
     health.py         /health and the status reports; metrics.py Prometheus td_gateway_*
-    cli.py            `td-gateway run`, `td-gateway dead-letters`, `td-gateway discover`, `td-gateway local-token`
+    cli.py            `td-gateway run`, `dead-letters`, `discover`, `local-token`
     local_api.py      the operators' local API on TD_LOCAL_LISTEN (doors without the cloud);
                       local_token.py its token, local_commands.py its commands and their
                       reports upstream

@@ -649,7 +649,8 @@ class State:
                 conn,
                 "SELECT l.command, l.created_at, c.result, c.finished_at FROM local_commands l"
                 " JOIN commands c ON c.command_id = l.command_id"
-                f" WHERE {' AND '.join(where)} ORDER BY l.created_at {order} LIMIT ?",
+                f" WHERE {' AND '.join(where)}"
+                f" ORDER BY l.created_at {order}, l.rowid {order} LIMIT ?",
                 (*args, limit),
             )
         )

@@ -219,7 +219,8 @@ class LocalCommandRun(msgspec.Struct, tag_field="type", tag="local_command", kw_
     finished_at: UtcDatetime
 
     def __post_init__(self) -> None:
-        self.payload = _reported(self.payload, "payload") or {}
+        # What the terminal said is kept (NUL replaced); the payload the operator sent is
+        # checked by the backend, which refuses to store one it could not have accepted.
         self.result = _reported(self.result, "result")
         self.error = captured_text(self.error)
 

@@ -63,7 +63,8 @@ def test_open_a_door_locally_while_the_backend_is_down_and_see_it_upstream_once(
     with running_backend(tmp_path, database_url) as backend, running_devsim() as port:
         gateway_id, api_key, _ = backend.create_gateway("site")
         gateway = GatewayProcess(data_dir, "--local-listen", "127.0.0.1:0")
-        gateway.flags += ["--backend-url", backend.url, "--api-key", api_key]
+        gateway.flags += ["--backend-url", backend.url]
+        gateway.env["TD_GATEWAY_API_KEY"] = api_key
         gateway.flags += ["--control-backoff-base-s", "0.2", "--control-backoff-cap-s", "1"]
         gateway.start()
         try:

@@ -51,9 +51,10 @@ def running_terminal(zk_url: str, log_path: Path, *flags: str) -> Iterator[Path]
 def start_gateway(backend: BackendProcess, data_dir: Path, api_key: str) -> GatewayProcess:
     gateway = GatewayProcess(
         data_dir,
-        *("--backend-url", backend.url, "--api-key", api_key),
+        *("--backend-url", backend.url),
         *("--control-backoff-base-s", "0.2", "--control-backoff-cap-s", "1"),
         *("--device-poll-s", "1", "--zk-listen", "127.0.0.1:0"),
+        env={"TD_GATEWAY_API_KEY": api_key},
     ).start()
     poll(lambda: health(gateway)["control_connected"] is True, 30, "control channel up")
     return gateway

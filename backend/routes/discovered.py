@@ -114,7 +114,7 @@ async def discovered(
     async with services.connection() as conn:
         scans = await conn.fetch(
             "SELECT DISTINCT ON (c.gateway_id) c.id, c.gateway_id, c.finished_at,"
-            " jsonb_path_query_array(c.result, $2::jsonpath) AS found"
+            " coalesce(jsonb_path_query_array(c.result, $2::jsonpath), '[]') AS found"
             f" FROM gateway_commands c WHERE {where}"
             " ORDER BY c.gateway_id, c.finished_at DESC, c.id DESC",
             *args,

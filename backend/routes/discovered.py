@@ -191,7 +191,7 @@ class DiscoveredDeviceController(Controller):
         if found is None:
             raise NotFound(f"discovered_id: no discovered device {discovered_id}")
         if found.device_id is not None:
-            raise Conflict(f"discovered_id: already adopted as device {found.device_id}")
+            raise Conflict(f"discovered_id: already device {found.device_id} on its gateway")
         await check_gateway_takes_devices(org_id, found.gateway_id)
         create = DeviceCreate(
             gateway_id=found.gateway_id,

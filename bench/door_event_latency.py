@@ -39,9 +39,9 @@ import asyncpg  # type: ignore[import-untyped]
 import httpx
 import trio
 
+from devsim.hikvision.server import serve_simulator
+from devsim.hikvision.terminal import SimulatedTerminal, SimulatorConfig
 from gateway.devices.manager import device_event_id
-from gateway.devices.simulated_terminal import SimulatedTerminal, SimulatorConfig
-from gateway.devices.simulator import serve_simulator
 
 BIN = Path(sys.executable).parent
 PASSWORD = secrets.token_urlsafe(12)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import signal
 import sys
@@ -12,6 +11,7 @@ from collections.abc import Sequence
 import trio
 
 from devsim import biostar, zkteco
+from devsim.hikvision import cli as hikvision_cli
 
 
 def _users(text: str) -> tuple[str, ...]:
@@ -121,7 +121,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="td-devsim", description="Simulate an access-control terminal for development."
     )
     vendors = parser.add_subparsers(dest="vendor", required=True, metavar="VENDOR")
-    vendors.add_parser("hikvision", help="a Hikvision ISAPI terminal", add_help=False)
+    hikvision_cli.add_arguments(
+        vendors.add_parser("hikvision", help="a Hikvision ISAPI terminal (DS-K1T341 like)")
+    )
     _zkteco_parser(vendors.add_parser("zkteco", help="a ZKTeco terminal pushing to a gateway"))
     _biostar_parser(vendors.add_parser("biostar", help="a Suprema BioStar 2 server's REST API"))
     return parser
@@ -184,13 +186,9 @@ def _main_biostar(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list[:1] == ["hikvision"]:
-        # The Hikvision simulator still lives beside its adapter; it moves here next.
-        hikvision = importlib.import_module("gateway.devices.simulator_cli")
-        code: int = hikvision.main(args_list)
-        return code
-    args = _parser().parse_args(args_list)
+    args = _parser().parse_args(argv)
+    if args.vendor == "hikvision":
+        return hikvision_cli.run(args)
     if args.vendor == "biostar":
         return _main_biostar(args)
     config = zkteco.TerminalConfig(

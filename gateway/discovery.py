@@ -7,7 +7,9 @@ server answers with its `{"Response": ...}` error body; no login is attempted, s
 lock-out counter moves). ZKTeco PUSH terminals are not probed: they come to the gateway,
 and the ones nobody added are listed at the backend's `/v2/devices/seen`.
 
-This build probes loopback addresses only, so a scan can never leave the machine.
+This build probes loopback addresses only, so a scan can never leave the machine. Run as a
+gateway command, the result goes to the backend, which lists it as discovered devices an
+operator adopts with one call (backend/routes/discovered.py).
 """
 
 from __future__ import annotations

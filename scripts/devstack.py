@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from gateway.devices.simulated_people import DEMO_PEOPLE, SHIFT_HOURS
+from devsim.hikvision.people import DEMO_PEOPLE, SHIFT_HOURS
 
 BIN = Path(sys.executable).parent
 START_DEADLINE_S = 90

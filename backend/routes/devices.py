@@ -182,6 +182,44 @@ async def _push(services: Services, device_id: uuid.UUID, gateway_id: uuid.UUID)
         await services.control.device_changed(gateway_id, device_id)
 
 
+async def check_gateway_takes_devices(org_id: uuid.UUID, gateway_id: uuid.UUID) -> None:
+    gateway = (
+        await GatewayInstance.select(GatewayInstance.disabled_at)
+        .where((GatewayInstance.id == gateway_id) & (GatewayInstance.org_id == org_id))
+        .first()
+    )
+    if gateway is None:
+        raise InvalidRequest(f"gateway_id: no gateway {gateway_id} in this organisation")
+    if gateway["disabled_at"] is not None:
+        raise Conflict(
+            f"gateway_id: gateway {gateway_id} is disabled; enable it before adding devices to it"
+        )
+
+
+async def add_reached_device(
+    services: Services, org_id: uuid.UUID, data: DeviceCreate, *, vendor: str
+) -> DeviceOut:
+    """Store a terminal the gateway reaches at host:port (its gateway already checked)."""
+    device_id = uuid.uuid4()
+    await Device.insert(
+        Device(
+            id=device_id,
+            org_id=org_id,
+            gateway_id=data.gateway_id,
+            vendor=vendor,
+            name=data.name,
+            host=data.host,
+            port=data.port,
+            scheme=data.scheme,
+            username=data.username,
+            password_encrypted=services.secrets.encrypt(data.password),
+            enabled=data.enabled,
+        )
+    )
+    await _push(services, device_id, data.gateway_id)
+    return await device_out(org_id, device_id)
+
+
 class DeviceController(Controller):
     path = "/v2/devices"
     tags = ["devices"]
@@ -193,18 +231,7 @@ class DeviceController(Controller):
         services: ServicesDep,
         data: JSONBody[DeviceCreate | BioStarCreate | PushDeviceCreate],
     ) -> DeviceOut:
-        gateway = (
-            await GatewayInstance.select(GatewayInstance.disabled_at)
-            .where((GatewayInstance.id == data.gateway_id) & (GatewayInstance.org_id == org_id))
-            .first()
-        )
-        if gateway is None:
-            raise InvalidRequest(f"gateway_id: no gateway {data.gateway_id} in this organisation")
-        if gateway["disabled_at"] is not None:
-            raise Conflict(
-                f"gateway_id: gateway {data.gateway_id} is disabled; enable it before adding"
-                " devices to it"
-            )
+        await check_gateway_takes_devices(org_id, data.gateway_id)
         device_id = uuid.uuid4()
         if isinstance(data, PushDeviceCreate):
             _check_time_zone(data.time_zone)
@@ -229,23 +256,9 @@ class DeviceController(Controller):
             )
             await _push(services, device_id, data.gateway_id)
             return await device_out(org_id, device_id)
-        await Device.insert(
-            Device(
-                id=device_id,
-                org_id=org_id,
-                gateway_id=data.gateway_id,
-                vendor=str(type(data).__struct_config__.tag),
-                name=data.name,
-                host=data.host,
-                port=data.port,
-                scheme=data.scheme,
-                username=data.username,
-                password_encrypted=services.secrets.encrypt(data.password),
-                enabled=data.enabled,
-            )
+        return await add_reached_device(
+            services, org_id, data, vendor=str(type(data).__struct_config__.tag)
         )
-        await _push(services, device_id, data.gateway_id)
-        return await device_out(org_id, device_id)
 
     @get("/", responses=ADMIN_ERRORS)
     async def list_devices(

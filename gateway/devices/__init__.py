@@ -13,9 +13,8 @@
     biostar_api.py          BioStar 2 REST bodies and answers without I/O
     biostar.py              the BioStar 2 adapter (one server, its doors)
     manager.py              DeviceManager: configs, commands, health polling, events -> logs
-    simulated_*.py          a terminal without I/O (simulated_stream: its alert stream);
-                            simulator.py puts it on a socket;
-    simulator_cli.py        `td-devsim hikvision ...`
+
+The simulators the adapters are tested against live in the top-level `devsim/` package.
 
 Wiring in the gateway (one nursery):
 

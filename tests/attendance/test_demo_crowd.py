@@ -8,8 +8,8 @@ import pytest
 import trio
 import trio.testing
 
-from gateway.devices.simulated_people import DEMO_PEOPLE, play_attendance
-from gateway.devices.simulated_terminal import SimulatedTerminal, SimulatorConfig
+from devsim.hikvision.people import DEMO_PEOPLE, play_attendance
+from devsim.hikvision.terminal import SimulatedTerminal, SimulatorConfig
 
 START = dt.datetime(2026, 3, 10, 10, 30, tzinfo=dt.UTC)  # 18:30 at the terminal (UTC+8)
 

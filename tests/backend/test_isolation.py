@@ -94,6 +94,11 @@ def bodies(a: dict[str, str]) -> dict[tuple[str, str], Any]:
         ("DELETE", "/v2/devices/{device_id:uuid}"): None,
         ("POST", "/v2/devices/{device_id:uuid}/commands"): {"type": "open_door"},
         ("POST", "/v2/devices/{device_id:uuid}/commands/{command_id:uuid}/cancel"): None,
+        ("POST", "/v2/devices/discovered/{discovered_id:uuid}/adopt"): {
+            "name": "adopted",
+            "username": "admin",
+            "password": "pw",
+        },
         ("POST", "/v2/admin-tokens"): {"name": "b-token"},
         # The same employee_no in both organisations: each has its own.
         ("POST", "/v2/employees"): {"employee_no": fresh, "name": "new hire"},
@@ -277,7 +282,8 @@ async def org_a_history(
 ) -> dict[str, str]:
     """Org A's data that only reads show, made once: a punch and PC activity of one employee,
     PC activity without a punch of another (a reconciliation flag), a terminal its gateway
-    refused. The matrix requires each to show to org A and never to org B."""
+    refused, one a gateway's scan found. The matrix requires each to show to org A and never
+    to org B."""
     gateway = await create_gateway(client, a)
     mark = uuid.uuid4().hex[:12]
     people = {}
@@ -322,13 +328,27 @@ async def org_a_history(
     seen = SeenDevice(
         vendor="zkteco", serial=f"a-serial-{mark}", first_seen_at=worked, last_seen_at=worked
     )
+    discovered_serial = f"a-found-{mark}"
+    found = {"vendor": "hikvision", "address": "127.0.0.1:18080", "serial": discovered_serial}
     conn = await asyncpg.connect(database_url)
     try:
         await record_devices_seen(
             conn, uuid.UUID(gateway["id"]), uuid.UUID(a.id), DevicesSeen(devices=[seen])
         )
+        # What the gateway answered to a `discover` command.
+        await conn.execute(
+            "INSERT INTO gateway_commands (id, org_id, gateway_id, type, payload, status,"
+            " result, finished_at, expires_at)"
+            " VALUES ($1, $2, $3, 'discover', '{}', 'SUCCESS', $4, now(), now())",
+            uuid.uuid4(),
+            uuid.UUID(a.id),
+            uuid.UUID(gateway["id"]),
+            json.dumps({"found": [found], "probed": 1}),
+        )
     finally:
         await conn.close()
+    discovered = (await client.get("/v2/devices/discovered", headers=a.headers)).json()
+    [discovered_id] = [d["id"] for d in discovered["items"] if d["serial"] == discovered_serial]
     history = {
         "org_id": a.id,
         "punched_id": people["punched"]["id"],
@@ -337,6 +357,8 @@ async def org_a_history(
         "unpunched_name": people["unpunched"]["name"],
         "app": f"a-app-{mark}",
         "seen_serial": seen.serial,
+        "discovered_id": discovered_id,
+        "discovered_serial": discovered_serial,
     }
     await eventually(
         client,
@@ -369,6 +391,7 @@ async def org_a_state(client: AsyncTestClient[Litestar], a: Org, ids: dict[str, 
         "/v2/employees",
         "/v2/shifts",
         "/v2/devices/seen",
+        "/v2/devices/discovered",
         "/v2/admin-tokens",
         "/v2/gateways",
         "/v2/devices",

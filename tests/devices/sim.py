@@ -9,9 +9,9 @@ from typing import Any
 
 import trio
 
+from devsim.hikvision.server import serve_simulator
+from devsim.hikvision.terminal import SimulatedTerminal, SimulatorConfig
 from gateway.devices.hikvision import HikvisionAdapter
-from gateway.devices.simulated_terminal import SimulatedTerminal, SimulatorConfig
-from gateway.devices.simulator import serve_simulator
 from protocol.control import DeviceConfig
 
 PASSWORD = "Sup3r-Secret-PW"

@@ -11,10 +11,10 @@ import pytest
 import trio
 import trio.testing
 
+from devsim.hikvision.bodies import HIKVISION_NS, ISAPI_NS, STD_CGI_NS
+from devsim.hikvision.terminal import SimulatedTerminal
 from gateway.devices.base import DeviceError, DeviceErrorKind, UserRecord, create_adapter
 from gateway.devices.hikvision import HikvisionAdapter
-from gateway.devices.simulated_bodies import HIKVISION_NS, ISAPI_NS, STD_CGI_NS
-from gateway.devices.simulated_terminal import SimulatedTerminal
 from tests.devices.sim import PASSWORD, simulator
 
 

@@ -11,6 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from devsim.hikvision.stream import access_event_part
+from devsim.hikvision.terminal import SimulatedTerminal, SimulatorConfig
 from gateway.devices import isapi
 from gateway.devices.alert_stream import (
     MAX_HEADER_BYTES,
@@ -22,8 +24,6 @@ from gateway.devices.alert_stream import (
     parse_alert,
 )
 from gateway.devices.manager import to_device_event
-from gateway.devices.simulated_stream import access_event_part
-from gateway.devices.simulated_terminal import SimulatedTerminal, SimulatorConfig
 
 FIXTURE = (Path(__file__).parent / "fixtures" / "alert_stream_ds_k1t341.bin").read_bytes()
 CLOSE = b"--MIME_boundary--\r\n"

@@ -31,7 +31,7 @@ DEVICE_PASSWORD = "Door-Sim-Pw-1"
 def running_devsim() -> Iterator[int]:
     process = subprocess.Popen(
         [
-            *(sys.executable, "-m", "gateway.devices.simulator_cli", "hikvision"),
+            *(sys.executable, "-m", "devsim.cli", "hikvision"),
             *("--port", "0", "--password", DEVICE_PASSWORD, "--lockout-after", "5"),
         ],
         stdout=subprocess.PIPE,

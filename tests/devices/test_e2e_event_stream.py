@@ -35,7 +35,7 @@ pytestmark = pytest.mark.slow
 def devsim(*flags: str) -> Iterator[int]:
     process = subprocess.Popen(
         [
-            *(sys.executable, "-m", "gateway.devices.simulator_cli", "hikvision"),
+            *(sys.executable, "-m", "devsim.cli", "hikvision"),
             *("--port", "0", "--password", DEVICE_PASSWORD, *flags),
         ],
         stdout=subprocess.PIPE,

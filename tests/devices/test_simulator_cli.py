@@ -10,12 +10,12 @@ import sys
 import httpx
 import pytest
 
-from gateway.devices.simulator_cli import main
+from devsim.cli import main
 
 
 def start(*args: str) -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway.devices.simulator_cli", "hikvision", *args],
+        [sys.executable, "-m", "devsim.cli", "hikvision", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -216,7 +216,9 @@ async def test_without_a_listener_zkteco_devices_say_how_to_enable_it(tmp_path: 
 
 def test_devsim_simulators_import_nothing_from_the_gateway() -> None:
     devsim = Path(__file__).parents[2] / "devsim"
-    for path in devsim.glob("*.py"):
+    paths = sorted(devsim.rglob("*.py"))
+    assert devsim / "hikvision" / "terminal.py" in paths  # the walk reaches the subpackages
+    for path in paths:
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             names = []
@@ -225,6 +227,20 @@ def test_devsim_simulators_import_nothing_from_the_gateway() -> None:
             elif isinstance(node, ast.ImportFrom):
                 names = [node.module or ""]
             assert not any(n == "gateway" or n.startswith("gateway.") for n in names), path
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                # importlib.import_module("gateway...") would hide the import from the walk
+                assert node.func.attr != "import_module", path
+
+
+def test_the_gateway_package_holds_no_simulator() -> None:
+    gateway = Path(__file__).parents[2] / "gateway"
+    assert sorted(p.name for p in gateway.rglob("simulat*")) == []
+    for path in gateway.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                assert not any(a.name.split(".")[0] == "devsim" for a in node.names), path
+            elif isinstance(node, ast.ImportFrom):
+                assert (node.module or "").split(".")[0] != "devsim", path
 
 
 def test_the_listener_is_off_unless_set_and_a_bad_address_is_named() -> None:

@@ -14,8 +14,8 @@ import h11
 import structlog
 import trio
 
-from gateway.devices.simulated_stream import send_stream
-from gateway.devices.simulated_terminal import (
+from devsim.hikvision.stream import send_stream
+from devsim.hikvision.terminal import (
     SimRequest,
     SimResponse,
     SimulatedTerminal,

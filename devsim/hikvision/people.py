@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import trio
 
-from gateway.devices.simulated_terminal import CARD_PASSED, SimulatedTerminal
+from devsim.hikvision.terminal import CARD_PASSED, SimulatedTerminal
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from xml.sax.saxutils import escape
 import msgspec
 
 if TYPE_CHECKING:
-    from gateway.devices.simulated_terminal import SimulatorConfig
+    from devsim.hikvision.terminal import SimulatorConfig
 
 HIKVISION_NS = "http://www.hikvision.com/ver20/XMLSchema"
 ISAPI_NS = "http://www.isapi.org/ver20/XMLSchema"

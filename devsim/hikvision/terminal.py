@@ -2,7 +2,7 @@
 
 It keeps the state a real terminal has (doors, users, an event log with increasing serialNo,
 login failures per client address) and answers with bodies shaped like real firmware,
-including several XML namespaces on one device. `simulator` puts it on a socket.
+including several XML namespaces on one device. `server` puts it on a socket.
 """
 
 from __future__ import annotations
@@ -15,11 +15,8 @@ from typing import Any
 import msgspec
 import trio
 
-from gateway.devices.base import DeviceError
-from gateway.devices.isapi import posix_tz_offset
-from gateway.devices.isapi_status import local_name, parse_xml
-from gateway.devices.simulated_auth import DigestGate
-from gateway.devices.simulated_bodies import (
+from devsim.hikvision.auth import DigestGate
+from devsim.hikvision.bodies import (
     PSIA_NS,
     device_info_xml,
     device_status_xml,
@@ -28,6 +25,7 @@ from gateway.devices.simulated_bodies import (
     response_status,
     time_xml,
 )
+from devsim.hikvision.wire import xml_fields, zone_offset
 
 # Event codes (major, minor) the terminal logs.
 REMOTE_EVENTS = {"open": 1024, "close": 1025, "alwaysOpen": 1026, "alwaysClose": 1027}
@@ -126,7 +124,7 @@ class SimulatedTerminal:
     # ---- state a test or the shell may drive ---------------------------------------------
 
     def local_now(self) -> dt.datetime:
-        zone = dt.timezone(posix_tz_offset(self.time_zone))
+        zone = dt.timezone(zone_offset(self.time_zone))
         return (self._utcnow() + self.clock_skew).astimezone(zone).replace(microsecond=0)
 
     def log_event(self, major: int, minor: int, *, door: int | None = None, **extra: Any) -> int:
@@ -202,7 +200,7 @@ class SimulatedTerminal:
             return self._status(503, path, as_json, 2, "Device Busy", "deviceBusy")
         try:
             return self._route(request.method.upper(), path, request.body, as_json)
-        except (DeviceError, msgspec.DecodeError, ValueError, KeyError, TypeError, AttributeError):
+        except (msgspec.DecodeError, ValueError, KeyError, TypeError, AttributeError):
             sub = "badJsonFormat" if as_json else "badXmlFormat"
             return self._status(400, path, as_json, 5, "Invalid Format", sub)
 
@@ -276,12 +274,11 @@ class SimulatedTerminal:
         return SimResponse(status=200, body=time_xml(self.local_now(), self.time_zone))
 
     def _set_time(self, body: bytes) -> SimResponse:
-        root = parse_xml(body, "time")
-        fields = {local_name(e.tag): (e.text or "").strip() for e in root.iter()}
+        fields = xml_fields(body)
         zone = fields.get("timeZone") or self.time_zone
         wanted = dt.datetime.fromisoformat(fields["localTime"])
         if wanted.tzinfo is None:
-            wanted = wanted.replace(tzinfo=dt.timezone(posix_tz_offset(zone)))
+            wanted = wanted.replace(tzinfo=dt.timezone(zone_offset(zone)))
         self.time_zone = zone
         self.clock_skew = wanted - self._utcnow()
         body, content_type = response_status("/ISAPI/System/time", False, namespace=PSIA_NS)
@@ -292,8 +289,7 @@ class SimulatedTerminal:
         return SimResponse(status=200, body=response_status(path, False)[0], reboot=True)
 
     def _door(self, path: str, door_no: int, body: bytes) -> SimResponse:
-        root = parse_xml(body, "door")
-        cmd = next((e.text or "" for e in root.iter() if local_name(e.tag) == "cmd"), "")
+        cmd = xml_fields(body).get("cmd", "")
         if cmd not in REMOTE_EVENTS or cmd in self.config.unsupported_commands:
             return self._status(403, path, False, 4, "Invalid Operation", "notSupport", 0x40000001)
         if door_no == 65535:

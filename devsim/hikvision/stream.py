@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from gateway.devices.simulated_terminal import SimulatedTerminal
+from devsim.hikvision.terminal import SimulatedTerminal
 
 BOUNDARY = "MIME_boundary"
 HEARTBEAT_S = 10.0

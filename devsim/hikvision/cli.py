@@ -1,4 +1,4 @@
-"""`td-devsim hikvision ...`: run one simulated Hikvision access terminal."""
+"""`td-devsim hikvision ...`: the flags, and running one simulated Hikvision terminal."""
 
 from __future__ import annotations
 
@@ -7,14 +7,13 @@ import datetime as dt
 import os
 import signal
 import sys
-from collections.abc import Sequence
 from functools import partial
 
 import trio
 
-from gateway.devices.simulated_people import play_attendance
-from gateway.devices.simulated_terminal import DEFAULT_SERIAL, SimulatedTerminal, SimulatorConfig
-from gateway.devices.simulator import serve_simulator
+from devsim.hikvision.people import play_attendance
+from devsim.hikvision.server import serve_simulator
+from devsim.hikvision.terminal import DEFAULT_SERIAL, SimulatedTerminal, SimulatorConfig
 
 
 def _clock(text: str) -> dt.time:
@@ -24,12 +23,7 @@ def _clock(text: str) -> dt.time:
         raise argparse.ArgumentTypeError(f"{text!r} is not a time like 09:00") from None
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="td-devsim", description="Simulate an access-control terminal for development."
-    )
-    vendors = parser.add_subparsers(dest="vendor", required=True, metavar="VENDOR")
-    hik = vendors.add_parser("hikvision", help="a Hikvision ISAPI terminal (DS-K1T341 like)")
+def add_arguments(hik: argparse.ArgumentParser) -> None:
     hik.add_argument("--host", default="127.0.0.1")
     hik.add_argument("--port", type=int, default=18080)
     hik.add_argument("--user", default="admin")
@@ -81,7 +75,6 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="firmware without /ISAPI/Event/notification/alertStream (answers notSupport)",
     )
-    return parser
 
 
 async def _run(config: SimulatorConfig, shift_start: dt.time | None = None) -> None:
@@ -101,8 +94,7 @@ async def _run(config: SimulatorConfig, shift_start: dt.time | None = None) -> N
                 return
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     if not args.password:
         print("td-devsim: give --password or set TD_DEVSIM_PASSWORD", file=sys.stderr)
         return 2
@@ -133,7 +125,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"td-devsim: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

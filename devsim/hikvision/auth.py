@@ -14,8 +14,8 @@ from typing import Any
 
 import msgspec
 
-from gateway.devices.digest import digest_response, parse_digest_params
-from gateway.devices.simulated_bodies import user_check_xml
+from devsim.hikvision.bodies import user_check_xml
+from devsim.hikvision.wire import digest_params, expected_digest
 
 _MAX_NONCES = 1024
 
@@ -78,7 +78,7 @@ class DigestGate:
             self._locked_until.pop(client, None)
         else:
             return self._unauthorized(client)
-        params = parse_digest_params(authorization)
+        params = digest_params(authorization)
         if not params:
             return self._unauthorized(client)  # no credentials: does not count as a failure
         nonce = params.get("nonce", "")
@@ -93,16 +93,8 @@ class DigestGate:
             self._worn_nonces[nonce] = None
             _trim(self._worn_nonces)
             return self._unauthorized(client, challenge=False)
-        expected = digest_response(
-            username=self._user,
-            password=self._password,
-            realm=self.realm,
-            method=method,
-            uri=params.get("uri", ""),
-            nonce=nonce,
-            nc=params.get("nc", ""),
-            cnonce=params.get("cnonce", ""),
-            qop=params.get("qop"),
+        expected = expected_digest(
+            params, username=self._user, password=self._password, realm=self.realm, method=method
         )
         ok = (
             params.get("username") == self._user

@@ -36,6 +36,9 @@ ZK_EMPLOYEE = "Z1"
 BIO_EMPLOYEE = "B1"
 ZK_PUNCHES = 4
 GRANTED_PUNCH = 5  # major of an access event; attendance reads minors that grant
+# What an opened door leaves in /v2/logs: Hikvision's "remote open" operation, BioStar's
+# door-unlocked event (its own code under major 0).
+DOOR_OPENED = {"hikvision": (3, 1024), "biostar": (0, 0x5200)}
 
 
 def punches_by(admin: httpx.Client, device_id: str, employee_no: str) -> list[dict[str, Any]]:
@@ -201,6 +204,21 @@ def test_hikvision_zkteco_and_biostar_side_by_side_on_one_gateway(
                     ]
                     assert len(upstream) == 1, (vendor, upstream)
                     assert (upstream[0]["origin"], upstream[0]["status"]) == ("local", "SUCCESS")
+
+                # Both opens (cloud, then local) reached each terminal.
+                for vendor, (major, minor) in DOOR_OPENED.items():
+                    poll(
+                        lambda d=devices[vendor], ma=major, mi=minor: (
+                            sum(
+                                (e["data"]["major"], e["data"]["minor"]) == (ma, mi)
+                                for e in device_events(admin, d)
+                            )
+                            == 2
+                        ),
+                        60,
+                        f"two door opens in the {vendor} events",
+                    )
+                assert (tmp_path / "zk.log").read_text().count("door opened") == 2
 
                 # Punches: in /v2/logs once each, and in attendance.
                 employee_no = {"hikvision": HIK_EMPLOYEE, "zkteco": ZK_EMPLOYEE}

@@ -15,12 +15,18 @@ from typing import Any
 
 import msgspec
 
-from backend.attendance.directory import EmployeeOut
+from backend.attendance.directory import EMPLOYEE_SQL, EmployeeOut, employee_out
+from backend.logging import get_logger
 from backend.routes.commands import CommandCreate, _create
 from backend.services import Services
 
+log = get_logger("backend.attendance")
+
 # Longer than an ordinary command: a terminal's gateway may be offline for a while.
 USER_COMMAND_EXPIRES_S = 7 * 86_400.0
+# A new terminal is sent at most this many people at once (terminals hold tens of thousands
+# of users; an organisation past this is told in the log, and edits enrol the rest).
+MAX_ENROLLED_ON_ADD = 50_000
 
 
 class TerminalState(msgspec.Struct, kw_only=True):
@@ -50,8 +56,41 @@ async def push_user(services: Services, org_id: uuid.UUID, employee: EmployeeOut
             " WHERE d.org_id = $1 AND d.enabled ORDER BY d.id",
             org_id,
         )
+    command = _user_command(employee)
+    for device in devices:
+        await _create(
+            services, "device_commands", org_id, device["gateway_id"], command, device["id"]
+        )
+
+
+async def enrol_everyone(
+    services: Services, org_id: uuid.UUID, device_id: uuid.UUID, gateway_id: uuid.UUID
+) -> int:
+    """Queue add_user for every active employee on a terminal just added or adopted, so a
+    new door knows the staff already on file (later changes reach it through push_user)."""
+    async with services.connection() as conn:
+        rows = await conn.fetch(
+            f"{EMPLOYEE_SQL} WHERE e.org_id = $1 AND e.status = 'active'"
+            " ORDER BY e.employee_no LIMIT $2",
+            org_id,
+            MAX_ENROLLED_ON_ADD + 1,
+        )
+    if len(rows) > MAX_ENROLLED_ON_ADD:
+        log.warning(
+            "new terminal enrolled only part of the staff",
+            device_id=str(device_id),
+            enrolled=MAX_ENROLLED_ON_ADD,
+        )
+        rows = rows[:MAX_ENROLLED_ON_ADD]
+    for row in rows:
+        command = _user_command(employee_out(row))
+        await _create(services, "device_commands", org_id, gateway_id, command, device_id)
+    return len(rows)
+
+
+def _user_command(employee: EmployeeOut) -> CommandCreate:
     if employee.status == "active":
-        command = CommandCreate(
+        return CommandCreate(
             type="add_user",
             payload={
                 "employee_no": employee.employee_no,
@@ -61,16 +100,11 @@ async def push_user(services: Services, org_id: uuid.UUID, employee: EmployeeOut
             },
             expires_in_s=USER_COMMAND_EXPIRES_S,
         )
-    else:
-        command = CommandCreate(
-            type="delete_user",
-            payload={"employee_no": employee.employee_no},
-            expires_in_s=USER_COMMAND_EXPIRES_S,
-        )
-    for device in devices:
-        await _create(
-            services, "device_commands", org_id, device["gateway_id"], command, device["id"]
-        )
+    return CommandCreate(
+        type="delete_user",
+        payload={"employee_no": employee.employee_no},
+        expires_in_s=USER_COMMAND_EXPIRES_S,
+    )
 
 
 async def terminal_states(conn: Any, org_id: uuid.UUID, employee_no: str) -> TerminalList:

@@ -176,6 +176,16 @@ async def device_out(org_id: uuid.UUID, device_id: uuid.UUID) -> DeviceOut:
     return msgspec.convert(row, DeviceOut)
 
 
+async def _enrol_staff(
+    services: Services, org_id: uuid.UUID, device_id: uuid.UUID, gateway_id: uuid.UUID
+) -> None:
+    # Imported here: attendance's user commands are built on routes.commands, which imports
+    # this module.
+    from backend.attendance.terminals import enrol_everyone
+
+    await enrol_everyone(services, org_id, device_id, gateway_id)
+
+
 async def _push(services: Services, device_id: uuid.UUID, gateway_id: uuid.UUID) -> None:
     log.info("device changed", device_id=str(device_id), gateway_id=str(gateway_id))
     if services.control is not None:
@@ -217,6 +227,8 @@ async def add_reached_device(
         )
     )
     await _push(services, device_id, data.gateway_id)
+    if data.enabled:
+        await _enrol_staff(services, org_id, device_id, data.gateway_id)
     return await device_out(org_id, device_id)
 
 
@@ -255,6 +267,8 @@ class DeviceController(Controller):
                 & (SeenDevice.serial == data.serial)
             )
             await _push(services, device_id, data.gateway_id)
+            if data.enabled:
+                await _enrol_staff(services, org_id, device_id, data.gateway_id)
             return await device_out(org_id, device_id)
         return await add_reached_device(
             services, org_id, data, vendor=str(type(data).__struct_config__.tag)

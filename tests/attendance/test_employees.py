@@ -8,7 +8,7 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from tests.attendance.conftest import Org
+from tests.attendance.conftest import Org, create_gateway
 
 pytestmark = pytest.mark.anyio
 
@@ -234,3 +234,42 @@ async def test_shifts_and_organization_zone(client: AsyncTestClient[Litestar], o
     assert zone.json()["default_shift_id"] == night.json()["id"]
     bad = await client.patch("/v2/organization", json={"time_zone": "UTC+3"}, headers=org.headers)
     assert bad.status_code == 400 and "time_zone" in bad.json()["detail"]
+
+
+async def test_a_terminal_added_later_is_sent_the_staff_already_on_file(
+    client: AsyncTestClient[Litestar], org: Org
+) -> None:
+    alice = await create(client, org, employee_no="1001", name="Alice", card_nos=["555"])
+    gone = await create(client, org, employee_no="1002", name="Bob")
+    left = await client.patch(
+        f"/v2/employees/{gone['id']}", json={"status": "left"}, headers=org.headers
+    )
+    assert left.status_code == 200, left.text
+    gateway = await create_gateway(client, org)
+    device = await client.post(
+        "/v2/devices",
+        json={
+            "gateway_id": gateway["id"],
+            "vendor": "hikvision",
+            "name": "new door",
+            "host": "127.0.0.1",
+            "port": 18080,
+            "username": "admin",
+            "password": "pw",
+        },
+        headers=org.headers,
+    )
+    assert device.status_code == 201, device.text
+    commands = await client.get(f"/v2/devices/{device.json()['id']}/commands", headers=org.headers)
+    sent = [(c["type"], c["payload"]) for c in commands.json()["items"]]
+    # The active employee with her card; the one who left is not enrolled.
+    assert sent == [
+        (
+            "add_user",
+            {"employee_no": "1001", "name": "Alice", "card_nos": ["555"], "replace": True},
+        )
+    ]
+    terminals = await client.get(f"/v2/employees/{alice['id']}/terminals", headers=org.headers)
+    assert [(t["device_name"], t["command_type"]) for t in terminals.json()["items"]] == [
+        ("new door", "add_user")
+    ]

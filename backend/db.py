@@ -43,6 +43,9 @@ DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InternalClientError,
+    # "database … is not currently accepting connections" (SQLSTATE 55000) while it is
+    # being taken offline or restored.
+    asyncpg.exceptions.ObjectNotInPrerequisiteStateError,
 )
 
 

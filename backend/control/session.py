@@ -439,6 +439,12 @@ async def control_endpoint(scope: Scope, receive: Receive, asgi_send: Send) -> N
         log.warning("control deferred: database unavailable", error=str(exc))
         await _deny(scope, send, 503, "unavailable", "the database is not reachable; retry")
         return
+    except Exception:
+        # Whatever else kept the key from being checked, it is not the key's fault: a
+        # refusal here would have the gateway tell its operator to rotate a valid key.
+        log.exception("control deferred: the key could not be checked")
+        await _deny(scope, send, 503, "unavailable", "the key could not be checked; retry")
+        return
     await send({"type": "websocket.accept"})
     services.metrics.control_connections.inc()
     session = GatewaySession(hub, identity, receive, asgi_send)

@@ -244,7 +244,8 @@ async def _discover(command: Command) -> CommandResult:
         return _finished(
             command,
             CommandStatus.FAILED,
-            error='payload: "ports" (e.g. "80,8000-8100") and "hosts" are text, "sadp" is a boolean',
+            error='payload: "ports" (e.g. "80,8000-8100") and "hosts" are text, '
+            '"sadp" is a boolean',
         )
     try:
         targets = discovery.parse_targets(hosts, ports) if ports or not use_sadp else []

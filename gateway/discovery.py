@@ -6,8 +6,9 @@ a Digest challenge, or its DeviceInfo) and `POST /api/login` with no credentials
 server answers with its `{"Response": ...}` error body; no login is attempted, so no
 lock-out counter moves). With `--sadp`, one Hikvision SADP inquiry goes to the multicast
 group on the loopback interface (gateway/sadp.py) and every terminal that answers is listed
-with its model, serial and whether it is activated. ZKTeco PUSH terminals are not probed: they come to the gateway,
-and the ones nobody added are listed at the backend's `/v2/devices/seen`.
+with its model, serial and whether it is activated. ZKTeco PUSH terminals are not probed:
+they come to the gateway, and the ones nobody added are listed at the backend's
+`/v2/devices/seen`.
 
 This build probes loopback addresses only, so a scan can never leave the machine. Run as a
 gateway command, the result goes to the backend, which lists it as discovered devices an

@@ -3,6 +3,7 @@ and what a hostile or stray datagram becomes (nothing, or a ValueError naming th
 
 from __future__ import annotations
 
+import socket
 import uuid
 
 import pytest
@@ -134,9 +135,7 @@ def test_collect_keeps_loopback_answers_once_per_serial() -> None:
 
 
 def test_collect_keeps_at_most_max_devices() -> None:
-    answers = [
-        (match_with(DeviceSN=f"SN{i}"), "127.0.0.1") for i in range(sadp.MAX_DEVICES + 5)
-    ]
+    answers = [(match_with(DeviceSN=f"SN{i}"), "127.0.0.1") for i in range(sadp.MAX_DEVICES + 5)]
     assert len(sadp.collect(answers, PROBE_ID)) == sadp.MAX_DEVICES
 
 
@@ -155,7 +154,9 @@ _text = st.text(
 )
 
 
-@given(model=_text, serial=_text.filter(bool), port=st.integers(1, 65535), activated=st.booleans())
+@given(
+    model=_text, serial=_text.filter(str.strip), port=st.integers(1, 65535), activated=st.booleans()
+)
 def test_any_well_formed_answer_round_trips(
     model: str, serial: str, port: int, activated: bool
 ) -> None:
@@ -175,3 +176,12 @@ def test_any_well_formed_answer_round_trips(
         port,
         activated,
     )
+
+
+@pytest.mark.trio
+async def test_the_probe_socket_sends_on_loopback_with_ttl_zero() -> None:
+    with sadp._loopback_sender() as sock:
+        interface = sock.getsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, 4)
+        assert socket.inet_ntoa(interface) == "127.0.0.1"
+        assert sock.getsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL) == 0
+        assert sock.getsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP) == 1

@@ -251,7 +251,10 @@ async def _discover(command: Command) -> CommandResult:
         targets = discovery.parse_targets(hosts, ports) if ports or not use_sadp else []
     except ValueError as exc:
         return _finished(command, CommandStatus.FAILED, error=f"payload: {exc}")
-    found = await discovery.discover(targets, sadp_port=sadp.SADP_PORT if use_sadp else None)
+    try:
+        found = await discovery.discover(targets, sadp_port=sadp.SADP_PORT if use_sadp else None)
+    except OSError as exc:
+        return _finished(command, CommandStatus.FAILED, error=f"SADP on loopback failed: {exc}")
     return _finished(
         command,
         CommandStatus.SUCCESS,

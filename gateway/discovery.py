@@ -142,7 +142,8 @@ async def discover(
     sadp_port: int | None = None,
 ) -> list[Found]:
     """HTTP probes of `targets`, and a SADP inquiry when `sadp_port` is given; where both
-    find one address, the SADP answer (serial, activation) is the one kept."""
+    find one address, the SADP answer (serial, activation) is the one kept. OSError when
+    the SADP inquiry cannot be made (see sadp.probe)."""
     found: list[Found] = []
     by_sadp: list[Found] = []
     limiter = trio.CapacityLimiter(CONCURRENCY)
@@ -154,14 +155,23 @@ async def discover(
             if result is not None:
                 found.append(result)
 
+        sadp_failures: list[OSError] = []
+
         async def inquire(port: int) -> None:
-            by_sadp.extend(_from_sadp(d) for d in await sadp.probe(port=port, timeout_s=timeout_s))
+            try:
+                devices = await sadp.probe(port=port, timeout_s=timeout_s)
+            except OSError as exc:
+                sadp_failures.append(exc)
+                return
+            by_sadp.extend(_from_sadp(d) for d in devices)
 
         async with trio.open_nursery() as nursery:
             if sadp_port is not None:
                 nursery.start_soon(inquire, sadp_port)
             for host, port in targets:
                 nursery.start_soon(one, host, port)
+    if sadp_failures:
+        raise sadp_failures[0]
     answered = {f.address for f in by_sadp}
     merged = by_sadp + [f for f in found if f.address not in answered]
     return sorted(merged, key=lambda f: (f.address, f.serial))
@@ -190,6 +200,11 @@ def main(argv: Sequence[str]) -> int:
         print("td-gateway discover: --timeout must be between 0 and 30 s", file=sys.stderr)
         return 2
     sadp_port = args.sadp_port if args.sadp else None
-    found = trio.run(lambda: discover(targets, timeout_s=args.timeout, sadp_port=sadp_port))
+    try:
+        found = trio.run(lambda: discover(targets, timeout_s=args.timeout, sadp_port=sadp_port))
+    except OSError as exc:
+        # The group could not be joined or the probe not sent (no multicast on loopback).
+        print(f"td-gateway discover: SADP on loopback failed: {exc}", file=sys.stderr)
+        return 1
     print(msgspec.json.encode(Report(found=found, probed=len(targets))).decode())
     return 0

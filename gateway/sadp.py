@@ -141,7 +141,8 @@ def _group_listener(port: int) -> trio.socket.SocketType:
 
 
 async def probe(*, port: int = SADP_PORT, timeout_s: float = 1.0) -> list[SadpDevice]:
-    """Send one inquiry on loopback and read answers for `timeout_s` seconds."""
+    """Send one inquiry on loopback and read answers for `timeout_s` seconds; OSError when
+    the group cannot be joined or the probe not sent."""
     if not 1 <= port <= 65535:
         raise ValueError(f"SADP port {port} is outside 1-65535")
     probe_id = str(uuidlib.uuid4())

@@ -5,12 +5,14 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.devices.test_discovery import discover, simulator
+from tests.devices.test_discovery import BIN, discover, simulator
 from tests.devices.test_e2e_devices import start_gateway
 from tests.support.backend import free_port, running_backend
 
@@ -128,3 +130,51 @@ def test_sadp_discover_command_reaches_the_discovered_devices(
                 assert '"sadp" is a boolean' in bad["error"]
         finally:
             gateway.stop()
+
+
+def in_own_network(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Runs `script` in a new network namespace: only its own lo, nobody else's terminals."""
+    return subprocess.run(
+        ["unshare", "--net", "--map-root-user", "sh", "-ec", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=cwd,
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "TD_DEVSIM_PASSWORD": "Discover-Me-1"},
+    )
+
+
+def test_sadp_on_the_standard_port_in_a_namespace_of_its_own(tmp_path: Path) -> None:
+    serial = unique_serial()
+    done = in_own_network(
+        f"""
+        ip link set lo up
+        {BIN}/td-devsim hikvision --port 0 --sadp --serial {serial} > sim.log 2>&1 &
+        sim=$!
+        for _ in $(seq 200); do grep -q listening sim.log && break; sleep 0.05; done
+        {BIN}/td-gateway discover --sadp || true
+        kill $sim; wait $sim || true
+        """,
+        tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    match = re.search(r"http://127\.0\.0\.1:(\d+)", (tmp_path / "sim.log").read_text())
+    assert match, (tmp_path / "sim.log").read_text()
+    assert json.loads(done.stdout)["found"] == [
+        {
+            "vendor": "hikvision",
+            "address": f"127.0.0.1:{match.group(1)}",
+            "model": "DS-K1T341AMF",
+            "serial": serial,
+            "activated": True,
+        }
+    ]
+
+
+def test_without_multicast_on_loopback_sadp_fails_saying_so(tmp_path: Path) -> None:
+    # A fresh namespace's lo is down: there is no loopback interface to send on.
+    done = in_own_network(f"{BIN}/td-gateway discover --sadp", tmp_path)
+    assert done.returncode == 1
+    assert "SADP on loopback failed" in done.stderr
+    assert done.stdout == ""

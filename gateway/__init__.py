@@ -19,7 +19,8 @@ uploads them to the backend, holds the control channel and drives the devices.
     local_api.py      the operators' local API on TD_LOCAL_LISTEN (doors without the cloud);
                       local_token.py its token, local_commands.py its commands and their
                       reports upstream
-    discovery.py      loopback probes for terminals (CLI and the `discover` command)
+    discovery.py      loopback probes for terminals (CLI and the `discover` command);
+                      sadp.py the Hikvision SADP inquiry, multicast on loopback only
     devices/          terminals (Hikvision ISAPI, ZKTeco PUSH, BioStar 2) and the manager
 
 For other parts of the gateway: `Gateway.append(agent_uid, logs)` stores logs durably

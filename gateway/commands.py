@@ -20,7 +20,7 @@ import msgspec
 import structlog
 import trio
 
-from gateway import discovery
+from gateway import discovery, sadp
 from gateway.buffer import Buffer
 from gateway.errors import StorageError
 from gateway.state import State
@@ -237,19 +237,24 @@ class CommandRunner:
 
 
 async def _discover(command: Command) -> CommandResult:
-    """Probe payload {"hosts"?, "ports"} for terminals (see gateway/discovery.py)."""
-    hosts, ports = command.payload.get("hosts", "127.0.0.1"), command.payload.get("ports")
-    if not isinstance(hosts, str) or not isinstance(ports, str):
+    """Probe payload {"hosts"?, "ports"?, "sadp"?} for terminals (see gateway/discovery.py)."""
+    hosts, ports = command.payload.get("hosts", "127.0.0.1"), command.payload.get("ports", "")
+    use_sadp = command.payload.get("sadp", False)
+    if not isinstance(hosts, str) or not isinstance(ports, str) or not isinstance(use_sadp, bool):
         return _finished(
             command,
             CommandStatus.FAILED,
-            error='payload: "ports" (e.g. "80,8000-8100") and "hosts" are text',
+            error='payload: "ports" (e.g. "80,8000-8100") and "hosts" are text, '
+            '"sadp" is a boolean',
         )
     try:
-        targets = discovery.parse_targets(hosts, ports)
+        targets = discovery.parse_targets(hosts, ports) if ports or not use_sadp else []
     except ValueError as exc:
         return _finished(command, CommandStatus.FAILED, error=f"payload: {exc}")
-    found = await discovery.discover(targets)
+    try:
+        found = await discovery.discover(targets, sadp_port=sadp.SADP_PORT if use_sadp else None)
+    except OSError as exc:
+        return _finished(command, CommandStatus.FAILED, error=f"SADP on loopback failed: {exc}")
     return _finished(
         command,
         CommandStatus.SUCCESS,

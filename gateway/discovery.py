@@ -4,8 +4,11 @@ Each host:port gets at most two unauthenticated HTTP requests, neither of which 
 anything on a device: `GET /ISAPI/System/deviceInfo` (a Hikvision terminal answers 401 with
 a Digest challenge, or its DeviceInfo) and `POST /api/login` with no credentials (a BioStar 2
 server answers with its `{"Response": ...}` error body; no login is attempted, so no
-lock-out counter moves). ZKTeco PUSH terminals are not probed: they come to the gateway,
-and the ones nobody added are listed at the backend's `/v2/devices/seen`.
+lock-out counter moves). With `--sadp`, one Hikvision SADP inquiry goes to the multicast
+group on the loopback interface (gateway/sadp.py) and every terminal that answers is listed
+with its model, serial and whether it is activated. ZKTeco PUSH terminals are not probed:
+they come to the gateway, and the ones nobody added are listed at the backend's
+`/v2/devices/seen`.
 
 This build probes loopback addresses only, so a scan can never leave the machine. Run as a
 gateway command, the result goes to the backend, which lists it as discovered devices an
@@ -23,6 +26,7 @@ import httpx
 import msgspec
 import trio
 
+from gateway import sadp
 from gateway.devices import isapi
 from gateway.devices.base import DeviceError
 
@@ -121,10 +125,27 @@ async def probe(client: httpx.AsyncClient, host: str, port: int) -> Found | None
     return None
 
 
+def _from_sadp(device: sadp.SadpDevice) -> Found:
+    return Found(
+        vendor="hikvision",
+        address=f"{device.ipv4}:{device.http_port or 80}",
+        model=device.model,
+        serial=device.serial,
+        activated=device.activated,
+    )
+
+
 async def discover(
-    targets: list[tuple[str, int]], *, timeout_s: float = DEFAULT_TIMEOUT_S
+    targets: list[tuple[str, int]],
+    *,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    sadp_port: int | None = None,
 ) -> list[Found]:
+    """HTTP probes of `targets`, and a SADP inquiry when `sadp_port` is given; where both
+    find one address, the SADP answer (serial, activation) is the one kept. OSError when
+    the SADP inquiry cannot be made (see sadp.probe)."""
     found: list[Found] = []
+    by_sadp: list[Found] = []
     limiter = trio.CapacityLimiter(CONCURRENCY)
     async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=False) as client:
 
@@ -134,10 +155,26 @@ async def discover(
             if result is not None:
                 found.append(result)
 
+        sadp_failures: list[OSError] = []
+
+        async def inquire(port: int) -> None:
+            try:
+                devices = await sadp.probe(port=port, timeout_s=timeout_s)
+            except OSError as exc:
+                sadp_failures.append(exc)
+                return
+            by_sadp.extend(_from_sadp(d) for d in devices)
+
         async with trio.open_nursery() as nursery:
+            if sadp_port is not None:
+                nursery.start_soon(inquire, sadp_port)
             for host, port in targets:
                 nursery.start_soon(one, host, port)
-    return sorted(found, key=lambda f: f.address)
+    if sadp_failures:
+        raise sadp_failures[0]
+    answered = {f.address for f in by_sadp}
+    merged = by_sadp + [f for f in found if f.address not in answered]
+    return sorted(merged, key=lambda f: (f.address, f.serial))
 
 
 def main(argv: Sequence[str]) -> int:
@@ -145,17 +182,29 @@ def main(argv: Sequence[str]) -> int:
         prog="td-gateway discover", description="Find terminals answering on loopback ports."
     )
     parser.add_argument("--hosts", default="127.0.0.1", help="addresses or ranges, a,b-c")
-    parser.add_argument("--ports", required=True, help="ports or ranges, e.g. 80,8000-8100")
+    parser.add_argument("--ports", default="", help="ports or ranges, e.g. 80,8000-8100")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="per probe, s")
+    parser.add_argument(
+        "--sadp", action="store_true", help="also send a Hikvision SADP inquiry on loopback"
+    )
+    parser.add_argument("--sadp-port", type=int, default=sadp.SADP_PORT, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
-        targets = parse_targets(args.hosts, args.ports)
+        targets = parse_targets(args.hosts, args.ports) if args.ports or not args.sadp else []
+        if not 1 <= args.sadp_port <= 65535:
+            raise ValueError(f"--sadp-port {args.sadp_port} is outside 1-65535")
     except ValueError as exc:
         print(f"td-gateway discover: {exc}", file=sys.stderr)
         return 2
     if not 0 < args.timeout <= 30:
         print("td-gateway discover: --timeout must be between 0 and 30 s", file=sys.stderr)
         return 2
-    found = trio.run(lambda: discover(targets, timeout_s=args.timeout))
+    sadp_port = args.sadp_port if args.sadp else None
+    try:
+        found = trio.run(lambda: discover(targets, timeout_s=args.timeout, sadp_port=sadp_port))
+    except OSError as exc:
+        # The group could not be joined or the probe not sent (no multicast on loopback).
+        print(f"td-gateway discover: SADP on loopback failed: {exc}", file=sys.stderr)
+        return 1
     print(msgspec.json.encode(Report(found=found, probed=len(targets))).decode())
     return 0

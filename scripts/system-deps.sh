@@ -9,6 +9,8 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 # The dashboard's browser tests drive Debian's chromium (Playwright cannot download one here).
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+# SADP discovery tests run in their own network namespace (unshare) and bring its lo up.
+command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing+=(iproute2)
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 

@@ -12,6 +12,7 @@ from functools import partial
 import trio
 
 from devsim.hikvision.people import play_attendance
+from devsim.hikvision.sadp import answer_probes
 from devsim.hikvision.server import serve_simulator
 from devsim.hikvision.terminal import DEFAULT_SERIAL, SimulatedTerminal, SimulatorConfig
 
@@ -75,12 +76,32 @@ def add_arguments(hik: argparse.ArgumentParser) -> None:
         action="store_true",
         help="firmware without /ISAPI/Event/notification/alertStream (answers notSupport)",
     )
+    hik.add_argument(
+        "--sadp",
+        action="store_true",
+        help="answer SADP inquiries sent to 239.255.255.250 on the loopback interface",
+    )
+    hik.add_argument("--sadp-port", type=int, default=37020, help="the SADP group's UDP port")
+    hik.add_argument(
+        "--sadp-multicast-reply",
+        action="store_true",
+        help="answer SADP to the group rather than to the prober, as some firmware does",
+    )
 
 
-async def _run(config: SimulatorConfig, shift_start: dt.time | None = None) -> None:
+async def _run(
+    config: SimulatorConfig,
+    shift_start: dt.time | None = None,
+    sadp_port: int | None = None,
+    sadp_multicast: bool = False,
+) -> None:
     terminal = SimulatedTerminal(config)
     async with trio.open_nursery() as nursery:
         port = await nursery.start(partial(serve_simulator, config, terminal=terminal))
+        if sadp_port is not None:
+            await nursery.start(
+                partial(answer_probes, config, port, sadp_port=sadp_port, multicast=sadp_multicast)
+            )
         if shift_start is not None:
             nursery.start_soon(play_attendance, terminal, shift_start)
         print(
@@ -101,6 +122,9 @@ def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.busy_rate <= 1.0:
         print("td-devsim: --busy-rate must be between 0 and 1", file=sys.stderr)
         return 2
+    if not 1 <= args.sadp_port <= 65535:
+        print("td-devsim: --sadp-port must be between 1 and 65535", file=sys.stderr)
+        return 2
     config = SimulatorConfig(
         host=args.host,
         port=args.port,
@@ -120,7 +144,13 @@ def run(args: argparse.Namespace) -> int:
         alert_stream=not args.no_alert_stream,
     )
     try:
-        trio.run(_run, config, args.shift_start if args.play_attendance else None)
+        trio.run(
+            _run,
+            config,
+            args.shift_start if args.play_attendance else None,
+            args.sadp_port if args.sadp else None,
+            args.sadp_multicast_reply,
+        )
     except OSError as exc:
         print(f"td-devsim: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1

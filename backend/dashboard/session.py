@@ -2,7 +2,8 @@
 
 The cookie holds the admin token's row id (never the token), its organisation, a CSRF secret
 and the time it was issued, encrypted and authenticated with the backend's Fernet secret box.
-Every request re-reads the token's row, so revoking the token ends its sessions at once.
+Every request re-reads the token's row, so revoking the token (or its expiry) ends its
+sessions at once.
 
 CSRF: the cookie is SameSite=Strict, and every state-changing request must also carry the
 session's CSRF secret, in the `csrf_token` form field or the `X-CSRF-Token` header (HTMX sends
@@ -121,7 +122,8 @@ async def provide_operator(request: Request[Any, Any, Any]) -> Operator:
         raise SignedOut("sign in with an admin token")
     async with services.connection() as conn:
         alive = await conn.fetchval(
-            "SELECT true FROM admin_tokens WHERE id = $1 AND org_id = $2 AND revoked_at IS NULL",
+            "SELECT true FROM admin_tokens WHERE id = $1 AND org_id = $2 AND revoked_at IS NULL"
+            " AND (expires_at IS NULL OR expires_at > now())",
             data.token_id,
             data.org_id,
         )

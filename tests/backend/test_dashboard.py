@@ -104,16 +104,17 @@ async def test_a_forged_or_tampered_cookie_is_no_session(client: Client, org: Or
         assert response.status_code == 303, forged[:20]
 
 
-async def test_revoking_the_token_ends_the_session(
-    client: Client, org: Org, migrated_url: str
+@pytest.mark.parametrize(
+    "ending", ["revoked_at = now()", "expires_at = now() - interval '1 second'"]
+)
+async def test_revoking_or_expiring_the_token_ends_the_session(
+    client: Client, org: Org, migrated_url: str, ending: str
 ) -> None:
     await sign_in(client, org)
     assert (await client.get("/dashboard/fleet")).status_code == 200
     conn = await asyncpg.connect(migrated_url)
     try:
-        await conn.execute(
-            "UPDATE admin_tokens SET revoked_at = now() WHERE org_id = $1", uuid.UUID(org.id)
-        )
+        await conn.execute(f"UPDATE admin_tokens SET {ending} WHERE org_id = $1", uuid.UUID(org.id))
     finally:
         await conn.close()
     response = await client.get("/dashboard/fleet")

@@ -14,12 +14,10 @@ from functools import partial
 from pathlib import Path
 
 import apsw
-import hypercorn.config
-import hypercorn.trio
 import structlog
 import trio
 
-from gateway import datadir, local_api
+from gateway import datadir, local_api, serving
 from gateway.api import AgentApi
 from gateway.buffer import BUFFER_FILE, Buffer
 from gateway.config import GatewayConfig
@@ -217,39 +215,19 @@ class Gateway:
     async def _serve_agents(
         self, stopped: trio.Event, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        config = hypercorn.config.Config()
-        config.bind = [self.config.listen]
-        config.graceful_timeout = HTTP_GRACE_S
-        config.accesslog = None
         # Thousands of agents reconnect at once after a restart or an outage; hypercorn's
         # default backlog (100) turns that burst into refused connections.
-        config.backlog = 4096
-        # Our own "listening" line says where we are; hypercorn speaks up only about problems.
-        config.loglevel = "WARNING"
+        config = serving.quiet_config(
+            self.config.listen, graceful_timeout_s=HTTP_GRACE_S, backlog=4096
+        )
         if self.config.tls_cert:
             config.certfile = self.config.tls_cert
             config.keyfile = self.config.tls_key
 
         try:
-            await hypercorn.trio.serve(
-                self.api,  # type: ignore[arg-type]
-                config,
-                shutdown_trigger=self._stop.wait,
-                task_status=_FirstBind(task_status),
-            )
+            await serving.serve(self.api, config, self._stop.wait, task_status)
         finally:
             stopped.set()
-
-
-class _FirstBind:
-    """Turns hypercorn's `started(["http://host:port", ...])` into `started("host:port")`."""
-
-    def __init__(self, task_status: trio.TaskStatus[str]) -> None:
-        self._task_status = task_status
-
-    def started(self, value: list[str] | None = None) -> None:
-        first = (value or ["?://?"])[0]
-        self._task_status.started(first.split("://", 1)[1])
 
 
 def _write_address(data_dir: Path, address: str, name: str) -> None:

@@ -20,13 +20,12 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-import hypercorn.config
-import hypercorn.trio
 import msgspec
 import structlog
 import trio
 from msgspec import Meta
 
+from gateway import serving
 from gateway.devices.manager import DeviceManager
 from gateway.http_io import (
     ClientGone,
@@ -216,19 +215,5 @@ async def serve(
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the local API on `listen` until `shutdown` returns; reports the bound host:port."""
-    config = hypercorn.config.Config()
-    config.bind = [listen]
-    config.accesslog = None
-    config.loglevel = "WARNING"
-    config.graceful_timeout = 1.0
-
-    class _First:
-        def started(self, value: list[str] | None = None) -> None:
-            task_status.started((value or ["?://?"])[0].split("://", 1)[1])
-
-    await hypercorn.trio.serve(
-        app,  # type: ignore[arg-type]
-        config,
-        shutdown_trigger=shutdown,
-        task_status=_First(),
-    )
+    config = serving.quiet_config(listen, graceful_timeout_s=1.0)
+    await serving.serve(app, config, shutdown, task_status)

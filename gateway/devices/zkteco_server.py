@@ -11,11 +11,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import hypercorn.config
-import hypercorn.trio
 import structlog
 import trio
 
+from gateway import serving
 from gateway.devices import iclock
 from gateway.devices.zkteco import PushTerminal, ZkPushHub, punch_event
 from gateway.errors import BufferFull, GatewayError
@@ -188,23 +187,9 @@ async def serve(
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `/iclock/` on `listen` until `shutdown` returns; reports the bound host:port."""
-    config = hypercorn.config.Config()
-    config.bind = [listen]
-    config.accesslog = None
-    config.loglevel = "WARNING"
-    config.backlog = 1024
-    config.graceful_timeout = 1.0
-
-    class _First:
-        def started(self, value: list[str] | None = None) -> None:
-            task_status.started((value or ["?://?"])[0].split("://", 1)[1])
+    config = serving.quiet_config(listen, graceful_timeout_s=1.0, backlog=1024)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(report_seen, hub, send_upstream)
-        await hypercorn.trio.serve(
-            IclockApp(hub),  # type: ignore[arg-type]
-            config,
-            shutdown_trigger=shutdown,
-            task_status=_First(),
-        )
+        await serving.serve(IclockApp(hub), config, shutdown, task_status)
         nursery.cancel_scope.cancel()

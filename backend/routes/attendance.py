@@ -136,6 +136,17 @@ async def _csv_chunks(
         after = people[-1].employee_no
 
 
+def _checked_filters(
+    from_: str | None, to: str | None, department: str | None, status: str | None = None
+) -> tuple[dt.date, dt.date]:
+    """The period the report filters name, once each filter is known to be usable."""
+    period = date_range(from_, to)
+    _check_text("department", department)
+    if status is not None and status not in STATUSES:
+        raise InvalidRequest(f"status: must be one of {', '.join(STATUSES)}")
+    return period
+
+
 class AttendanceController(Controller):
     path = "/v2"
     tags = ["attendance"]
@@ -159,10 +170,7 @@ class AttendanceController(Controller):
     ) -> Response[bytes]:
         """One row per employee per work date in from..to (inclusive), by employee_no then
         date; a page holds up to `limit` employees. Answers an AttendancePage."""
-        first, last = date_range(from_, to)
-        _check_text("department", department)
-        if status is not None and status not in STATUSES:
-            raise InvalidRequest(f"status: must be one of {', '.join(STATUSES)}")
+        first, last = _checked_filters(from_, to, department, status)
         async with services.connection() as conn:
             people = await people_page(
                 conn,
@@ -191,10 +199,7 @@ class AttendanceController(Controller):
     ) -> Stream:
         """The same rows as CSV (UTF-8 with BOM, one header row; columns in
         docs/attendance.md), streamed in chunks of employees."""
-        first, last = date_range(from_, to)
-        _check_text("department", department)
-        if status is not None and status not in STATUSES:
-            raise InvalidRequest(f"status: must be one of {', '.join(STATUSES)}")
+        first, last = _checked_filters(from_, to, department, status)
         filename = f"attendance-{first.isoformat()}-{last.isoformat()}.csv"
         return Stream(
             _csv_chunks(services, org_id, first, last, employee_id, department, status),
@@ -216,8 +221,7 @@ class AttendanceController(Controller):
     ) -> ActivityPage:
         """Per employee per work date with PC activity: active / idle seconds, first / last
         activity, top applications and domains by foreground time."""
-        first, last = date_range(from_, to)
-        _check_text("department", department)
+        first, last = _checked_filters(from_, to, department)
         async with services.connection() as conn:
             people = await people_page(
                 conn,

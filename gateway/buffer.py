@@ -191,6 +191,7 @@ class Buffer:
             elif fx.appended:
                 self.storage_problem = None
             self.transactions += 1
+            self._in_flight |= fx.claimed_uploads
             self._in_flight -= fx.dropped_uploads
             if fx.appended:
                 self._appended.set()
@@ -277,10 +278,14 @@ class Buffer:
     async def claim(self, max_logs: int) -> Claim | None:
         """The next upload batch (oldest first, never one already in flight), or None."""
         now = time.time()
-        found = await self._submit(lambda store, fx: store.claim(max_logs, now))
-        if found is not None:
-            self._in_flight.add(found.batch_id)
-        return found
+
+        def claim(store: BufferStore, fx: TxEffects) -> Claim | None:
+            found = store.claim(max_logs, now)
+            if found is not None:
+                fx.claimed_uploads.add(found.batch_id)
+            return found
+
+        return await self._submit(claim)
 
     def still_claimed(self, batch_id: uuid.UUID) -> bool:
         """False once drop_oldest removed the batch: there is nothing left to send."""

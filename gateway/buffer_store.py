@@ -148,6 +148,9 @@ class TxEffects:
     """What a transaction did that the async side must learn about after the commit."""
 
     appended: bool = False
+    # Batches handed out, so the writer marks them in flight before any later transaction
+    # can drop them (marking them after the caller resumed let a dropped batch be sent).
+    claimed_uploads: set[uuid.UUID] = field(default_factory=set)
     dropped_uploads: set[uuid.UUID] = field(default_factory=set)
     corrupt: bool = False  # SQLite found the file damaged: the buffer starts a fresh one
     failure: str | None = None  # why the transaction did not commit

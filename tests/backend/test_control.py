@@ -296,8 +296,13 @@ async def test_command_lifecycle_offline_delivery_result_cancel_and_expiry(
             async with connected_gateway(backend.url, api_key) as gw:
                 delivered = await gw.receive_type(Command)
                 assert (delivered.id, delivered.command_type) == (uuid.UUID(ping["id"]), "ping")
-                sent = (await client.get(f"{commands}/{ping['id']}")).json()
-                assert sent["status"] == "SENT"
+
+                # SENT is committed just after the command goes out on the socket.
+                async def marked_sent() -> bool:
+                    got = await client.get(f"{commands}/{ping['id']}")
+                    return bool(got.json()["status"] == "SENT")
+
+                await eventually(marked_sent)
 
                 async def answer() -> None:
                     await gw.send(

@@ -44,7 +44,12 @@ class GatewayProcess:
         assert self.process is not None
         if self.process.poll() is None:
             self.process.send_signal(sig)
-        return self.process.wait(within_s)
+        code = self.process.wait(within_s)
+        if code != 0:
+            # Shown with the failing test: why the gateway did not stop cleanly.
+            print(f"td-gateway exited with {code}; its last log lines:")
+            print("\n".join(self.log_text().splitlines()[-40:]))
+        return code
 
     def kill(self) -> None:
         assert self.process is not None

@@ -6,9 +6,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import apsw
 import msgspec
 import pytest
 import trio
+import trio.testing
 import zstandard
 
 from gateway import dead_letters
@@ -129,6 +131,42 @@ async def test_drop_oldest_drops_a_formed_batch_whole(tmp_path: Path) -> None:
         assert buffer.stats.dropped_total == 100
         assert buffer.stats.queue_depth == 100
         assert await buffer.ack(claim.batch_id) == 0
+
+
+@pytest.mark.trio
+async def test_a_batch_dropped_before_its_claimer_resumes_is_not_sent(tmp_path: Path) -> None:
+    # The claim and an append that drops the claimed batch commit together (one group
+    # commit), before the claiming task runs again: the batch must not count as in flight,
+    # or the uploader would send logs the buffer already counted as dropped.
+    logs = make_logs(50)
+    size = row_size("agent", logs)
+    async with open_buffer(tmp_path, max_bytes=size * 3, overflow="drop_oldest") as buffer:
+        for _ in range(2):
+            await buffer.append("agent", logs)
+        claims: list[Claim | None] = []
+
+        async def claim() -> None:
+            claims.append(await buffer.claim(max_logs=100))
+
+        # Another connection holds the write lock, so the writer waits inside its first
+        # transaction while the claim and then the append queue up behind it, in that order.
+        blocker = apsw.Connection(str(buffer.path))
+        blocker.execute("BEGIN IMMEDIATE")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(buffer.append, "agent", logs)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(claim)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(buffer.append, "agent", logs)
+            await trio.testing.wait_all_tasks_blocked()
+            transactions = buffer.transactions
+            blocker.execute("COMMIT")
+        blocker.close()
+        assert buffer.transactions == transactions + 2  # the claim and the append together
+        claimed = claims[0]
+        assert claimed is not None and claimed.n_logs == 100
+        assert buffer.stats is not None and buffer.stats.dropped_total == 100
+        assert not buffer.still_claimed(claimed.batch_id)
 
 
 @pytest.mark.trio

@@ -170,9 +170,13 @@ class State:
             task_status.started()
             await trio.sleep_forever()
         finally:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            # Under the commit lock: another task's shielded commit may still be running in a
+            # thread on this connection, and closing it under that commit fails the gateway.
+            with trio.CancelScope(shield=True):
+                async with self._commit_lock:
+                    conn, self._conn = self._conn, None
+                    if conn is not None:
+                        conn.close()
 
     def _load(self) -> None:
         try:
@@ -241,13 +245,15 @@ class State:
         one, each in its own savepoint. With synchronous=FULL every commit is an fsync, and a
         thousand agents registering at once would otherwise queue behind a thousand of them.
         """
-        conn = self._conn
-        if conn is None:
+        if self._conn is None:
             raise StorageError("the gateway state is not open")
         write = _PendingWrite(fn)
         self._pending.append(write)
         async with self._commit_lock:
             if not write.done:
+                conn = self._conn
+                if conn is None:  # closed while this write waited for the lock
+                    raise StorageError("the gateway state is not open")
                 batch, self._pending = self._pending, []
                 # Shielded: the batch holds other callers' writes, and they must be committed.
                 with trio.CancelScope(shield=True):

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from pathlib import Path
 
 import apsw
 import pytest
 import trio
+import trio.testing
 
 from gateway.errors import AgentRevoked, IdentityTaken, StorageError
 from gateway.sealing import SecretBox
@@ -49,6 +51,44 @@ async def test_concurrent_registrations_share_commits_and_all_persist(tmp_path: 
         for uid, token in tokens.items():
             agent = reopened.authenticate(token)
             assert agent is not None and agent.agent_uid == uid
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_stopping_while_a_commit_runs_waits_for_it(tmp_path: Path) -> None:
+    # Shutdown cancels everything at once: the state must not close its connection under
+    # a commit another task is running in a thread (that failed the whole gateway).
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_commit() -> bool:
+        entered.set()
+        release.wait(10)
+        return False
+
+    tokens: dict[str, str] = {}
+    state = State(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(state.run)
+        assert state._conn is not None
+        state._conn.set_commit_hook(slow_commit)
+
+        async def register() -> None:
+            _, tokens["pc-1"] = await state.register(
+                RegisterRequest(agent_uid="pc-1", hostname="pc")
+            )
+
+        nursery.start_soon(register)
+        await trio.to_thread.run_sync(entered.wait)
+        nursery.cancel_scope.cancel()
+        with trio.CancelScope(shield=True):
+            await trio.testing.wait_all_tasks_blocked()  # the state's shutdown has begun
+            release.set()
+
+    reopened = State(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(reopened.run)
+        agent = reopened.authenticate(tokens["pc-1"])
+        assert agent is not None and agent.agent_uid == "pc-1"
         nursery.cancel_scope.cancel()
 
 

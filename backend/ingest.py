@@ -187,7 +187,7 @@ async def store_batch(
     log_count = batch.log_count()
     months = _storable_months(batch, window)
     await partitions.ensure(pool, months)
-    with tracing.tracer.start_as_current_span(
+    with tracing.span(
         "db.write", attributes={"db.system": "postgresql", "td.logs": log_count}
     ) as span:
         try:

@@ -1,10 +1,11 @@
 """OpenTelemetry for the backend: spans go out over OTLP/HTTP when OTEL_EXPORTER_OTLP_ENDPOINT
 is set, and nowhere otherwise.
 
-Off (the default) no SDK provider is installed: `tracer` stays the API's proxy to its no-op
-tracer, the request middleware passes requests straight through, and the helpers return at
-their first check. On, each worker process exports in batches from a background thread; the
-standard OTEL_* variables apply (OTEL_BSP_SCHEDULE_DELAY, OTEL_EXPORTER_OTLP_HEADERS, ...).
+Off (the default) no SDK provider is installed: `span` hands out one shared do-nothing
+context manager (not even the API's no-op tracer runs), the request middleware passes
+requests straight through, and the helpers return at their first check. On, each worker
+process exports in batches from a background thread; the standard OTEL_* variables apply
+(OTEL_BSP_SCHEDULE_DELAY, OTEL_EXPORTER_OTLP_HEADERS, ...).
 
 Every HTTP request gets a server span named by its route template, continuing the caller's
 W3C `traceparent`: so `POST /v2/ingest/logs` continues the gateway's `upload` span, and
@@ -17,14 +18,17 @@ its `command.run` context back, which `command.result` continues.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from opentelemetry import context, trace
-from opentelemetry.trace import SpanKind
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, Span, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import Attributes
 
 SERVICE_NAME = "td-backend"
 ENDPOINT_VARIABLE = "OTEL_EXPORTER_OTLP_ENDPOINT"
@@ -34,6 +38,9 @@ tracer = trace.get_tracer(SERVICE_NAME)
 # Only W3C trace context, never baggage: a caller's headers must not ride along.
 _propagator = TraceContextTextMapPropagator()
 _provider: Any = None
+# What `span` gives with tracing off: entering it returns the API's invalid span, whose
+# setters do nothing.
+_OFF = nullcontext(trace.INVALID_SPAN)
 
 
 def configure(environ: Mapping[str, str] | None = None) -> bool:
@@ -65,6 +72,22 @@ def flush() -> None:
 
 def enabled() -> bool:
     return _provider is not None
+
+
+def span(
+    name: str,
+    *,
+    context: Context | None = None,
+    kind: SpanKind = SpanKind.INTERNAL,
+    attributes: Attributes = None,
+    links: Sequence[Link] | None = None,
+) -> AbstractContextManager[Span]:
+    """A span made current for the `with` block; with tracing off, a shared no-op one."""
+    if _provider is None:
+        return _OFF
+    return tracer.start_as_current_span(
+        name, context=context, kind=kind, attributes=attributes, links=links
+    )
 
 
 def traceparent() -> str:

@@ -202,7 +202,7 @@ class AgentApi:
 
     async def _post_logs(self, scope: Scope, receive: Receive, send: Send) -> int:
         headers = header_map(scope)
-        with tracing.tracer.start_as_current_span(
+        with tracing.span(
             "POST /v1/logs", context=tracing.extract(headers), kind=SpanKind.SERVER
         ) as span:
             try:

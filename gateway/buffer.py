@@ -269,7 +269,7 @@ class Buffer:
         """
         now = time.time()
         trace_context = tracing.current_packed()
-        with tracing.tracer.start_as_current_span("buffer.commit", attributes={"td.logs": n_logs}):
+        with tracing.span("buffer.commit", attributes={"td.logs": n_logs}):
             await self._submit(
                 lambda store, fx: store.append(fx, agent_uid, n_logs, payload, now, trace_context)
             )

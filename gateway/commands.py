@@ -83,7 +83,7 @@ class CommandRunner:
     async def run(self, command: Command, reply: Reply) -> None:
         """Run `command` (or answer it from the record) and hand the result to `reply`."""
         # The backend's delivery span is the parent; a command without one starts a trace.
-        with tracing.tracer.start_as_current_span(
+        with tracing.span(
             "command.run",
             context=tracing.continued(command.traceparent) or tracing.NEW_TRACE,
             kind=SpanKind.CONSUMER,
@@ -182,7 +182,7 @@ class CommandRunner:
                 return _finished(
                     command, CommandStatus.FAILED, error="this gateway runs no devices"
                 )
-            with tracing.tracer.start_as_current_span(
+            with tracing.span(
                 "device.command",
                 kind=SpanKind.CLIENT,
                 attributes={"td.device.id": command.device_id or ""},

@@ -1,29 +1,32 @@
 """OpenTelemetry for the gateway: spans go out over OTLP/HTTP when OTEL_EXPORTER_OTLP_ENDPOINT
 is set, and nowhere otherwise.
 
-Off (the default) no SDK provider is installed: `tracer` stays the API's proxy to its no-op
-tracer, whose spans are never recorded, and the helpers below return at their first check
-(bench/tracing.py measures what is left). On, spans are exported in batches by a background
-thread; the standard OTEL_* variables apply (OTEL_BSP_SCHEDULE_DELAY,
+Off (the default) no SDK provider is installed and `span` hands out one shared do-nothing
+context manager: not even the API's no-op tracer runs, whose spans cost microseconds each
+on the agent post path (bench/tracing.py measures both). On, spans are exported in batches
+by a background thread; the standard OTEL_* variables apply (OTEL_BSP_SCHEDULE_DELAY,
 OTEL_EXPORTER_OTLP_HEADERS, OTEL_TRACES_SAMPLER, ...).
 
 A log's journey: the agent's post (`POST /v1/logs`, continuing the agent's own `traceparent`
-when it sends one) and its `buffer.commit`; the post's span context is stored with its logs in
-the buffer (`pack`). An upload batch holds logs of many posts, so the `upload` span starts a
-trace of its own with a LINK to each post it carries, and hands its context to the backend in
-a `traceparent` header. A command's context arrives in its `traceparent` field; the gateway's
-`command.run` continues it and the result carries `command.run`'s context back.
+when it sends one) and its `buffer.commit`; the post's span context is stored with its logs
+in the buffer (`current_packed`). An upload batch holds logs of many posts, so the `upload`
+span starts a trace of its own with a LINK to each post it carries, and hands its context to
+the backend in a `traceparent` header. A command's context arrives in its `traceparent`
+field; the gateway's `command.run` continues it and the result carries its context back.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from opentelemetry import context, trace
-from opentelemetry.trace import Link, SpanContext, TraceFlags
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import Attributes
 
 SERVICE_NAME = "td-gateway"
 ENDPOINT_VARIABLE = "OTEL_EXPORTER_OTLP_ENDPOINT"
@@ -40,6 +43,9 @@ _propagator = TraceContextTextMapPropagator()
 # The empty context: a span started in it is the root of a new trace.
 NEW_TRACE = context.Context()
 _provider: Any = None
+# What `span` gives with tracing off: entering it returns the API's invalid span, whose
+# setters do nothing.
+_OFF = nullcontext(trace.INVALID_SPAN)
 
 
 def configure(environ: Mapping[str, str] | None = None) -> bool:
@@ -69,6 +75,22 @@ def shutdown() -> None:
 
 def enabled() -> bool:
     return _provider is not None
+
+
+def span(
+    name: str,
+    *,
+    context: Context | None = None,
+    kind: SpanKind = SpanKind.INTERNAL,
+    attributes: Attributes = None,
+    links: Sequence[Link] | None = None,
+) -> AbstractContextManager[Span]:
+    """A span made current for the `with` block; with tracing off, a shared no-op one."""
+    if _provider is None:
+        return _OFF
+    return tracer.start_as_current_span(
+        name, context=context, kind=kind, attributes=attributes, links=links
+    )
 
 
 # ---- span contexts across the buffer, HTTP and the control channel ---------------------------

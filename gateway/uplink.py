@@ -186,7 +186,7 @@ class Uplink:
     ) -> None:
         # A batch holds logs of many posts: its own trace, linked to each post's.
         links, unlinked = tracing.links_to(claim.trace_contexts)
-        with tracing.tracer.start_as_current_span(
+        with tracing.span(
             "upload",
             context=tracing.NEW_TRACE,
             kind=SpanKind.CLIENT,

@@ -332,7 +332,7 @@ class GatewaySession:
                 if parent is None:
                     await self.send(command)
                     continue
-                with tracing.tracer.start_as_current_span(
+                with tracing.span(
                     "command.deliver",
                     context=parent,
                     kind=SpanKind.PRODUCER,
@@ -377,7 +377,7 @@ class GatewaySession:
                     )
                 case CommandResult():
                     # Continues the gateway's run of the command: the trace comes back here.
-                    with tracing.tracer.start_as_current_span(
+                    with tracing.span(
                         "command.result",
                         context=tracing.continued(message.traceparent),
                         kind=SpanKind.CONSUMER,

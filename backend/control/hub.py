@@ -1,9 +1,10 @@
 """Which gateways are connected to this instance, and the LISTEN/NOTIFY that links instances.
 
 Every change an operator makes (a policy revision, a command, a device) is announced with
-NOTIFY on one channel, carrying ids only. Every instance LISTENs; the one holding the
-gateway's socket reads the rows and sends. Changes made through this very instance take
-the same path, so there is one delivery mechanism to get right.
+NOTIFY on one channel, carrying ids only (and a new command's trace context, so its
+delivery joins the trace of the request that created it). Every instance LISTENs; the one
+holding the gateway's socket reads the rows and sends. Changes made through this very
+instance take the same path, so there is one delivery mechanism to get right.
 """
 
 from __future__ import annotations

@@ -111,7 +111,11 @@ def test_a_log_from_agent_post_to_database_row_is_one_linked_trace(
             ingest = wait_for_span(
                 collector,
                 "the backend's ingest of the upload",
-                lambda s: s.service == "td-backend" and s.parent_span_id == upload.span_id,
+                lambda s: (
+                    s.service == "td-backend"
+                    and s.parent_span_id == upload.span_id
+                    and s.attributes.get("http.response.status_code") == 200
+                ),
             )
             assert ingest.name == "POST /v2/ingest/logs"
             assert ingest.trace_id == upload.trace_id and ingest.kind == SPAN_KIND_SERVER

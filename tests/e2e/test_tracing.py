@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.fernet import Fernet
 
 from tests.devices.test_e2e_devices import add_device, run_command, running_devsim
 from tests.devices.test_e2e_devices import start_gateway as start_device_gateway
@@ -180,5 +181,45 @@ def test_a_command_crosses_backend_gateway_terminal_and_back_in_one_trace(
             assert back.service == "td-backend"
             assert (back.trace_id, back.parent_span_id) == (run.trace_id, run.span_id)
             assert back.attributes["td.command.status"] == "SUCCESS"
+        finally:
+            gateway.stop()
+
+
+def test_a_command_created_on_one_instance_is_delivered_in_its_trace_by_another(
+    tmp_path: Path, database_url: str, collector: Collector
+) -> None:
+    # The gateway holds its socket on instance b; the operator calls instance a. Only the
+    # NOTIFY links them, so the delivery's parent proves the context travelled with it.
+    shared = {"TD_SECRET_KEY": Fernet.generate_key().decode()}
+    with (
+        running_backend(tmp_path / "a", database_url, env=shared) as a,
+        running_backend(tmp_path / "b", database_url, env=shared) as b,
+    ):
+        gateway_id, api_key, _ = a.create_gateway("site")
+        gateway = start_device_gateway(b, tmp_path / "gw", api_key)
+        try:
+            with a.admin() as admin:
+                created = admin.post(f"/v2/gateways/{gateway_id}/commands", json={"type": "ping"})
+                assert created.status_code == 202, created.text
+                command_id = created.json()["id"]
+                path = f"/v2/gateways/{gateway_id}/commands/{command_id}"
+                poll(
+                    lambda: admin.get(path, params={"wait": 5}).json()["status"] == "SUCCESS",
+                    60,
+                    "the ping's result",
+                )
+
+            def of_command(name: str) -> Callable[[ReceivedSpan], bool]:
+                return lambda s: s.name == name and s.attributes.get("td.command.id") == command_id
+
+            deliver = wait_for_span(collector, "the delivery", of_command("command.deliver"))
+            api_call = wait_for_span(
+                collector, "the API call", lambda s: s.span_id == deliver.parent_span_id
+            )
+            assert api_call.name == "POST /v2/gateways/{gateway_id}/commands"
+            run = wait_for_span(collector, "the gateway's run", of_command("command.run"))
+            assert (run.trace_id, run.parent_span_id) == (api_call.trace_id, deliver.span_id)
+            back = wait_for_span(collector, "the result's arrival", of_command("command.result"))
+            assert (back.trace_id, back.parent_span_id) == (api_call.trace_id, run.span_id)
         finally:
             gateway.stop()

@@ -9,10 +9,6 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-# Outcomes of an archive run, present from the start so a rule can read them before the
-# first run (deploy/prometheus/alerts.yml).
-ARCHIVE_OUTCOMES = ("ok", "failed")
-
 
 class Metrics:
     def __init__(self) -> None:
@@ -47,34 +43,25 @@ class Metrics:
             "Gateway status reports merged into a later one (sent faster than the heartbeat)",
             registry=self.registry,
         )
-        # Maintenance (backend/maintenance.py): archive before delete, then retention. Each
-        # instance runs it; rules take the max over instances.
+        # Maintenance (backend/maintenance.py) archives months past retention, then deletes
+        # them; every instance runs it, so rules take the max over instances. The archive
+        # series keep the names and meaning backend/lifecycle/ gives them.
         self.archive_runs = Counter(
-            "td_archive_runs_total",
-            "Archive runs by outcome (a run with nothing to archive is ok)",
-            ["outcome"],
-            registry=self.registry,
+            "td_archive_runs_total", "Archive and retention passes run", registry=self.registry
         )
-        for outcome in ARCHIVE_OUTCOMES:
-            self.archive_runs.labels(outcome)
         self.archive_failures = Counter(
             "td_archive_failures_total",
-            "Months that could not be archived (export, verify or drop failed)",
+            "Organisation-months whose archiving failed (retried on the next pass)",
             registry=self.registry,
         )
         self.archive_last_success = Gauge(
             "td_archive_last_success_timestamp_seconds",
-            "When an archive run last succeeded (Unix time; 0: not since this process started)",
-            registry=self.registry,
-        )
-        self.retention_rows_deleted = Counter(
-            "td_retention_rows_deleted_total",
-            "Rows deleted by retention (whole dropped partitions are not counted row by row)",
+            "Unix time of the last pass that archived everything due without a failure",
             registry=self.registry,
         )
         self.retention_last_run = Gauge(
             "td_retention_last_run_timestamp_seconds",
-            "When a maintenance pass last applied retention completely (Unix time)",
+            "Unix time a maintenance pass last completed (retention applied)",
             registry=self.registry,
         )
 

@@ -16,6 +16,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import Receive, Scope, Send
 
+from backend import tracing
 from backend.attendance.engine import engine_loop
 from backend.config import Config, load_config
 from backend.control.hub import ControlHub
@@ -191,6 +192,8 @@ def create_app(config: Config) -> Litestar:
             services.control = None
             await hub.stop()
             await services.db.close()
+            # Spans of the last requests leave before the worker does.
+            await asyncio.to_thread(tracing.flush)
 
     app = Litestar(
         route_handlers=[
@@ -206,7 +209,11 @@ def create_app(config: Config) -> Litestar:
         dependencies={"services": Provide(provide_services)},
         exception_handlers={Exception: handle_error},
         lifespan=[lifespan],
-        middleware=[url_guard, DefineMiddleware(services.metrics.middleware)],
+        middleware=[
+            url_guard,
+            DefineMiddleware(services.metrics.middleware),
+            DefineMiddleware(tracing.middleware),
+        ],
         openapi_config=OpenAPIConfig(
             title="TD backend",
             version="2",
@@ -236,4 +243,5 @@ def create_app_from_env() -> Litestar:
     """Factory for the ASGI server: config from TD_* variables."""
     config = load_config()
     configure_logging(config.log_level, config.log_format)
+    tracing.configure()
     return create_app(config)

@@ -22,6 +22,7 @@ import asyncpg  # type: ignore[import-untyped]
 import msgspec
 import zstandard
 
+from backend import tracing
 from backend.attendance.capture import with_capture
 from backend.auth import GatewayIdentity
 from backend.control.state import adopt_agent_ids, proposed_agent_ids
@@ -186,13 +187,18 @@ async def store_batch(
     log_count = batch.log_count()
     months = _storable_months(batch, window)
     await partitions.ensure(pool, months)
-    try:
-        return await _store(pool, gateway, batch, log_count, attendance)
-    except asyncpg.exceptions.CheckViolationError:
-        # "no partition found for row": another instance dropped a month we had cached.
-        partitions.forget()
-        await partitions.ensure(pool, months)
-        return await _store(pool, gateway, batch, log_count, attendance)
+    with tracing.span(
+        "db.write", attributes={"db.system": "postgresql", "td.logs": log_count}
+    ) as span:
+        try:
+            outcome = await _store(pool, gateway, batch, log_count, attendance)
+        except asyncpg.exceptions.CheckViolationError:
+            # "no partition found for row": another instance dropped a month we had cached.
+            partitions.forget()
+            await partitions.ensure(pool, months)
+            outcome = await _store(pool, gateway, batch, log_count, attendance)
+        span.set_attribute("td.accepted", outcome.response.accepted)
+        return outcome
 
 
 async def _store(

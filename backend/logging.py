@@ -1,6 +1,7 @@
 """Structured logs: JSON lines when stderr is not a terminal, readable console otherwise.
 
-Log events carry figures (gateway id, batch size, duration_ms), never a key, token or password.
+Log events carry figures (gateway id, batch size, duration_ms), never a key, token or password,
+and the trace and span ids of the span they were written in (when tracing is on).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
+
+from backend.tracing import add_trace_ids
 
 # Keys that must never reach a log line, whatever a caller passes by mistake.
 _SECRET_KEYS = frozenset(
@@ -36,6 +39,7 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
+            add_trace_ids,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _drop_secrets,
             structlog.processors.format_exc_info,

@@ -35,6 +35,7 @@ async def run_maintenance(services: Services, now: dt.datetime | None = None) ->
         snapshots_deleted=int(snapshots.rsplit(" ", 1)[1]),
         batch_ids_deleted=int(batches.rsplit(" ", 1)[1]),
     )
+    services.metrics.retention_last_run.set_to_current_time()
 
 
 async def maintenance_loop(services: Services) -> None:

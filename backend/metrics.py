@@ -7,7 +7,7 @@ from typing import Any
 
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
 class Metrics:
@@ -41,6 +41,27 @@ class Metrics:
         self.control_status_coalesced = Counter(
             "td_control_status_coalesced_total",
             "Gateway status reports merged into a later one (sent faster than the heartbeat)",
+            registry=self.registry,
+        )
+        # Maintenance (backend/maintenance.py) archives months past retention, then deletes
+        # them; every instance runs it, so rules take the max over instances. The archive
+        # series keep the names and meaning backend/lifecycle/ gives them.
+        self.archive_runs = Counter(
+            "td_archive_runs_total", "Archive and retention passes run", registry=self.registry
+        )
+        self.archive_failures = Counter(
+            "td_archive_failures_total",
+            "Organisation-months whose archiving failed (retried on the next pass)",
+            registry=self.registry,
+        )
+        self.archive_last_success = Gauge(
+            "td_archive_last_success_timestamp_seconds",
+            "Unix time of the last pass that archived everything due without a failure",
+            registry=self.registry,
+        )
+        self.retention_last_run = Gauge(
+            "td_retention_last_run_timestamp_seconds",
+            "Unix time a maintenance pass last completed (retention applied)",
             registry=self.registry,
         )
 

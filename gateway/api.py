@@ -16,8 +16,9 @@ from collections.abc import Callable, Mapping
 
 import structlog
 import trio
+from opentelemetry.trace import SpanKind
 
-from gateway import openapi
+from gateway import openapi, tracing
 from gateway.buffer import Buffer
 from gateway.config import GatewayConfig
 from gateway.errors import (
@@ -201,6 +202,18 @@ class AgentApi:
 
     async def _post_logs(self, scope: Scope, receive: Receive, send: Send) -> int:
         headers = header_map(scope)
+        with tracing.span(
+            "POST /v1/logs", context=tracing.extract(headers), kind=SpanKind.SERVER
+        ) as span:
+            try:
+                status = await self._accept_logs(headers, receive, send)
+            except HttpError as exc:
+                span.set_attribute("http.response.status_code", exc.status)
+                raise
+            span.set_attribute("http.response.status_code", status)
+            return status
+
+    async def _accept_logs(self, headers: Mapping[str, str], receive: Receive, send: Send) -> int:
         agent = self._authenticate(headers)
         body = await read_body(receive, headers, self._config.max_request_bytes)
         try:

@@ -33,6 +33,7 @@ import apsw
 import structlog
 import trio
 
+from gateway import tracing
 from gateway.buffer_store import (
     DEAD_LETTER_MAX_BYTES,
     BufferStats,
@@ -263,9 +264,16 @@ class Buffer:
             await self.append_encoded(agent_uid, len(logs), codec.msgpack_encoder.encode(logs))
 
     async def append_encoded(self, agent_uid: str, n_logs: int, payload: bytes) -> None:
-        """Like `append`, with the logs already msgpack-encoded as a `list[Log]`."""
+        """Like `append`, with the logs already msgpack-encoded as a `list[Log]`.
+
+        The current span (the agent's post) is stored with the logs: their upload links to it.
+        """
         now = time.time()
-        await self._submit(lambda store, fx: store.append(fx, agent_uid, n_logs, payload, now))
+        trace_context = tracing.current_packed()
+        with tracing.span("buffer.commit", attributes={"td.logs": n_logs}):
+            await self._submit(
+                lambda store, fx: store.append(fx, agent_uid, n_logs, payload, now, trace_context)
+            )
 
     def appended_event(self) -> trio.Event:
         """An event set by the next commit that adds rows; take it BEFORE calling `claim`."""

@@ -1,7 +1,8 @@
 """The buffer's SQLite layout and every statement run on it; blocking, no Trio.
 
 One row per agent request, holding its validated logs as zstd-compressed msgpack
-(`unpack` gives back the msgpack bytes of the `list[Log]`). Rows are
+(`unpack` gives back the msgpack bytes of the `list[Log]`) and, when tracing is on, the span
+context of the request that brought them (gateway/tracing.py packs it). Rows are
 uploaded oldest first: an upload batch is formed by stamping the oldest unassigned rows with
 a batch id (stored, so a retry after a restart sends the same rows under the same
 Idempotency-Key), and the rows are deleted only once the backend acknowledged that batch.
@@ -48,6 +49,7 @@ CREATE TABLE IF NOT EXISTS rows (
     nbytes INTEGER NOT NULL,
     created_at REAL NOT NULL,
     upload_id BLOB,
+    trace_context BLOB,  -- the agent post's span context; NULL with tracing off
     payload BLOB NOT NULL  -- last, so reading the other columns skips its overflow pages
 );
 CREATE INDEX IF NOT EXISTS rows_by_upload ON rows(upload_id) WHERE upload_id IS NOT NULL;
@@ -123,6 +125,8 @@ class Claim:
     groups: list[tuple[str, bytes]]  # (agent_uid, packed list[Log]; see `unpack`) in row order
     n_logs: int
     nbytes: int
+    # The span contexts of the agent posts whose logs the batch holds (None: not traced).
+    trace_contexts: list[bytes | None] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -182,6 +186,7 @@ class BufferStore:
         self.conn.execute(f"PRAGMA synchronous={durability.upper()}")
         with self.conn:
             self.conn.execute(_SCHEMA)
+            self._add_missing_row_columns()
             self.conn.execute(_TOTALS_SCHEMA)
             self._add_missing_totals()
             self.conn.execute("INSERT OR IGNORE INTO totals(id) VALUES (1)")
@@ -230,7 +235,13 @@ class BufferStore:
     # ---- operations, each run inside a transaction -----------------------------------------
 
     def append(
-        self, fx: TxEffects, agent_uid: str, n_logs: int, payload: bytes, now: float
+        self,
+        fx: TxEffects,
+        agent_uid: str,
+        n_logs: int,
+        payload: bytes,
+        now: float,
+        trace_context: bytes | None = None,
     ) -> None:
         """Queue the msgpack bytes of a `list[Log]`; they are stored compressed."""
         payload = self._compressor.compress(payload)
@@ -245,9 +256,9 @@ class BufferStore:
                 raise BufferFull(retry_after_s=5)
             self._drop_oldest(fx, excess)
         self.conn.execute(
-            "INSERT INTO rows(agent_uid, n_logs, nbytes, created_at, payload)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (agent_uid, n_logs, nbytes, now, payload),
+            "INSERT INTO rows(agent_uid, n_logs, nbytes, created_at, trace_context, payload)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (agent_uid, n_logs, nbytes, now, trace_context, payload),
         )
         self._add(queue_logs=n_logs, queue_rows=1, queue_bytes=nbytes)
         if self._oldest_known and self._oldest is None:
@@ -266,7 +277,7 @@ class BufferStore:
         picked: list[tuple[Any, ...]] = []
         n_logs = nbytes = 0
         for row in self.conn.execute(
-            "SELECT rowid, agent_uid, n_logs, nbytes, payload FROM rows"
+            "SELECT rowid, agent_uid, n_logs, nbytes, payload, trace_context FROM rows"
             " WHERE upload_id IS NULL ORDER BY rowid"
         ):  # a cursor, not `query`: it stops reading at the batch limit
             if picked and (n_logs + row[2] > max_logs or nbytes + row[3] > UPLOAD_MAX_BYTES):
@@ -293,6 +304,7 @@ class BufferStore:
             groups=[(row[1], row[4]) for row in picked],
             n_logs=n_logs,
             nbytes=nbytes,
+            trace_contexts=[row[5] for row in picked],
         )
 
     def ack(self, batch_id: uuid.UUID) -> int:
@@ -433,8 +445,8 @@ class BufferStore:
     def _load_claim(self, upload_id: bytes, created_at: float) -> Claim:
         rows = query(
             self.conn,
-            "SELECT agent_uid, n_logs, nbytes, payload FROM rows WHERE upload_id = ?"
-            " ORDER BY rowid",
+            "SELECT agent_uid, n_logs, nbytes, payload, trace_context FROM rows"
+            " WHERE upload_id = ? ORDER BY rowid",
             (upload_id,),
         )
         return Claim(
@@ -443,6 +455,7 @@ class BufferStore:
             groups=[(row[0], row[3]) for row in rows],
             n_logs=sum(row[1] for row in rows),
             nbytes=sum(row[2] for row in rows),
+            trace_contexts=[row[4] for row in rows],
         )
 
     def _read_totals(self) -> dict[str, int]:
@@ -451,6 +464,13 @@ class BufferStore:
 
     def _read_data_version(self) -> int:
         return int(query(self.conn, "PRAGMA data_version")[0][0])
+
+    def _add_missing_row_columns(self) -> None:
+        """Files written before a column of `rows` existed get it (NULL in the rows they hold)."""
+        present = {row[1] for row in query(self.conn, "PRAGMA table_info(rows)")}
+        if "trace_context" not in present:
+            # Added after `payload` in such files; every statement names its columns.
+            self.conn.execute("ALTER TABLE rows ADD COLUMN trace_context BLOB")
 
     def _add_missing_totals(self) -> None:
         """Files written before a total existed get its column, computed from the rows."""

@@ -20,7 +20,7 @@ import structlog
 import trio
 
 from gateway import config as settings
-from gateway import dead_letters, discovery, local_token, logsetup
+from gateway import dead_letters, discovery, local_token, logsetup, tracing
 from gateway.app import Gateway
 from gateway.errors import ConfigError, StorageError
 
@@ -87,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"td-gateway: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
     logsetup.configure(config.log_level)
+    tracing.configure()
     # Whatever the gateway creates (SQLite side files, files moved aside) is its user's only.
     os.umask(0o077)
     try:
@@ -94,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StorageError as exc:
         log.error("storage_failed", error=str(exc))
         return EXIT_STORAGE
+    finally:
+        tracing.shutdown()
 
 
 def _without_config_flag(args: list[str]) -> list[str]:

@@ -19,8 +19,9 @@ from typing import Any, Protocol
 import msgspec
 import structlog
 import trio
+from opentelemetry.trace import SpanKind
 
-from gateway import discovery, sadp
+from gateway import discovery, sadp, tracing
 from gateway.buffer import Buffer
 from gateway.errors import StorageError
 from gateway.state import State
@@ -81,6 +82,20 @@ class CommandRunner:
 
     async def run(self, command: Command, reply: Reply) -> None:
         """Run `command` (or answer it from the record) and hand the result to `reply`."""
+        # The backend's delivery span is the parent; a command without one starts a trace.
+        with tracing.span(
+            "command.run",
+            context=tracing.continued(command.traceparent) or tracing.NEW_TRACE,
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "td.command.id": str(command.id),
+                "td.command.type": command.command_type,
+                "td.command.target": command.target,
+            },
+        ):
+            await self._run(command, reply)
+
+    async def _run(self, command: Command, reply: Reply) -> None:
         if command.id in self._running:
             return  # redelivered while running: the running one answers
         # Claimed before the first await: a redelivery (reconnect and NOTIFY both deliver)
@@ -102,6 +117,7 @@ class CommandRunner:
             target=command.target,
             status=result.status.value,
         )
+        result.traceparent = tracing.traceparent()
         await reply(result)
         if (
             command.target == "gateway"
@@ -166,7 +182,14 @@ class CommandRunner:
                 return _finished(
                     command, CommandStatus.FAILED, error="this gateway runs no devices"
                 )
-            return await self._devices.run_command(command)
+            with tracing.span(
+                "device.command",
+                kind=SpanKind.CLIENT,
+                attributes={"td.device.id": command.device_id or ""},
+            ) as span:
+                result = await self._devices.run_command(command)
+                span.set_attribute("td.command.status", result.status.value)
+                return result
         match command.command_type:
             case "ping":
                 return _finished(command, CommandStatus.SUCCESS, result=self._ping())

@@ -1,6 +1,7 @@
 """Structured logs like the backend's: JSON lines off a terminal, readable on one.
 
-A log line carries figures (batch size, bytes, duration_ms, attempt), never a token or key.
+A log line carries figures (batch size, bytes, duration_ms, attempt), never a token or key,
+and the trace and span ids of the span it was written in (when tracing is on).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
+
+from gateway.tracing import add_trace_ids
 
 # Whatever a caller passes by mistake, these never reach a log line.
 _SECRET_KEYS = frozenset({"token", "api_key", "enrollment_key", "password", "authorization"})
@@ -34,6 +37,7 @@ def configure(level: str = "info") -> None:
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
+            add_trace_ids,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _redact,
             structlog.processors.format_exc_info,

@@ -13,6 +13,9 @@ still deduplicated by id; refused halves are split again, down to single logs. A
 still refused becomes a dead letter with the backend's reason; everything else is stored.
 Only then is the parent batch removed from the buffer, in the same commit that keeps its
 dead letters. httpx errors are translated here, nowhere else.
+
+Each batch is one `upload` span, linked to the agent posts it carries; every POST sends that
+span's context in a `traceparent` header (gateway/tracing.py).
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ import msgspec
 import structlog
 import trio
 import zstandard
+from opentelemetry.trace import SpanKind
 
+from gateway import tracing
 from gateway.buffer import Buffer
 from gateway.buffer_store import Claim, DeadLog
 from gateway.config import GatewayConfig
@@ -179,6 +184,24 @@ class Uplink:
     async def _deliver(
         self, client: httpx.AsyncClient, compressor: zstandard.ZstdCompressor, claim: Claim
     ) -> None:
+        # A batch holds logs of many posts: its own trace, linked to each post's.
+        links, unlinked = tracing.links_to(claim.trace_contexts)
+        with tracing.span(
+            "upload",
+            context=tracing.NEW_TRACE,
+            kind=SpanKind.CLIENT,
+            links=links,
+            attributes={
+                "td.batch_id": str(claim.batch_id),
+                "td.logs": claim.n_logs,
+                "td.posts_unlinked": unlinked,
+            },
+        ):
+            await self._deliver_claim(client, compressor, claim)
+
+    async def _deliver_claim(
+        self, client: httpx.AsyncClient, compressor: zstandard.ZstdCompressor, claim: Claim
+    ) -> None:
         raw = encode_batch(claim, self._gateway_id(), self._agent_id_of)
         answer = await self._send(client, compressor, claim, claim.batch_id, raw, claim.n_logs)
         if answer is None:
@@ -273,6 +296,7 @@ class Uplink:
             "Content-Encoding": "zstd",
             "Idempotency-Key": str(batch_id),
         }
+        tracing.inject(headers)
         attempt = 0
         while self._buffer.still_claimed(claim.batch_id):
             attempt += 1

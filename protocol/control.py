@@ -64,6 +64,10 @@ MAX_AGENTS_PER_REPORT = 1000
 # Any one control message, in bytes; larger frames close the connection (1009).
 MAX_CONTROL_MESSAGE_BYTES = 2 * 1024 * 1024
 
+# A W3C `traceparent` value (55 characters in version 00; later versions may append fields).
+# Empty when the sender traces nothing; a malformed one is ignored by the receiver.
+TraceParent = Annotated[str, Meta(max_length=256)]
+
 
 def _free_form(value: dict[str, Any] | None, field: str) -> None:
     """Refuse a free-form object jsonb cannot store (msgspec reports it at the struct)."""
@@ -150,6 +154,8 @@ class CommandResult(msgspec.Struct, tag_field="type", tag="command_result", kw_o
     # Device errors quote what the terminal said: NUL replaced and cut, not refused (a
     # refused result would leave the command SENT until it times out).
     error: str | None = None
+    # The span context of the gateway's run of the command, so its arrival joins the trace.
+    traceparent: TraceParent = ""
 
     def __post_init__(self) -> None:
         self.result = _reported(self.result, "result")
@@ -304,6 +310,8 @@ class Command(msgspec.Struct, tag_field="type", tag="command", kw_only=True):
     payload: dict[str, Any] = msgspec.field(default_factory=dict)
     expires_at: UtcDatetime
     device_id: str | None = None
+    # The span context of its delivery: the gateway's run of it continues that trace.
+    traceparent: TraceParent = ""
 
     def __post_init__(self) -> None:
         _free_form(self.payload, "payload")

@@ -11,6 +11,8 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 # SADP discovery tests run in their own network namespace (unshare) and bring its lo up.
 command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || missing+=(iproute2)
+# The alert rules are checked and unit-tested with Prometheus's own promtool.
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 
@@ -21,6 +23,11 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# The prometheus package starts a server on :9090; only its promtool is needed.
+case " ${missing[*]} " in *" prometheus "*)
+    if command -v systemctl >/dev/null 2>&1; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
+    pkill -x prometheus >/dev/null 2>&1 || true ;;
+esac
 # The package starts a system nginx on port 80; the tests run their own instances.
 case " ${missing[*]} " in *" nginx "*) ;; *) exit 0 ;; esac
 if command -v systemctl >/dev/null 2>&1; then systemctl disable --now nginx >/dev/null 2>&1 || true; fi

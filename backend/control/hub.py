@@ -1,9 +1,10 @@
 """Which gateways are connected to this instance, and the LISTEN/NOTIFY that links instances.
 
 Every change an operator makes (a policy revision, a command, a device) is announced with
-NOTIFY on one channel, carrying ids only. Every instance LISTENs; the one holding the
-gateway's socket reads the rows and sends. Changes made through this very instance take
-the same path, so there is one delivery mechanism to get right.
+NOTIFY on one channel, carrying ids only (and a new command's trace context, so its
+delivery joins the trace of the request that created it). Every instance LISTENs; the one
+holding the gateway's socket reads the rows and sends. Changes made through this very
+instance take the same path, so there is one delivery mechanism to get right.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg  # type: ignore[import-untyped]
 import msgspec
 
+from backend import tracing
 from backend.control import state
 from backend.logging import get_logger
 from protocol.control import CancelCommand
@@ -46,6 +48,8 @@ class Notice(msgspec.Struct, omit_defaults=True):
     org_id: str | None = None
     id: str | None = None
     connection_id: str | None = None
+    # A new command's: the trace its delivery continues (backend/tracing.py).
+    traceparent: str | None = None
 
 
 _notice = msgspec.json.Decoder(Notice)
@@ -162,7 +166,14 @@ class ControlHub:
         await self._notify(Notice("enrollment_key", gateway_id=str(gateway_id)))
 
     async def command_created(self, gateway_id: uuid.UUID, command_id: uuid.UUID) -> None:
-        await self._notify(Notice("command", gateway_id=str(gateway_id), id=str(command_id)))
+        await self._notify(
+            Notice(
+                "command",
+                gateway_id=str(gateway_id),
+                id=str(command_id),
+                traceparent=tracing.traceparent() or None,
+            )
+        )
 
     async def command_canceled(self, gateway_id: uuid.UUID, command_id: uuid.UUID) -> None:
         await self._notify(Notice("cancel", gateway_id=str(gateway_id), id=str(command_id)))
@@ -319,7 +330,7 @@ class ControlHub:
                     decisions = await state.agent_access(conn, session.gateway_id)
                 await self._send_all(session, decisions)
             case "command":
-                await session.deliver_commands(uuid.UUID(notice.id))
+                await session.deliver_commands(uuid.UUID(notice.id), notice.traceparent)
             case "cancel":
                 await session.send(CancelCommand(id=uuid.UUID(notice.id)))
 

@@ -16,7 +16,9 @@ from typing import Any
 
 from litestar.enums import ScopeType
 from litestar.types import Receive, Scope, Send
+from opentelemetry.trace import SpanKind
 
+from backend import tracing
 from backend.auth import GatewayIdentity, authenticate_gateway, gateway_still_valid
 from backend.control import state
 from backend.control.hub import CLOSE_REVOKED, REVOKED_REASON, ControlHub, SessionClosed
@@ -307,7 +309,11 @@ class GatewaySession:
         async with self.authorised() as conn:
             await self.send(await self._welcome(conn))
 
-    async def deliver_commands(self, command_id: uuid.UUID | None = None) -> None:
+    async def deliver_commands(
+        self, command_id: uuid.UUID | None = None, traceparent: str | None = None
+    ) -> None:
+        """Send the open commands (or only `command_id`); `traceparent`: the trace of the
+        request that created `command_id`, which its delivery continues."""
         async with self.authorised() as conn:
             commands = await state.claim_commands(conn, self.gateway_id, command_id)
             # sync_policy: the current policies and assignments go out just before it, so
@@ -322,7 +328,18 @@ class GatewaySession:
             for message in refresh:
                 await self.send(message)
             for command in commands:
-                await self.send(command)
+                parent = tracing.continued(traceparent) if command.id == command_id else None
+                if parent is None:
+                    await self.send(command)
+                    continue
+                with tracing.span(
+                    "command.deliver",
+                    context=parent,
+                    kind=SpanKind.PRODUCER,
+                    attributes={"td.command.id": str(command.id)},
+                ):
+                    command.traceparent = tracing.traceparent()
+                    await self.send(command)
 
     async def resync(self) -> None:
         """After a gap in notifications: everything pending, plus current policies."""
@@ -359,14 +376,17 @@ class GatewaySession:
                         applied=message.applied,
                     )
                 case CommandResult():
-                    if await state.record_command_result(conn, self.gateway_id, message):
-                        await hub.command_finished(message.command_id)
-                        log.info(
-                            "command finished",
-                            command_id=str(message.command_id),
-                            status=str(message.status),
-                            gateway_id=str(self.gateway_id),
-                        )
+                    # Continues the gateway's run of the command: the trace comes back here.
+                    with tracing.span(
+                        "command.result",
+                        context=tracing.continued(message.traceparent),
+                        kind=SpanKind.CONSUMER,
+                        attributes={
+                            "td.command.id": str(message.command_id),
+                            "td.command.status": str(message.status),
+                        },
+                    ):
+                        await self._record_result(conn, message)
                 case DeviceState():
                     await state.record_device_state(conn, self.gateway_id, message)
                 case DevicesSeen():
@@ -383,6 +403,16 @@ class GatewaySession:
                     await self.send(LocalCommandsAck(ids=[message.id]))
                 case Hello():
                     log.warning("hello twice on one connection", gateway_id=str(self.gateway_id))
+
+    async def _record_result(self, conn: Any, message: CommandResult) -> None:
+        if await state.record_command_result(conn, self.gateway_id, message):
+            await self.hub.command_finished(message.command_id)
+            log.info(
+                "command finished",
+                command_id=str(message.command_id),
+                status=str(message.status),
+                gateway_id=str(self.gateway_id),
+            )
 
 
 async def _deny(scope: Scope, send: Any, status: int, code: str, detail: str) -> None:

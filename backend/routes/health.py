@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 from litestar import Request, Response, get
 
+from backend.attendance.lag import render_attendance_lag
 from backend.errors import Unauthorized
 from backend.fleet_metrics import render_fleet
 from backend.logging import get_logger
@@ -68,7 +69,8 @@ def _fleet_allowed(services: Services, authorization: str | None) -> bool:
     responses=error_responses(401),
     description=(
         "Process-level series for anyone; the per-organisation fleet series"
-        " (td_fleet_gateway*) only with `Authorization: Bearer <TD_METRICS_TOKEN>`."
+        " (td_fleet_gateway*) and the attendance engine's backlog (td_attendance_*), both"
+        " read from the database, only with `Authorization: Bearer <TD_METRICS_TOKEN>`."
     ),
 )
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
@@ -81,6 +83,7 @@ async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     try:
         async with asyncio.timeout(2.0), services.pool.acquire() as conn:
             text += await render_fleet(conn)
+            text += await render_attendance_lag(conn)
     except Exception as exc:
         log.warning("fleet metrics unavailable", error=repr(exc))
     return Response(text, media_type="text/plain; version=0.0.4")

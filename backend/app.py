@@ -32,6 +32,7 @@ from backend.routes import (
     admin_tokens,
     agents,
     attendance,
+    audit,
     commands,
     devices,
     discovered,
@@ -42,6 +43,7 @@ from backend.routes import (
     logs,
     policies,
     shifts,
+    users,
 )
 from backend.routes.common import provide_org_id, provide_services, require_admin
 from backend.routes.ingest_schema import uplink_components
@@ -151,6 +153,8 @@ def admin_router() -> Router:
             shifts.ShiftController,
             shifts.OrganizationController,
             attendance.AttendanceController,
+            users.UserController,
+            audit.AuditController,
         ],
         security=[{"adminToken": []}],
     )

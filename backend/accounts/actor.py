@@ -25,9 +25,9 @@ USER_TOKEN = "tdu"
 @dataclass(frozen=True, slots=True)
 class Actor:
     org_id: uuid.UUID
-    # "admin_token" or "user".
+    # "admin_token", "user", or "cli" (a `td-backend` command run on the server).
     kind: str
-    id: uuid.UUID
+    id: uuid.UUID | None
     # The user's email or the admin token's name.
     label: str
     role: str

@@ -10,6 +10,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, Template
 
+from backend.accounts.roles import Permission, needs
 from backend.dashboard import policy_form, reads
 from backend.dashboard.pages import fragment, page
 from backend.dashboard.session import Operator, SignedIn, checked_form
@@ -113,7 +114,12 @@ class PolicyPages(Controller):
         form = policy_form.PolicyForm(policy_form.form_values(policy["name"], _body(policy)))
         return await self._edit_page(request, operator, policy, form, saved)
 
-    @post("/{policy_id:uuid}", include_in_schema=False, status_code=303)
+    @post(
+        "/{policy_id:uuid}",
+        include_in_schema=False,
+        status_code=303,
+        opt=needs(Permission.FLEET),
+    )
     async def save(
         self, request: Request[Any, Any, Any], operator: SignedIn, policy_id: FromPath[uuid.UUID]
     ) -> Response[Any]:
@@ -169,7 +175,12 @@ class PolicyPages(Controller):
             changes=policy_form.diff(_body(policy), target),
         )
 
-    @post("/{policy_id:uuid}/rollback/{revision:int}", include_in_schema=False, status_code=303)
+    @post(
+        "/{policy_id:uuid}/rollback/{revision:int}",
+        include_in_schema=False,
+        status_code=303,
+        opt=needs(Permission.FLEET),
+    )
     async def rollback(
         self,
         request: Request[Any, Any, Any],

@@ -48,13 +48,13 @@ async def _rollout(services: Services, operator: Operator, policy_id: uuid.UUID)
 
 
 async def _revisions(policy_id: uuid.UUID) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = (
-        await PolicyRevision.select(
-            PolicyRevision.revision, PolicyRevision.checksum, PolicyRevision.created_at
-        )
-        .where(PolicyRevision.policy_id == policy_id)
-        .order_by(PolicyRevision.revision, ascending=False)
-        .limit(reads.PAGE_ROWS)
+    """The newest revisions, each with who saved it (from the audit trail; older ones: none)."""
+    rows: list[dict[str, Any]] = await PolicyRevision.raw(
+        "SELECT r.revision, r.checksum, r.created_at, a.actor_label AS author"
+        " FROM policy_revisions r LEFT JOIN audit_events a ON a.id = r.audit_event_id"
+        " WHERE r.policy_id = {} ORDER BY r.revision DESC LIMIT {}",
+        policy_id,
+        reads.PAGE_ROWS,
     )
     return rows
 

@@ -314,3 +314,9 @@ async def test_policy_history_shows_author_and_changeset(
     assert change["before"]["body"]["idle_threshold_s"] == 120
     assert change["after"]["body"]["idle_threshold_s"] == 300
     assert (change["before"]["revision"], change["after"]["revision"]) == (1, 2)
+    # The dashboard's policy page names each revision's author too.
+    page = await as_session(
+        client, "GET", f"/dashboard/policies/{policy_id}", Session(admin["cookie"], "")
+    )
+    assert page.status_code == 200
+    assert f"<td>{admin['email']}</td>" in page.text and "<td>initial</td>" in page.text

@@ -81,11 +81,14 @@ async def insert_user(
 
 
 async def end_access(conn: Any, user_id: uuid.UUID) -> None:
-    """Revoke every personal token of the user (their sessions end as the user row is read
-    on each request)."""
+    """Revoke every personal token of the user and end their dashboard sessions, for good:
+    enabling the user again brings neither back."""
     await conn.execute(
         "UPDATE user_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
         user_id,
+    )
+    await conn.execute(
+        "UPDATE users SET sessions_revoked_at = clock_timestamp() WHERE id = $1", user_id
     )
 
 

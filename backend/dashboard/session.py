@@ -148,9 +148,11 @@ async def _session_operator(services: Services, data: _SessionData) -> Operator 
         if data.kind == USER_SESSION:
             row = await conn.fetchrow(
                 "SELECT email, role FROM users WHERE id = $1 AND org_id = $2"
-                " AND disabled_at IS NULL",
+                " AND disabled_at IS NULL"
+                " AND (sessions_revoked_at IS NULL OR sessions_revoked_at < to_timestamp($3))",
                 data.token_id,
                 data.org_id,
+                data.issued_at,
             )
             if row is None:
                 return None

@@ -21,6 +21,8 @@ STATEMENTS = [
             CHECK (role IN ('owner', 'admin', 'operator', 'hr', 'viewer')),
         password_hash text,
         disabled_at timestamptz,
+        -- Dashboard sessions issued before this stay ended, even once the user is enabled.
+        sessions_revoked_at timestamptz,
         created_at timestamptz NOT NULL DEFAULT now(),
         updated_at timestamptz NOT NULL DEFAULT now()
     )

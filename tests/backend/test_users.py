@@ -15,6 +15,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from backend.accounts import passwords
+from backend.dashboard.session import COOKIE_NAME
 from tests.backend.conftest import Org
 from tests.backend.test_audit import PASSWORD, make_user
 from tests.backend.test_isolation import Session, as_session
@@ -189,11 +190,22 @@ async def test_disabling_or_deleting_a_user_ends_their_tokens_and_sessions_at_on
             follow_redirects=False,
         )
         assert again.status_code == 401, f"{end}: signed in again"
-    # Enabling again does not bring the revoked tokens back.
+    # Enabling again brings back neither the revoked tokens nor the ended sessions.
     user = await make_user(client, org, "viewer")
     await client.patch(f"/v2/users/{user['id']}", json={"disabled": True}, headers=org.headers)
     await client.patch(f"/v2/users/{user['id']}", json={"disabled": False}, headers=org.headers)
     assert (await client.get("/v2/gateways", headers=bearer(user["token"]))).status_code == 401
+    old_session = await as_session(client, "GET", "/dashboard/", Session(user["cookie"], ""))
+    assert old_session.status_code == 303
+    client.cookies.clear()
+    fresh = await client.post(
+        "/dashboard/sign-in",
+        data={"email": user["email"], "password": PASSWORD},
+        follow_redirects=False,
+    )
+    assert fresh.status_code == 303
+    new_session = Session(fresh.cookies[COOKIE_NAME], "")
+    assert (await as_session(client, "GET", "/dashboard/", new_session)).status_code == 200
 
 
 def test_passwords_are_argon2id_and_verify() -> None:

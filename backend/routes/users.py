@@ -324,7 +324,7 @@ class UserController(Controller):
     @post(
         "/{user_id:uuid}/tokens",
         status_code=201,
-        responses=error_responses(400, 401, 403, 404),
+        responses=error_responses(400, 401, 403, 404, 409),
         opt=needs(Permission.SELF),
     )
     async def create_user_token(

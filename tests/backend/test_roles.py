@@ -75,7 +75,9 @@ def fill(path: str) -> str:
 
 
 def test_every_changing_route_declares_a_permission_and_is_in_the_docs(tmp_path: Path) -> None:
-    config = load_config({}, database_url="postgresql://unused@127.0.0.1/unused")
+    config = load_config(
+        {}, database_url="postgresql://unused@127.0.0.1/unused", data_dir=str(tmp_path)
+    )
     app = create_app(config)
     table = documented()
     routes = {(method, path): handler for method, path, handler in changing_routes(app)}

@@ -17,6 +17,9 @@
     attendance/     people and attendance: capture at ingest, the day rules, the engine,
                     reports (docs/attendance.md)
     dashboard/      the operator's screen at /dashboard (server-rendered, htmx)
+    accounts/       users, roles and the one role -> permission table, personal tokens,
+                    argon2id passwords, the acting identity (docs/accounts.md)
+    audit/          the append-only audit trail's one writer
 
 Several instances may share one database; they must also share TD_SECRET_KEY (device
 passwords and enrollment keys are encrypted with it).

@@ -33,6 +33,7 @@ from backend.routes import (
     admin_tokens,
     agents,
     attendance,
+    audit,
     commands,
     devices,
     discovered,
@@ -43,6 +44,7 @@ from backend.routes import (
     logs,
     policies,
     shifts,
+    users,
 )
 from backend.routes.common import provide_org_id, provide_services, require_admin
 from backend.routes.ingest_schema import uplink_components
@@ -152,6 +154,8 @@ def admin_router() -> Router:
             shifts.ShiftController,
             shifts.OrganizationController,
             attendance.AttendanceController,
+            users.UserController,
+            audit.AuditController,
         ],
         security=[{"adminToken": []}],
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import json
 import os
 import signal
@@ -13,14 +14,19 @@ import sys
 import urllib.parse
 from collections.abc import Iterator
 from types import FrameType
+from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
+from backend.accounts.actor import Actor
+from backend.accounts.users import checked_email, checked_password, insert_user
+from backend.audit import record
 from backend.auth import create_organization
 from backend.config import Config, ConfigError, load_config
 from backend.crypto import SecretBox, SecretKeyError, load_or_create_key
 from backend.db import MigrationFailed, migrate
 from backend.embedded import embedded_postgres
+from backend.errors import BackendError
 from backend.keycheck import check_secret_key
 from backend.logging import configure_logging, get_logger
 
@@ -90,14 +96,58 @@ async def _check_key(url: str, secrets: SecretBox) -> None:
         await conn.close()
 
 
-async def _create_org(url: str, name: str) -> dict[str, str]:
+OWNER_PASSWORD_ENV = "TD_OWNER_PASSWORD"
+
+
+class OwnerPasswordMissing(ValueError):
+    """No password for the first owner: none in the environment, a file or on a terminal."""
+
+
+def owner_password(environ: dict[str, str], stdin: Any = None) -> str:
+    """The first owner's password: TD_OWNER_PASSWORD, the file TD_OWNER_PASSWORD_FILE names,
+    a prompt on a terminal, or the first line of stdin. Never a flag: argv is world-readable
+    (ps, /proc) and kept in shell history."""
+    stdin = stdin or sys.stdin
+    if environ.get(OWNER_PASSWORD_ENV):
+        return environ[OWNER_PASSWORD_ENV]
+    if path := environ.get(OWNER_PASSWORD_ENV + "_FILE"):
+        with open(path, encoding="utf-8") as file:
+            return file.readline().rstrip("\r\n")
+    if stdin.isatty():
+        first = getpass.getpass("password of the first owner: ")
+        if first != getpass.getpass("the same password again: "):
+            raise OwnerPasswordMissing("the two passwords differ")
+        return first
+    line = str(stdin.readline()).rstrip("\r\n")
+    if not line:
+        raise OwnerPasswordMissing(
+            f"give the owner's password in {OWNER_PASSWORD_ENV}, {OWNER_PASSWORD_ENV}_FILE,"
+            " at the prompt or on stdin"
+        )
+    return line
+
+
+async def _create_org(
+    url: str, name: str, owner: tuple[str, str, str] | None = None
+) -> dict[str, str]:
+    """The organisation, its first admin token and, given (email, name, password), its first
+    owner, all in one transaction."""
     await migrate(url)
     conn = await asyncpg.connect(url)
     try:
-        org_id, token = await create_organization(conn, name)
+        async with conn.transaction():
+            org_id, token = await create_organization(conn, name)
+            answer = {"org_id": str(org_id), "admin_token": token}
+            if owner is not None:
+                email, owner_name, password = owner
+                user = await insert_user(conn, org_id, email, owner_name, "owner", password)
+                cli = Actor(org_id, "cli", None, "td-backend create-org", "owner")
+                after = {key: user[key] for key in ("email", "name", "role")}
+                await record(conn, "user.create", "user", user["id"], after=after, actor=cli)
+                answer["owner_id"] = str(user["id"])
     finally:
         await conn.close()
-    return {"org_id": str(org_id), "admin_token": token}
+    return answer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,8 +159,16 @@ def main(argv: list[str] | None = None) -> int:
     serve_cmd.add_argument("--port", type=int, default=8000)
     serve_cmd.add_argument("--workers", type=int, default=1)
     commands.add_parser("migrate", help="apply pending migrations and exit")
-    org_cmd = commands.add_parser("create-org", help='print {"org_id", "admin_token"}')
+    org_cmd = commands.add_parser(
+        "create-org", help='print {"org_id", "admin_token"} (and "owner_id" with --owner-email)'
+    )
     org_cmd.add_argument("name")
+    org_cmd.add_argument(
+        "--owner-email",
+        help=f"also create the first owner user (password from {OWNER_PASSWORD_ENV},"
+        f" {OWNER_PASSWORD_ENV}_FILE, a prompt or stdin)",
+    )
+    org_cmd.add_argument("--owner-name", help="the owner's name (default: the email)")
     commands.add_parser("dburl", help="print the PostgreSQL URL in use")
     # --data-dir is accepted after the subcommand too (`td-backend serve --data-dir x`).
     for sub in commands.choices.values():
@@ -152,8 +210,21 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         print("migrations applied")
         return 0
     if args.command == "create-org":
+        owner = None
+        if args.owner_email is not None:
+            try:
+                email = checked_email(args.owner_email)
+                password = checked_password(owner_password(dict(os.environ)))
+            except (BackendError, OwnerPasswordMissing) as exc:
+                print(f"td-backend: {getattr(exc, 'detail', exc)}", file=sys.stderr)
+                return 2
+            owner_name = args.owner_name or email
+            if not 1 <= len(owner_name) <= 200 or "\x00" in owner_name:
+                print("td-backend: --owner-name: 1 to 200 characters, no NUL", file=sys.stderr)
+                return 2
+            owner = (email, owner_name, password)
         with database_url(config) as url:
-            print(json.dumps(asyncio.run(_create_org(url, args.name))))
+            print(json.dumps(asyncio.run(_create_org(url, args.name, owner))))
         return 0
     if args.command == "dburl":
         # Left running, so the printed URL stays usable after this command exits.

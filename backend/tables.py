@@ -58,6 +58,8 @@ class PolicyRevision(Table, tablename="policy_revisions"):
     checksum = Varchar(length=64)
     body = JSONB()
     created_at = Timestamptz(default=TimestamptzNow())
+    # The audit event that made this revision (its author and changeset).
+    audit_event_id = UUID(null=True, default=None)
 
 
 class GatewayInstance(Table, tablename="gateway_instances"):

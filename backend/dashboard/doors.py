@@ -10,6 +10,7 @@ from litestar import Controller, Request, get, post
 from litestar.params import FromPath
 from litestar.response import Template
 
+from backend.accounts.roles import Permission, needs
 from backend.dashboard import commands, reads
 from backend.dashboard.pages import fragment, owned_door, page
 from backend.dashboard.session import Operator, SignedIn, checked_form
@@ -70,13 +71,18 @@ class DoorController(Controller):
     @get("/rows", include_in_schema=False)
     async def door_rows(self, request: Request[Any, Any, Any], operator: SignedIn) -> Template:
         doors = await reads.doors(services_of(request), operator.org_id)
-        return fragment("_door_rows.html", doors=doors, buttons=BUTTONS)
+        return fragment("_door_rows.html", doors=doors, buttons=BUTTONS, can=operator.can)
 
     @get("/events", include_in_schema=False)
     async def events(self, request: Request[Any, Any, Any], operator: SignedIn) -> Template:
         return fragment("_events.html", events=await described_events(request, operator))
 
-    @post("/{device_id:uuid}/commands", include_in_schema=False, status_code=200)
+    @post(
+        "/{device_id:uuid}/commands",
+        include_in_schema=False,
+        status_code=200,
+        opt=needs(Permission.COMMANDS),
+    )
     async def door_command(
         self, request: Request[Any, Any, Any], operator: SignedIn, device_id: FromPath[uuid.UUID]
     ) -> Template:

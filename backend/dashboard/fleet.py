@@ -10,6 +10,7 @@ from litestar import Controller, Request, get, post
 from litestar.params import FromPath, QueryParameter
 from litestar.response import Template
 
+from backend.accounts.roles import Permission, needs
 from backend.dashboard import commands, reads
 from backend.dashboard.charts import Series, line_chart
 from backend.dashboard.pages import fragment, owned_gateway, page
@@ -86,7 +87,12 @@ class FleetController(Controller):
         row = await owned_gateway(services_of(request), operator, gateway_id)
         return fragment("_gateway_summary.html", gateway=row)
 
-    @post("/{gateway_id:uuid}/commands", include_in_schema=False, status_code=200)
+    @post(
+        "/{gateway_id:uuid}/commands",
+        include_in_schema=False,
+        status_code=200,
+        opt=needs(Permission.COMMANDS),
+    )
     async def gateway_command(
         self, request: Request[Any, Any, Any], operator: SignedIn, gateway_id: FromPath[uuid.UUID]
     ) -> Template:

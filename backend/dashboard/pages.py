@@ -14,8 +14,19 @@ from backend.services import Services
 
 
 def page(template: str, operator: Operator, section: str, **context: Any) -> Template:
-    """A full page: the layout needs the CSRF secret (for HTMX) and the current section."""
-    return Template(template, context={"csrf": operator.csrf, "section": section, **context})
+    """A full page: the layout needs the CSRF secret (for HTMX), the current section, who is
+    signed in and what their role may do (`can`: buttons show only for those)."""
+    return Template(
+        template,
+        context={
+            "csrf": operator.csrf,
+            "section": section,
+            "can": operator.can,
+            "signed_in_as": operator.label,
+            "role": operator.role,
+            **context,
+        },
+    )
 
 
 def fragment(template: str, **context: Any) -> Template:

@@ -15,6 +15,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, Template
 
+from backend.accounts.roles import Permission, needs
 from backend.attendance import bodies
 from backend.attendance.bodies import EmployeeChange, EmployeeCreate
 from backend.attendance.directory import EMPLOYEE_SQL, employee_out, read_employee
@@ -172,7 +173,12 @@ class PeoplePages(Controller):
             raise InvalidRequest(f"q: at most {MAX_SEARCH} characters, no NUL")
         return await self._list_page(request, operator, q, status)
 
-    @post("/", include_in_schema=False, status_code=303)
+    @post(
+        "/",
+        include_in_schema=False,
+        status_code=303,
+        opt=needs(Permission.PEOPLE),
+    )
     async def add(self, request: Request[Any, Any, Any], operator: SignedIn) -> Response[Any]:
         fields = await checked_form(request, operator)
         services = services_of(request)
@@ -248,7 +254,12 @@ class PeoplePages(Controller):
     ) -> Template:
         return await self._employee_page(request, operator, employee_id, month, saved=saved)
 
-    @post("/{employee_id:uuid}", include_in_schema=False, status_code=303)
+    @post(
+        "/{employee_id:uuid}",
+        include_in_schema=False,
+        status_code=303,
+        opt=needs(Permission.PEOPLE),
+    )
     async def edit(
         self, request: Request[Any, Any, Any], operator: SignedIn, employee_id: FromPath[uuid.UUID]
     ) -> Response[Any]:

@@ -10,6 +10,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.params import FromPath, FromQuery
 from litestar.response import Redirect, Template
 
+from backend.accounts.roles import Permission, needs
 from backend.dashboard import policy_form, reads
 from backend.dashboard.pages import fragment, page
 from backend.dashboard.session import Operator, SignedIn, checked_form
@@ -47,13 +48,13 @@ async def _rollout(services: Services, operator: Operator, policy_id: uuid.UUID)
 
 
 async def _revisions(policy_id: uuid.UUID) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = (
-        await PolicyRevision.select(
-            PolicyRevision.revision, PolicyRevision.checksum, PolicyRevision.created_at
-        )
-        .where(PolicyRevision.policy_id == policy_id)
-        .order_by(PolicyRevision.revision, ascending=False)
-        .limit(reads.PAGE_ROWS)
+    """The newest revisions, each with who saved it (from the audit trail; older ones: none)."""
+    rows: list[dict[str, Any]] = await PolicyRevision.raw(
+        "SELECT r.revision, r.checksum, r.created_at, a.actor_label AS author"
+        " FROM policy_revisions r LEFT JOIN audit_events a ON a.id = r.audit_event_id"
+        " WHERE r.policy_id = {} ORDER BY r.revision DESC LIMIT {}",
+        policy_id,
+        reads.PAGE_ROWS,
     )
     return rows
 
@@ -113,7 +114,12 @@ class PolicyPages(Controller):
         form = policy_form.PolicyForm(policy_form.form_values(policy["name"], _body(policy)))
         return await self._edit_page(request, operator, policy, form, saved)
 
-    @post("/{policy_id:uuid}", include_in_schema=False, status_code=303)
+    @post(
+        "/{policy_id:uuid}",
+        include_in_schema=False,
+        status_code=303,
+        opt=needs(Permission.FLEET),
+    )
     async def save(
         self, request: Request[Any, Any, Any], operator: SignedIn, policy_id: FromPath[uuid.UUID]
     ) -> Response[Any]:
@@ -169,7 +175,12 @@ class PolicyPages(Controller):
             changes=policy_form.diff(_body(policy), target),
         )
 
-    @post("/{policy_id:uuid}/rollback/{revision:int}", include_in_schema=False, status_code=303)
+    @post(
+        "/{policy_id:uuid}/rollback/{revision:int}",
+        include_in_schema=False,
+        status_code=303,
+        opt=needs(Permission.FLEET),
+    )
     async def rollback(
         self,
         request: Request[Any, Any, Any],

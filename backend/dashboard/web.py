@@ -18,17 +18,20 @@ from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
+from backend.accounts.roles import Permission, needs
 from backend.dashboard import attendance, commands, doors, fleet, people, policies, today
 from backend.dashboard.session import (
     COOKIE_NAME,
     SignedIn,
     SignedOut,
+    authenticate_session,
     checked_form,
     cleared_cookie,
     provide_operator,
     same_origin,
     session_cookie,
     sign_in,
+    sign_in_user,
 )
 from backend.errors import BackendError
 from backend.logging import get_logger
@@ -129,7 +132,7 @@ async def sign_in_page(request: Request[Any, Any, Any]) -> Template:
     return Template("sign_in.html", context={"error": None})
 
 
-@post("/sign-in", include_in_schema=False, status_code=303)
+@post("/sign-in", include_in_schema=False, status_code=303, opt=needs(Permission.SELF))
 async def sign_in_submit(
     request: Request[Any, Any, Any],
     data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)],
@@ -138,20 +141,21 @@ async def sign_in_submit(
         return Template(
             "sign_in.html", context={"error": "the form came from another site"}, status_code=403
         )
-    operator = await sign_in(request, data.get("token", ""))
+    if data.get("token", "").strip():
+        operator = await sign_in(request, data["token"])
+        refusal = "That admin token is not valid: unknown or revoked."
+    else:
+        operator = await sign_in_user(request, data.get("email", ""), data.get("password", ""))
+        refusal = "That email and password are not valid (or the user is disabled)."
     if operator is None:
-        return Template(
-            "sign_in.html",
-            context={"error": "That admin token is not valid: unknown or revoked."},
-            status_code=401,
-        )
-    log.info("dashboard sign-in", org_id=str(operator.org_id))
+        return Template("sign_in.html", context={"error": refusal}, status_code=401)
+    log.info("dashboard sign-in", org_id=str(operator.org_id), kind=operator.kind)
     response: Response[Any] = Redirect(f"{PREFIX}/", status_code=303)
     response.set_cookie(session_cookie(request, operator))
     return response
 
 
-@post("/sign-out", include_in_schema=False, status_code=303)
+@post("/sign-out", include_in_schema=False, status_code=303, opt=needs(Permission.SELF))
 async def sign_out(request: Request[Any, Any, Any], operator: SignedIn) -> Response[Any]:
     await checked_form(request, operator)
     response: Response[Any] = Redirect(f"{PREFIX}/sign-in", status_code=303)
@@ -179,6 +183,7 @@ def dashboard_router() -> Router:
         path=PREFIX,
         include_in_schema=False,
         response_headers=SECURITY_HEADERS,
+        guards=[authenticate_session],
         dependencies={"operator": Provide(provide_operator)},
         exception_handlers={SignedOut: _sign_in_redirect, Exception: _error_page},
         route_handlers=[

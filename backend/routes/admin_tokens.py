@@ -15,6 +15,8 @@ from litestar import Controller, delete, get, post
 from litestar.params import FromPath, FromQuery, JSONBody
 from msgspec import Meta
 
+from backend.accounts.roles import Permission, needs
+from backend.audit import record
 from backend.auth import ADMIN_TOKEN, new_secret
 from backend.errors import Conflict, InvalidRequest, NotFound
 from backend.logging import get_logger
@@ -63,7 +65,7 @@ def _out(row: dict[str, object]) -> AdminTokenOut:
     return msgspec.convert(row, AdminTokenOut, from_attributes=False, strict=False)
 
 
-def _checked_expiry(expires_at: dt.datetime | None) -> dt.datetime | None:
+def checked_expiry(expires_at: dt.datetime | None) -> dt.datetime | None:
     if expires_at is None:
         return None
     if expires_at.tzinfo is None:
@@ -80,35 +82,39 @@ class AdminTokenController(Controller):
     path = "/v2/admin-tokens"
     tags = ["admin tokens"]
 
-    @post("/", status_code=201, responses=ADMIN_ERRORS)
+    # An admin token acts as an owner: only an owner may make one.
+    @post("/", status_code=201, responses=ADMIN_ERRORS, opt=needs(Permission.OWNERSHIP))
     async def create_admin_token(
         self, org_id: OrgId, data: JSONBody[AdminTokenCreate]
     ) -> AdminTokenCreated:
         """A new admin token for this organisation; the secret is shown only in this answer."""
-        expires_at = _checked_expiry(data.expires_at)
+        expires_at = checked_expiry(data.expires_at)
         token = new_secret(ADMIN_TOKEN)
         token_id = uuid.uuid4()
-        row = (
-            await AdminToken.insert(
-                AdminToken(
-                    id=token_id,
-                    org_id=org_id,
-                    name=data.name,
-                    lookup_prefix=token.lookup_prefix,
-                    token_hash=token.hash,
-                    expires_at=expires_at,
-                )
-            ).returning(AdminToken.created_at)
-        )[0]
+        async with AdminToken._meta.db.transaction():
+            row = (
+                await AdminToken.insert(
+                    AdminToken(
+                        id=token_id,
+                        org_id=org_id,
+                        name=data.name,
+                        lookup_prefix=token.lookup_prefix,
+                        token_hash=token.hash,
+                        expires_at=expires_at,
+                    )
+                ).returning(AdminToken.created_at)
+            )[0]
+            created = AdminTokenCreated(
+                id=token_id,
+                name=data.name,
+                created_at=row["created_at"],
+                expires_at=expires_at,
+                revoked_at=None,
+                token=token.value,
+            )
+            await record(None, "admin_token.create", "admin_token", token_id, after=created)
         log.info("admin token created", org_id=str(org_id), token_id=str(token_id))
-        return AdminTokenCreated(
-            id=token_id,
-            name=data.name,
-            created_at=row["created_at"],
-            expires_at=expires_at,
-            revoked_at=None,
-            token=token.value,
-        )
+        return created
 
     @get("/", responses=ADMIN_ERRORS)
     async def list_admin_tokens(
@@ -131,7 +137,12 @@ class AdminTokenController(Controller):
             next_cursor=next_cursor(rows, limit, "created_at"),
         )
 
-    @delete("/{token_id:uuid}", status_code=204, responses=error_responses(400, 401, 404, 409))
+    @delete(
+        "/{token_id:uuid}",
+        status_code=204,
+        responses=error_responses(400, 401, 403, 404, 409),
+        opt=needs(Permission.OWNERSHIP),
+    )
     async def revoke_admin_token(
         self, org_id: OrgId, services: ServicesDep, token_id: FromPath[uuid.UUID]
     ) -> None:
@@ -141,7 +152,8 @@ class AdminTokenController(Controller):
             # One revocation per organisation at a time, so two cannot each leave the other.
             await conn.execute("SELECT 1 FROM organizations WHERE id = $1 FOR UPDATE", org_id)
             row = await conn.fetchrow(
-                "SELECT revoked_at FROM admin_tokens WHERE id = $1 AND org_id = $2",
+                "SELECT id, name, created_at, expires_at, revoked_at FROM admin_tokens"
+                " WHERE id = $1 AND org_id = $2",
                 token_id,
                 org_id,
             )
@@ -160,4 +172,7 @@ class AdminTokenController(Controller):
                     "this is the organisation's last usable admin token; create another first"
                 )
             await conn.execute("UPDATE admin_tokens SET revoked_at = now() WHERE id = $1", token_id)
+            await record(
+                conn, "admin_token.revoke", "admin_token", token_id, before=_out(dict(row))
+            )
         log.info("admin token revoked", org_id=str(org_id), token_id=str(token_id))

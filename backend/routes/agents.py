@@ -16,6 +16,8 @@ import msgspec
 from litestar import Controller, delete, get, patch, post
 from litestar.params import FromPath, FromQuery, JSONBody
 
+from backend.accounts.roles import Permission, needs
+from backend.audit import record
 from backend.errors import InvalidRequest
 from backend.logging import get_logger
 from backend.routes.common import (
@@ -115,7 +117,7 @@ class AgentController(Controller):
     async def get_agent(self, org_id: OrgId, agent_id: FromPath[uuid.UUID]) -> AgentOut:
         return await agent_out(org_id, agent_id)
 
-    @patch("/{agent_id:uuid}", responses=ADMIN_ERRORS)
+    @patch("/{agent_id:uuid}", responses=ADMIN_ERRORS, opt=needs(Permission.FLEET))
     async def change_agent(
         self,
         org_id: OrgId,
@@ -129,14 +131,28 @@ class AgentController(Controller):
             (Policy.id == data.policy_id) & (Policy.org_id == org_id)
         ):
             raise InvalidRequest(f"policy_id: no policy {data.policy_id} in this organisation")
-        await AgentInstance.update({AgentInstance.policy_id: data.policy_id}).where(
-            AgentInstance.id == agent_id
-        )
+        async with AgentInstance._meta.db.transaction():
+            await AgentInstance.update({AgentInstance.policy_id: data.policy_id}).where(
+                AgentInstance.id == agent_id
+            )
+            await record(
+                None,
+                "agent.update",
+                "agent",
+                agent_id,
+                before={"policy_id": current.policy_id},
+                after={"policy_id": data.policy_id},
+            )
         if services.control is not None:
             await services.control.agent_assigned(current.gateway_id, agent_id)
         return await agent_out(org_id, agent_id)
 
-    @post("/{agent_id:uuid}/revoke", status_code=200, responses=ADMIN_ERRORS)
+    @post(
+        "/{agent_id:uuid}/revoke",
+        status_code=200,
+        responses=ADMIN_ERRORS,
+        opt=needs(Permission.FLEET),
+    )
     async def revoke_agent(
         self, org_id: OrgId, services: ServicesDep, agent_id: FromPath[uuid.UUID]
     ) -> AgentOut:
@@ -144,7 +160,12 @@ class AgentController(Controller):
         until it is reset."""
         return await _decide(services, org_id, agent_id, "REVOKED")
 
-    @post("/{agent_id:uuid}/reset", status_code=200, responses=ADMIN_ERRORS)
+    @post(
+        "/{agent_id:uuid}/reset",
+        status_code=200,
+        responses=ADMIN_ERRORS,
+        opt=needs(Permission.FLEET),
+    )
     async def reset_agent(
         self, org_id: OrgId, services: ServicesDep, agent_id: FromPath[uuid.UUID]
     ) -> AgentOut:
@@ -152,7 +173,9 @@ class AgentController(Controller):
         agent's token (and ends a revocation)."""
         return await _decide(services, org_id, agent_id, "RESET")
 
-    @delete("/{agent_id:uuid}", status_code=204, responses=ADMIN_ERRORS)
+    @delete(
+        "/{agent_id:uuid}", status_code=204, responses=ADMIN_ERRORS, opt=needs(Permission.FLEET)
+    )
     async def delete_agent(
         self, org_id: OrgId, services: ServicesDep, agent_id: FromPath[uuid.UUID]
     ) -> None:
@@ -169,6 +192,7 @@ class AgentController(Controller):
             await conn.execute(
                 "DELETE FROM agent_instances WHERE id = $1 AND org_id = $2", agent_id, org_id
             )
+            await record(conn, "agent.delete", "agent", agent_id, before=current)
         log.info("agent deleted", agent_id=str(agent_id), gateway_id=str(current.gateway_id))
         if services.control is not None:
             await services.control.agent_access_changed(current.gateway_id)
@@ -178,7 +202,7 @@ async def _decide(
     services: Services, org_id: uuid.UUID, agent_id: uuid.UUID, access: str
 ) -> AgentOut:
     current = await agent_out(org_id, agent_id)
-    async with services.pool.acquire() as conn:
+    async with services.pool.acquire() as conn, conn.transaction():
         # clock_timestamp, not now(): two decisions in a row must be ordered at the gateway.
         await conn.execute(
             "UPDATE agent_instances SET access = $3, access_changed_at = clock_timestamp()"
@@ -186,6 +210,14 @@ async def _decide(
             agent_id,
             org_id,
             access,
+        )
+        await record(
+            conn,
+            f"agent.{'revoke' if access == 'REVOKED' else 'reset'}",
+            "agent",
+            agent_id,
+            before={"access": current.access},
+            after={"access": access},
         )
     log.info(
         "agent access changed",

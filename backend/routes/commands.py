@@ -11,6 +11,8 @@ from litestar import Controller, get, post
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from msgspec import Meta
 
+from backend.accounts.roles import Permission, needs
+from backend.audit import record
 from backend.errors import Conflict, InvalidRequest, NotFound
 from backend.logging import get_logger
 from backend.routes.common import (
@@ -92,6 +94,10 @@ def _command_out(row: Any) -> CommandOut:
     )
 
 
+# The audit trail's name for the commands of each table.
+_NOUNS = {"gateway_commands": "gateway_command", "device_commands": "device_command"}
+
+
 async def _create(
     services: Services,
     table: str,
@@ -129,6 +135,19 @@ async def _create(
             )
         row = await conn.fetchrow(
             f"INSERT INTO {table} ({columns}) VALUES ({values}) RETURNING *", *args
+        )
+        await record(
+            conn,
+            f"{_NOUNS[table]}.create",
+            _NOUNS[table],
+            row["id"],
+            after={
+                "type": data.type,
+                "payload": data.payload,
+                "gateway_id": gateway_id,
+                "device_id": device_id,
+                "expires_at": row["expires_at"],
+            },
         )
     if services.control is not None:
         await services.control.command_created(gateway_id, row["id"])
@@ -194,7 +213,7 @@ async def _cancel(
 ) -> CommandOut:
     """CANCELED if still open (a SENT one is also withdrawn from the gateway); else as is."""
     row = await _read(services, table, org_id, command_id, owner_column, owner_id)
-    async with services.connection() as conn:
+    async with services.connection() as conn, conn.transaction():
         was = await conn.fetchval(
             f"WITH target AS (SELECT id, status FROM {table} WHERE id = $1"
             " AND status IN ('PENDING', 'SENT') FOR UPDATE)"
@@ -203,6 +222,15 @@ async def _cancel(
             " RETURNING target.status",
             command_id,
         )
+        if was is not None:
+            await record(
+                conn,
+                f"{_NOUNS[table]}.cancel",
+                _NOUNS[table],
+                command_id,
+                before={"status": was},
+                after={"status": "CANCELED"},
+            )
     if was is not None and services.control is not None:
         if was == "SENT":
             await services.control.command_canceled(row["gateway_id"], command_id)
@@ -256,7 +284,12 @@ class GatewayCommandController(Controller):
     path = "/v2/gateways/{gateway_id:uuid}/commands"
     tags = ["commands"]
 
-    @post("/", status_code=202, responses=error_responses(400, 401, 404, 409))
+    @post(
+        "/",
+        status_code=202,
+        responses=error_responses(400, 401, 403, 404, 409),
+        opt=needs(Permission.COMMANDS),
+    )
     async def create_gateway_command(
         self,
         org_id: OrgId,
@@ -298,7 +331,12 @@ class GatewayCommandController(Controller):
             services, "gateway_commands", org_id, command_id, "gateway_id", gateway_id, wait
         )
 
-    @post("/{command_id:uuid}/cancel", status_code=200, responses=ADMIN_ERRORS)
+    @post(
+        "/{command_id:uuid}/cancel",
+        status_code=200,
+        responses=ADMIN_ERRORS,
+        opt=needs(Permission.COMMANDS),
+    )
     async def cancel_gateway_command(
         self,
         org_id: OrgId,
@@ -315,7 +353,12 @@ class DeviceCommandController(Controller):
     path = "/v2/devices/{device_id:uuid}/commands"
     tags = ["commands"]
 
-    @post("/", status_code=202, responses=error_responses(400, 401, 404, 409))
+    @post(
+        "/",
+        status_code=202,
+        responses=error_responses(400, 401, 403, 404, 409),
+        opt=needs(Permission.COMMANDS),
+    )
     async def create_device_command(
         self,
         org_id: OrgId,
@@ -358,7 +401,12 @@ class DeviceCommandController(Controller):
             services, "device_commands", org_id, command_id, "device_id", device_id, wait
         )
 
-    @post("/{command_id:uuid}/cancel", status_code=200, responses=ADMIN_ERRORS)
+    @post(
+        "/{command_id:uuid}/cancel",
+        status_code=200,
+        responses=ADMIN_ERRORS,
+        opt=needs(Permission.COMMANDS),
+    )
     async def cancel_device_command(
         self,
         org_id: OrgId,

@@ -1,4 +1,4 @@
-"""Pieces every route module uses: auth guard, org dependency, cursors, error docs."""
+"""Pieces every route module uses: auth and role guard, org dependency, cursors, error docs."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import QueryParameter
 
-from backend.auth import authenticate_admin
-from backend.errors import InvalidRequest, NotFound
+from backend.accounts.actor import Actor, act_as, authenticate
+from backend.accounts.roles import PERMISSION_KEY, Permission, allows, refusal
+from backend.errors import Forbidden, InvalidRequest, NotFound
 from backend.services import Services
 
 DEFAULT_LIMIT = 100
@@ -42,7 +43,7 @@ def error_responses(*codes: int) -> dict[int, ResponseSpec]:
     }
 
 
-ADMIN_ERRORS = error_responses(400, 401, 404)
+ADMIN_ERRORS = error_responses(400, 401, 403, 404)
 
 
 def services_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Services:
@@ -54,14 +55,46 @@ async def provide_services(request: Request[Any, Any, Any]) -> Services:
     return services_of(request)
 
 
+_READING_METHODS = frozenset({"GET", "HEAD"})
+
+
+def permission_of(handler: BaseRouteHandler, method: str) -> Permission | None:
+    """What `handler` declared it needs (backend.accounts.roles.needs); reads need READ by
+    default. None: a changing route that declared nothing, which nobody may call."""
+    declared = handler.opt.get(PERMISSION_KEY)
+    if declared is not None:
+        return Permission(declared)
+    return Permission.READ if method in _READING_METHODS else None
+
+
+def remote_address(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    return connection.client.host if connection.client else None
+
+
+def check_permission(actor: Actor, handler: BaseRouteHandler, method: str) -> None:
+    """The one place a role is checked against what a route needs (API and dashboard)."""
+    permission = permission_of(handler, method)
+    if permission is None:
+        raise Forbidden("this route declares no permission, so no role may call it")
+    if not allows(actor.role, permission):
+        raise Forbidden(f"{refusal(permission)}; you are `{actor.role}`")
+
+
 async def require_admin(
-    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
 ) -> None:
-    """Guard on every admin route: a valid admin token, whose org is kept for `org_id`."""
+    """Guard on every admin route: a valid admin or personal token whose role grants what
+    the route needs; the org is kept for `org_id`, the actor for the audit trail."""
+    act_as(None)
     services = services_of(connection)
     async with services.connection() as conn:
-        org_id = await authenticate_admin(conn, connection.headers.get("authorization"))
-    connection.state.org_id = org_id
+        actor = await authenticate(
+            conn, connection.headers.get("authorization"), remote_address(connection)
+        )
+    check_permission(actor, handler, str(connection.scope.get("method", "GET")))
+    connection.state.org_id = actor.org_id
+    connection.state.actor = actor
+    act_as(actor)
 
 
 async def provide_org_id(request: Request[Any, Any, Any]) -> uuid.UUID:

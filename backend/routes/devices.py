@@ -17,6 +17,8 @@ from litestar import Controller, delete, get, patch, post
 from litestar.params import FromPath, FromQuery, JSONBody
 from msgspec import Meta
 
+from backend.accounts.roles import Permission, needs
+from backend.audit import record
 from backend.errors import Conflict, InvalidRequest
 from backend.logging import get_logger
 from backend.routes.common import (
@@ -207,25 +209,35 @@ async def check_gateway_takes_devices(org_id: uuid.UUID, gateway_id: uuid.UUID) 
 
 
 async def add_reached_device(
-    services: Services, org_id: uuid.UUID, data: DeviceCreate, *, vendor: str
+    services: Services,
+    org_id: uuid.UUID,
+    data: DeviceCreate,
+    *,
+    vendor: str,
+    action: str = "device.create",
+    source: dict[str, Any] | None = None,
 ) -> DeviceOut:
-    """Store a terminal the gateway reaches at host:port (its gateway already checked)."""
+    """Store a terminal the gateway reaches at host:port (its gateway already checked);
+    `source` goes into the audit event (what it was adopted from)."""
     device_id = uuid.uuid4()
-    await Device.insert(
-        Device(
-            id=device_id,
-            org_id=org_id,
-            gateway_id=data.gateway_id,
-            vendor=vendor,
-            name=data.name,
-            host=data.host,
-            port=data.port,
-            scheme=data.scheme,
-            username=data.username,
-            password_encrypted=services.secrets.encrypt(data.password),
-            enabled=data.enabled,
+    async with Device._meta.db.transaction():
+        await Device.insert(
+            Device(
+                id=device_id,
+                org_id=org_id,
+                gateway_id=data.gateway_id,
+                vendor=vendor,
+                name=data.name,
+                host=data.host,
+                port=data.port,
+                scheme=data.scheme,
+                username=data.username,
+                password_encrypted=services.secrets.encrypt(data.password),
+                enabled=data.enabled,
+            )
         )
-    )
+        created = msgspec.to_builtins(await device_out(org_id, device_id))
+        await record(None, action, "device", device_id, after={**created, **(source or {})})
     await _push(services, device_id, data.gateway_id)
     if data.enabled:
         await _enrol_staff(services, org_id, device_id, data.gateway_id)
@@ -236,7 +248,12 @@ class DeviceController(Controller):
     path = "/v2/devices"
     tags = ["devices"]
 
-    @post("/", status_code=201, responses=error_responses(400, 401, 404, 409))
+    @post(
+        "/",
+        status_code=201,
+        responses=error_responses(400, 401, 403, 404, 409),
+        opt=needs(Permission.FLEET),
+    )
     async def create_device(
         self,
         org_id: OrgId,
@@ -249,23 +266,31 @@ class DeviceController(Controller):
             _check_time_zone(data.time_zone)
             if await _serial_taken(data.gateway_id, "zkteco", data.serial):
                 raise Conflict(f"serial: {data.serial} is already a device on this gateway")
-            await Device.insert(
-                Device(
-                    id=device_id,
-                    org_id=org_id,
-                    gateway_id=data.gateway_id,
-                    vendor="zkteco",
-                    name=data.name,
-                    serial=data.serial,
-                    time_zone=data.time_zone,
-                    enabled=data.enabled,
+            async with Device._meta.db.transaction():
+                await Device.insert(
+                    Device(
+                        id=device_id,
+                        org_id=org_id,
+                        gateway_id=data.gateway_id,
+                        vendor="zkteco",
+                        name=data.name,
+                        serial=data.serial,
+                        time_zone=data.time_zone,
+                        enabled=data.enabled,
+                    )
                 )
-            )
-            await SeenDevice.delete().where(
-                (SeenDevice.gateway_id == data.gateway_id)
-                & (SeenDevice.vendor == "zkteco")
-                & (SeenDevice.serial == data.serial)
-            )
+                await SeenDevice.delete().where(
+                    (SeenDevice.gateway_id == data.gateway_id)
+                    & (SeenDevice.vendor == "zkteco")
+                    & (SeenDevice.serial == data.serial)
+                )
+                await record(
+                    None,
+                    "device.create",
+                    "device",
+                    device_id,
+                    after=await device_out(org_id, device_id),
+                )
             await _push(services, device_id, data.gateway_id)
             if data.enabled:
                 await _enrol_staff(services, org_id, device_id, data.gateway_id)
@@ -314,7 +339,7 @@ class DeviceController(Controller):
     async def get_device(self, org_id: OrgId, device_id: FromPath[uuid.UUID]) -> DeviceOut:
         return await device_out(org_id, device_id)
 
-    @patch("/{device_id:uuid}", responses=ADMIN_ERRORS)
+    @patch("/{device_id:uuid}", responses=ADMIN_ERRORS, opt=needs(Permission.FLEET))
     async def change_device(
         self,
         org_id: OrgId,
@@ -343,16 +368,25 @@ class DeviceController(Controller):
             if await _serial_taken(current.gateway_id, current.vendor, data.serial):
                 raise Conflict(f"serial: {data.serial} is already a device on this gateway")
             changes[Device.serial] = data.serial
-        await Device.update(changes).where(Device.id == device_id)
+        async with Device._meta.db.transaction():
+            await Device.update(changes).where(Device.id == device_id)
+            after = msgspec.to_builtins(await device_out(org_id, device_id))
+            if data.password is not None:
+                after["password"] = "changed"
+            await record(None, "device.update", "device", device_id, before=current, after=after)
         await _push(services, device_id, current.gateway_id)
         return await device_out(org_id, device_id)
 
-    @delete("/{device_id:uuid}", status_code=204, responses=ADMIN_ERRORS)
+    @delete(
+        "/{device_id:uuid}", status_code=204, responses=ADMIN_ERRORS, opt=needs(Permission.FLEET)
+    )
     async def delete_device(
         self, org_id: OrgId, services: ServicesDep, device_id: FromPath[uuid.UUID]
     ) -> None:
         current = await device_out(org_id, device_id)
-        await Device.delete().where(Device.id == device_id)
+        async with Device._meta.db.transaction():
+            await Device.delete().where(Device.id == device_id)
+            await record(None, "device.delete", "device", device_id, before=current)
         log.info("device deleted", device_id=str(device_id), gateway_id=str(current.gateway_id))
         if services.control is not None:
             await services.control.device_deleted(current.gateway_id, device_id)

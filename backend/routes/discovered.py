@@ -25,6 +25,7 @@ from litestar import Controller, get, post
 from litestar.params import FromPath, FromQuery, JSONBody
 from msgspec import Meta
 
+from backend.accounts.roles import Permission, needs
 from backend.errors import Conflict, NotFound
 from backend.routes.common import ADMIN_ERRORS, OrgId, ServicesDep, error_responses
 from backend.routes.devices import (
@@ -177,7 +178,8 @@ class DiscoveredDeviceController(Controller):
     @post(
         "/{discovered_id:uuid}/adopt",
         status_code=201,
-        responses=error_responses(400, 401, 404, 409),
+        responses=error_responses(400, 401, 403, 404, 409),
+        opt=needs(Permission.FLEET),
     )
     async def adopt_discovered_device(
         self,
@@ -203,4 +205,11 @@ class DiscoveredDeviceController(Controller):
             scheme=data.scheme,
             enabled=data.enabled,
         )
-        return await add_reached_device(services, org_id, create, vendor=found.vendor)
+        return await add_reached_device(
+            services,
+            org_id,
+            create,
+            vendor=found.vendor,
+            action="device.adopt",
+            source={"discovered_id": str(discovered_id), "serial": found.serial},
+        )

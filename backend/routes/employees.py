@@ -11,6 +11,8 @@ import msgspec
 from litestar import Controller, Request, delete, get, patch, post
 from litestar.params import FromPath, FromQuery
 
+from backend import audit
+from backend.accounts.roles import Permission, needs
 from backend.attendance import bodies
 from backend.attendance.bodies import EmployeeChange, EmployeeCreate
 from backend.attendance.directory import (
@@ -92,11 +94,17 @@ async def _create_employee(conn: Any, org_id: uuid.UUID, data: EmployeeCreate) -
         await set_cards(conn, org_id, employee_id, data.card_nos)
         await set_workstations(conn, org_id, employee_id, data.agent_uids)
         await employee_changed(conn, org_id, employee_id)
-        return await read_employee(conn, org_id, employee_id)
+        created = await read_employee(conn, org_id, employee_id)
+        await audit.record(conn, "employee.create", "employee", employee_id, after=created)
+        return created
 
 
 async def _change_employee(
-    conn: Any, org_id: uuid.UUID, employee_id: uuid.UUID, data: EmployeeChange
+    conn: Any,
+    org_id: uuid.UUID,
+    employee_id: uuid.UUID,
+    data: EmployeeChange,
+    action: str = "employee.update",
 ) -> tuple[EmployeeOut, EmployeeOut]:
     """(before, after)."""
     async with conn.transaction():
@@ -139,6 +147,7 @@ async def _change_employee(
                 await set_workstations(conn, org_id, employee_id, data.agent_uids)
         await employee_changed(conn, org_id, employee_id)
         after = await read_employee(conn, org_id, employee_id)
+        await audit.record(conn, action, "employee", employee_id, before=before, after=after)
     return before, after
 
 
@@ -154,7 +163,7 @@ class EmployeeController(Controller):
     path = "/v2/employees"
     tags = ["people"]
 
-    @post("/", status_code=201, responses={**ADMIN_ERRORS, **{}})
+    @post("/", status_code=201, responses=ADMIN_ERRORS, opt=needs(Permission.PEOPLE))
     async def create_employee(
         self, org_id: OrgId, services: ServicesDep, request: Request[Any, Any, Any]
     ) -> EmployeeOut:
@@ -223,7 +232,7 @@ class EmployeeController(Controller):
         async with services.connection() as conn:
             return await read_employee(conn, org_id, employee_id)
 
-    @patch("/{employee_id:uuid}", responses=ADMIN_ERRORS)
+    @patch("/{employee_id:uuid}", responses=ADMIN_ERRORS, opt=needs(Permission.PEOPLE))
     async def change_employee(
         self,
         org_id: OrgId,
@@ -245,7 +254,12 @@ class EmployeeController(Controller):
             await push_user(services, org_id, after)
         return after
 
-    @delete("/{employee_id:uuid}", status_code=200, responses=ADMIN_ERRORS)
+    @delete(
+        "/{employee_id:uuid}",
+        status_code=200,
+        responses=ADMIN_ERRORS,
+        opt=needs(Permission.PEOPLE),
+    )
     async def remove_employee(
         self, org_id: OrgId, services: ServicesDep, employee_id: FromPath[uuid.UUID]
     ) -> EmployeeOut:
@@ -253,7 +267,7 @@ class EmployeeController(Controller):
         cards and workstations released."""
         async with services.connection() as conn:
             before, after = await _change_employee(
-                conn, org_id, employee_id, EmployeeChange(status="left")
+                conn, org_id, employee_id, EmployeeChange(status="left"), "employee.leave"
             )
         if _terminals_differ(before, after):
             await push_user(services, org_id, after)
@@ -268,7 +282,7 @@ class EmployeeController(Controller):
             employee = await read_employee(conn, org_id, employee_id)
             return await terminal_states(conn, org_id, employee.employee_no)
 
-    @post("/import", status_code=200, responses=ADMIN_ERRORS)
+    @post("/import", status_code=200, responses=ADMIN_ERRORS, opt=needs(Permission.PEOPLE))
     async def import_employees(
         self, org_id: OrgId, services: ServicesDep, request: Request[Any, Any, Any]
     ) -> ImportResult:

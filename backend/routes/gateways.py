@@ -12,6 +12,8 @@ from litestar import Controller, delete, get, post
 from litestar.params import FromPath, FromQuery, JSONBody
 from msgspec import Meta
 
+from backend.accounts.roles import Permission, needs
+from backend.audit import record
 from backend.auth import ENROLLMENT_KEY, GATEWAY_API_KEY, new_secret
 from backend.errors import Conflict, InvalidRequest
 from backend.logging import get_logger
@@ -132,7 +134,7 @@ class GatewayController(Controller):
     path = "/v2/gateways"
     tags = ["gateways"]
 
-    @post("/", status_code=201, responses=ADMIN_ERRORS)
+    @post("/", status_code=201, responses=ADMIN_ERRORS, opt=needs(Permission.FLEET))
     async def create_gateway(
         self, org_id: OrgId, services: ServicesDep, data: JSONBody[GatewayCreate]
     ) -> GatewayCreated:
@@ -140,16 +142,18 @@ class GatewayController(Controller):
         api_key = new_secret(GATEWAY_API_KEY)
         enrollment_key = new_secret(ENROLLMENT_KEY)
         gateway_id = uuid.uuid4()
-        await GatewayInstance.insert(
-            GatewayInstance(
-                id=gateway_id,
-                org_id=org_id,
-                name=data.name,
-                api_key_prefix=api_key.lookup_prefix,
-                api_key_hash=api_key.hash,
-                enrollment_key_encrypted=services.secrets.encrypt(enrollment_key.value),
+        async with GatewayInstance._meta.db.transaction():
+            await GatewayInstance.insert(
+                GatewayInstance(
+                    id=gateway_id,
+                    org_id=org_id,
+                    name=data.name,
+                    api_key_prefix=api_key.lookup_prefix,
+                    api_key_hash=api_key.hash,
+                    enrollment_key_encrypted=services.secrets.encrypt(enrollment_key.value),
+                )
             )
-        )
+            await record(None, "gateway.create", "gateway", gateway_id, after={"name": data.name})
         log.info("gateway created", org_id=str(org_id), gateway_id=str(gateway_id))
         return GatewayCreated(
             id=gateway_id,
@@ -181,7 +185,12 @@ class GatewayController(Controller):
     async def get_gateway(self, org_id: OrgId, gateway_id: FromPath[uuid.UUID]) -> GatewayOut:
         return gateway_out(await gateway_row(org_id, gateway_id))
 
-    @post("/{gateway_id:uuid}/disable", status_code=200, responses=ADMIN_ERRORS)
+    @post(
+        "/{gateway_id:uuid}/disable",
+        status_code=200,
+        responses=ADMIN_ERRORS,
+        opt=needs(Permission.FLEET),
+    )
     async def disable_gateway(
         self, org_id: OrgId, services: ServicesDep, gateway_id: FromPath[uuid.UUID]
     ) -> GatewayOut:
@@ -203,6 +212,13 @@ class GatewayController(Controller):
                     " WHERE gateway_id = $1 AND status IN ('PENDING', 'SENT') RETURNING id",
                     gateway_id,
                 )
+            await record(
+                conn,
+                "gateway.disable",
+                "gateway",
+                gateway_id,
+                after={"disabled": True, "canceled_commands": [row["id"] for row in canceled]},
+            )
         if services.control is not None:
             await services.control.gateway_revoked(gateway_id)
             for row in canceled:
@@ -210,49 +226,74 @@ class GatewayController(Controller):
         log.info("gateway disabled", org_id=str(org_id), gateway_id=str(gateway_id))
         return gateway_out(await gateway_row(org_id, gateway_id))
 
-    @post("/{gateway_id:uuid}/rotate-key", status_code=200, responses=ADMIN_ERRORS)
+    @post(
+        "/{gateway_id:uuid}/rotate-key",
+        status_code=200,
+        responses=ADMIN_ERRORS,
+        opt=needs(Permission.FLEET),
+    )
     async def rotate_key(
         self, org_id: OrgId, services: ServicesDep, gateway_id: FromPath[uuid.UUID]
     ) -> KeyRotated:
         """A new API key, shown once; the old one stops working at once."""
         await gateway_row(org_id, gateway_id)
         api_key = new_secret(GATEWAY_API_KEY)
-        await GatewayInstance.update(
-            {
-                GatewayInstance.api_key_prefix: api_key.lookup_prefix,
-                GatewayInstance.api_key_hash: api_key.hash,
-            }
-        ).where((GatewayInstance.id == gateway_id) & (GatewayInstance.org_id == org_id))
+        async with GatewayInstance._meta.db.transaction():
+            await GatewayInstance.update(
+                {
+                    GatewayInstance.api_key_prefix: api_key.lookup_prefix,
+                    GatewayInstance.api_key_hash: api_key.hash,
+                }
+            ).where((GatewayInstance.id == gateway_id) & (GatewayInstance.org_id == org_id))
+            await record(None, "gateway.rotate_key", "gateway", gateway_id, after={"api_key": ""})
         if services.control is not None:
             await services.control.gateway_revoked(gateway_id)
         log.info("gateway key rotated", org_id=str(org_id), gateway_id=str(gateway_id))
         return KeyRotated(id=gateway_id, api_key=api_key.value)
 
-    @post("/{gateway_id:uuid}/enable", status_code=200, responses=ADMIN_ERRORS)
+    @post(
+        "/{gateway_id:uuid}/enable",
+        status_code=200,
+        responses=ADMIN_ERRORS,
+        opt=needs(Permission.FLEET),
+    )
     async def enable_gateway(self, org_id: OrgId, gateway_id: FromPath[uuid.UUID]) -> GatewayOut:
         """Undo disable: the gateway's current API key works again (rotate it if it leaked)."""
         await gateway_row(org_id, gateway_id)
-        await GatewayInstance.update({GatewayInstance.disabled_at: None}).where(
-            (GatewayInstance.id == gateway_id) & (GatewayInstance.org_id == org_id)
-        )
+        async with GatewayInstance._meta.db.transaction():
+            await GatewayInstance.update({GatewayInstance.disabled_at: None}).where(
+                (GatewayInstance.id == gateway_id) & (GatewayInstance.org_id == org_id)
+            )
+            await record(None, "gateway.enable", "gateway", gateway_id, after={"disabled": False})
         log.info("gateway enabled", org_id=str(org_id), gateway_id=str(gateway_id))
         return gateway_out(await gateway_row(org_id, gateway_id))
 
-    @delete("/{gateway_id:uuid}", status_code=204, responses=ADMIN_ERRORS)
+    @delete(
+        "/{gateway_id:uuid}", status_code=204, responses=ADMIN_ERRORS, opt=needs(Permission.FLEET)
+    )
     async def delete_gateway(
         self, org_id: OrgId, services: ServicesDep, gateway_id: FromPath[uuid.UUID]
     ) -> None:
         """Delete the gateway with its devices, commands, agents and snapshots; its control
         channel closes. The logs it uploaded stay (they are records) until retention."""
-        await gateway_row(org_id, gateway_id)
-        await GatewayInstance.delete().where(
-            (GatewayInstance.id == gateway_id) & (GatewayInstance.org_id == org_id)
-        )
+        before = await gateway_row(org_id, gateway_id)
+        async with GatewayInstance._meta.db.transaction():
+            await GatewayInstance.delete().where(
+                (GatewayInstance.id == gateway_id) & (GatewayInstance.org_id == org_id)
+            )
+            await record(
+                None, "gateway.delete", "gateway", gateway_id, before={"name": before["name"]}
+            )
         if services.control is not None:
             await services.control.gateway_revoked(gateway_id)
         log.info("gateway deleted", org_id=str(org_id), gateway_id=str(gateway_id))
 
-    @post("/{gateway_id:uuid}/rotate-enrollment-key", status_code=200, responses=ADMIN_ERRORS)
+    @post(
+        "/{gateway_id:uuid}/rotate-enrollment-key",
+        status_code=200,
+        responses=ADMIN_ERRORS,
+        opt=needs(Permission.FLEET),
+    )
     async def rotate_enrollment_key(
         self, org_id: OrgId, services: ServicesDep, gateway_id: FromPath[uuid.UUID]
     ) -> EnrollmentKeyRotated:
@@ -260,13 +301,21 @@ class GatewayController(Controller):
         agents registering with the old one are refused once the gateway has it."""
         await gateway_row(org_id, gateway_id)
         enrollment_key = new_secret(ENROLLMENT_KEY)
-        await GatewayInstance.update(
-            {
-                GatewayInstance.enrollment_key_encrypted: services.secrets.encrypt(
-                    enrollment_key.value
-                )
-            }
-        ).where((GatewayInstance.id == gateway_id) & (GatewayInstance.org_id == org_id))
+        async with GatewayInstance._meta.db.transaction():
+            await GatewayInstance.update(
+                {
+                    GatewayInstance.enrollment_key_encrypted: services.secrets.encrypt(
+                        enrollment_key.value
+                    )
+                }
+            ).where((GatewayInstance.id == gateway_id) & (GatewayInstance.org_id == org_id))
+            await record(
+                None,
+                "gateway.rotate_enrollment_key",
+                "gateway",
+                gateway_id,
+                after={"enrollment_key": ""},
+            )
         if services.control is not None:
             await services.control.enrollment_key_rotated(gateway_id)
         log.info("gateway enrollment key rotated", org_id=str(org_id), gateway_id=str(gateway_id))

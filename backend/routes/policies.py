@@ -11,6 +11,8 @@ from litestar import Controller, get, post, put
 from litestar.params import FromPath, FromQuery, JSONBody
 from msgspec import Meta
 
+from backend.accounts.roles import Permission, needs
+from backend.audit import record
 from backend.errors import Conflict, NotFound
 from backend.logging import get_logger
 from backend.routes.common import (
@@ -66,11 +68,22 @@ class PolicyPage(msgspec.Struct):
     next_cursor: str | None
 
 
+class RevisionAuthor(msgspec.Struct):
+    kind: str
+    id: uuid.UUID | None
+    label: str
+    role: str
+
+
 class RevisionOut(msgspec.Struct):
     revision: int
     checksum: str
     body: PolicyBody
     created_at: dt.datetime
+    # Who made the revision and the policy's before/after (from the audit trail); None for
+    # revisions older than the trail.
+    author: RevisionAuthor | None = None
+    changes: dict[str, Any] | None = None
 
 
 class RevisionList(msgspec.Struct):
@@ -117,12 +130,17 @@ async def _clear_default(org_id: uuid.UUID) -> None:
     )
 
 
+def _audited(row: dict[str, Any]) -> dict[str, Any]:
+    return {key: row[key] for key in ("name", "revision", "checksum", "is_default", "body")}
+
+
 async def _new_revision(
     org_id: uuid.UUID,
     policy_id: uuid.UUID,
     body: PolicyBody,
     name: str | None = None,
     is_default: bool | None = None,
+    action: str = "policy.update",
 ) -> dict[str, Any]:
     """Make `body` the policy's next revision, keeping every earlier one."""
     checksum = policy_checksum(body)
@@ -150,6 +168,10 @@ async def _new_revision(
         updated = (
             await Policy.update(changes).where(Policy.id == policy_id).returning(Policy.revision)
         )
+        after = await policy_row(org_id, policy_id)
+        event_id = await record(
+            None, action, "policy", policy_id, before=_audited(current), after=_audited(after)
+        )
         await PolicyRevision.insert(
             PolicyRevision(
                 id=uuid.uuid4(),
@@ -157,9 +179,26 @@ async def _new_revision(
                 revision=updated[0]["revision"],
                 checksum=checksum,
                 body=encoded,
+                audit_event_id=event_id,
             )
         )
-    return await policy_row(org_id, policy_id)
+    return after
+
+
+def _revision_out(row: Any) -> RevisionOut:
+    author = None
+    if row["actor_kind"] is not None:
+        author = RevisionAuthor(
+            kind=row["actor_kind"], id=row["actor_id"], label=row["actor_label"], role=row["role"]
+        )
+    return RevisionOut(
+        revision=row["revision"],
+        checksum=row["checksum"],
+        body=msgspec.json.decode(row["body"], type=PolicyBody),
+        created_at=row["created_at"],
+        author=author,
+        changes=msgspec.json.decode(row["changes"]) if row["changes"] is not None else None,
+    )
 
 
 async def _push(services: Services, org_id: uuid.UUID, policy_id: uuid.UUID | None) -> None:
@@ -173,7 +212,7 @@ class PolicyController(Controller):
     path = "/v2/policies"
     tags = ["policies"]
 
-    @post("/", status_code=201, responses=ADMIN_ERRORS)
+    @post("/", status_code=201, responses=ADMIN_ERRORS, opt=needs(Permission.FLEET))
     async def create_policy(
         self, org_id: OrgId, services: ServicesDep, data: JSONBody[PolicyCreate]
     ) -> PolicyOut:
@@ -198,6 +237,13 @@ class PolicyController(Controller):
                     body=encoded,
                 )
             )
+            event_id = await record(
+                None,
+                "policy.create",
+                "policy",
+                policy_id,
+                after=_audited(await policy_row(org_id, policy_id)),
+            )
             await PolicyRevision.insert(
                 PolicyRevision(
                     id=uuid.uuid4(),
@@ -205,6 +251,7 @@ class PolicyController(Controller):
                     revision=1,
                     checksum=checksum,
                     body=encoded,
+                    audit_event_id=event_id,
                 )
             )
         await _push(services, org_id, None if data.is_default and has_default else policy_id)
@@ -225,7 +272,7 @@ class PolicyController(Controller):
     async def get_policy(self, org_id: OrgId, policy_id: FromPath[uuid.UUID]) -> PolicyOut:
         return policy_out(await policy_row(org_id, policy_id))
 
-    @put("/{policy_id:uuid}", responses=ADMIN_ERRORS)
+    @put("/{policy_id:uuid}", responses=ADMIN_ERRORS, opt=needs(Permission.FLEET))
     async def change_policy(
         self,
         org_id: OrgId,
@@ -239,28 +286,29 @@ class PolicyController(Controller):
         return policy_out(row)
 
     @get("/{policy_id:uuid}/revisions", responses=ADMIN_ERRORS)
-    async def list_revisions(self, org_id: OrgId, policy_id: FromPath[uuid.UUID]) -> RevisionList:
-        """Every revision, newest first."""
+    async def list_revisions(
+        self, org_id: OrgId, services: ServicesDep, policy_id: FromPath[uuid.UUID]
+    ) -> RevisionList:
+        """Every revision, newest first, with its author and changeset."""
         await policy_row(org_id, policy_id)
-        rows = (
-            await PolicyRevision.select()
-            .where(PolicyRevision.policy_id == policy_id)
-            .order_by(PolicyRevision.revision, ascending=False)
-            .output(load_json=True)
-        )
-        return RevisionList(
-            items=[
-                RevisionOut(
-                    revision=r["revision"],
-                    checksum=r["checksum"],
-                    body=msgspec.convert(r["body"], PolicyBody),
-                    created_at=r["created_at"],
-                )
-                for r in rows
-            ]
-        )
+        async with services.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT r.revision, r.checksum, r.body::text AS body, r.created_at,"
+                " a.actor_kind, a.actor_id, a.actor_label, a.role, a.changes::text AS changes"
+                " FROM policy_revisions r LEFT JOIN audit_events a"
+                " ON a.id = r.audit_event_id AND a.org_id = $2"
+                " WHERE r.policy_id = $1 ORDER BY r.revision DESC",
+                policy_id,
+                org_id,
+            )
+        return RevisionList(items=[_revision_out(r) for r in rows])
 
-    @post("/{policy_id:uuid}/rollback", status_code=200, responses=ADMIN_ERRORS)
+    @post(
+        "/{policy_id:uuid}/rollback",
+        status_code=200,
+        responses=ADMIN_ERRORS,
+        opt=needs(Permission.FLEET),
+    )
     async def rollback_policy(
         self,
         org_id: OrgId,
@@ -280,7 +328,12 @@ class PolicyController(Controller):
         )
         if old is None:
             raise NotFound(f"policy {policy_id} has no revision {data.revision}")
-        row = await _new_revision(org_id, policy_id, msgspec.convert(old["body"], PolicyBody))
+        row = await _new_revision(
+            org_id,
+            policy_id,
+            msgspec.convert(old["body"], PolicyBody),
+            action="policy.rollback",
+        )
         await _push(services, org_id, policy_id)
         return policy_out(row)
 

@@ -11,9 +11,11 @@ import msgspec
 from litestar import Controller, Request, get, patch, post
 from litestar.params import FromPath, FromQuery
 
+from backend.accounts.roles import Permission, needs
 from backend.attendance import bodies
 from backend.attendance.bodies import OrganizationChange, ShiftChange, ShiftCreate
 from backend.attendance.capture import BY_EMPLOYEE_ID, mark_dirty
+from backend.audit import record
 from backend.errors import InvalidRequest, NotFound, PayloadTooLarge
 from backend.routes.common import (
     ADMIN_ERRORS,
@@ -107,7 +109,7 @@ class ShiftController(Controller):
     path = "/v2/shifts"
     tags = ["people"]
 
-    @post("/", status_code=201, responses=ADMIN_ERRORS)
+    @post("/", status_code=201, responses=ADMIN_ERRORS, opt=needs(Permission.PEOPLE))
     async def create_shift(
         self, org_id: OrgId, services: ServicesDep, request: Request[Any, Any, Any]
     ) -> ShiftOut:
@@ -115,7 +117,7 @@ class ShiftController(Controller):
         "late_grace_s"?, "early_grace_s"?, "min_punch_gap_s"?}`; end <= start ends the
         next day."""
         data = bodies.decode(await _body(request), ShiftCreate)
-        async with services.connection() as conn:
+        async with services.connection() as conn, conn.transaction():
             row = await conn.fetchrow(
                 "INSERT INTO shifts (id, org_id, name, start_time, end_time, working_days,"
                 " late_grace_s, early_grace_s, min_punch_gap_s)"
@@ -130,7 +132,9 @@ class ShiftController(Controller):
                 data.early_grace_s,
                 data.min_punch_gap_s,
             )
-        return _shift_out(row)
+            created = _shift_out(row)
+            await record(conn, "shift.create", "shift", created.id, after=created)
+        return created
 
     @get("/", responses=ADMIN_ERRORS)
     async def list_shifts(
@@ -171,7 +175,7 @@ class ShiftController(Controller):
         async with services.connection() as conn:
             return _shift_out(await _read_shift(conn, org_id, shift_id))
 
-    @patch("/{shift_id:uuid}", responses=ADMIN_ERRORS)
+    @patch("/{shift_id:uuid}", responses=ADMIN_ERRORS, opt=needs(Permission.PEOPLE))
     async def change_shift(
         self,
         org_id: OrgId,
@@ -182,7 +186,7 @@ class ShiftController(Controller):
         """Change fields; the recent days of everyone on the shift are recomputed."""
         data = bodies.decode(await _body(request), ShiftChange)
         async with services.connection() as conn, conn.transaction():
-            row = await _read_shift(conn, org_id, shift_id)
+            row = before = await _read_shift(conn, org_id, shift_id)
             start = bodies.clock(data.start) if isinstance(data.start, str) else row["start_time"]
             end = bodies.clock(data.end) if isinstance(data.end, str) else row["end_time"]
             if start == end:
@@ -213,6 +217,14 @@ class ShiftController(Controller):
                 *values.values(),
             )
             await recompute_org_employees(conn, org_id, shift_id)
+            await record(
+                conn,
+                "shift.update",
+                "shift",
+                shift_id,
+                before=_shift_out(before),
+                after=_shift_out(row),
+            )
         return _shift_out(row)
 
 
@@ -229,7 +241,7 @@ class OrganizationController(Controller):
             )
         return OrganizationOut(**dict(row))
 
-    @patch("/", responses=ADMIN_ERRORS)
+    @patch("/", responses=ADMIN_ERRORS, opt=needs(Permission.PEOPLE))
     async def change_organization(
         self, org_id: OrgId, services: ServicesDep, request: Request[Any, Any, Any]
     ) -> OrganizationOut:
@@ -237,6 +249,10 @@ class OrganizationController(Controller):
         following the organisation's zone or default shift are recomputed."""
         data = bodies.decode(await _body(request), OrganizationChange)
         async with services.connection() as conn, conn.transaction():
+            before = await conn.fetchrow(
+                "SELECT id, name, time_zone, default_shift_id FROM organizations WHERE id = $1",
+                org_id,
+            )
             if isinstance(data.time_zone, str):
                 bodies.check_zone(data.time_zone)
                 await conn.execute(
@@ -256,5 +272,13 @@ class OrganizationController(Controller):
             row = await conn.fetchrow(
                 "SELECT id, name, time_zone, default_shift_id FROM organizations WHERE id = $1",
                 org_id,
+            )
+            await record(
+                conn,
+                "organization.update",
+                "organization",
+                org_id,
+                before=dict(before),
+                after=dict(row),
             )
         return OrganizationOut(**dict(row))

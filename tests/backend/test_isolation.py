@@ -109,6 +109,9 @@ def bodies(a: dict[str, str]) -> dict[tuple[str, str], Any]:
         ("PATCH", "/v2/shifts/{shift_id:uuid}"): {"name": "hijacked", "start": "01:00"},
         # Org A's own setting, unchanged in value: its recorded days stay as they are.
         ("PATCH", "/v2/organization"): {"time_zone": "UTC"},
+        ("POST", "/v2/users"): {"email": f"{fresh}@example.com", "name": "b", "role": "viewer"},
+        ("PATCH", "/v2/users/{user_id:uuid}"): {"name": "hijacked", "role": "operator"},
+        ("POST", "/v2/users/{user_id:uuid}/tokens"): {"name": "b-token"},
     }
 
 
@@ -213,6 +216,16 @@ async def org_a_resources(client: AsyncTestClient[Litestar], a: Org) -> dict[str
     assert device.status_code == 201
     token = await client.post("/v2/admin-tokens", json={"name": "a-2"}, headers=a.headers)
     assert token.status_code == 201
+    user = await client.post(
+        "/v2/users",
+        json={"email": f"a-{uuid.uuid4().hex[:12]}@example.com", "name": "a-user", "role": "hr"},
+        headers=a.headers,
+    )
+    assert user.status_code == 201, user.text
+    user_token = await client.post(
+        f"/v2/users/{user.json()['id']}/tokens", json={"name": "a-pat"}, headers=a.headers
+    )
+    assert user_token.status_code == 201, user_token.text
     shift = await client.post(
         "/v2/shifts", json={"name": "a-shift", "start": "08:00", "end": "16:00"}, headers=a.headers
     )
@@ -234,6 +247,9 @@ async def org_a_resources(client: AsyncTestClient[Litestar], a: Org) -> dict[str
         "policy_id": policy.json()["id"],
         "device_id": device.json()["id"],
         "token_id": token.json()["id"],
+        "user_id": user.json()["id"],
+        "user_email": user.json()["email"],
+        "user_token_id": user_token.json()["id"],
         "shift_id": shift.json()["id"],
         "employee_id": employee.json()["id"],
         "employee_name": employee.json()["name"],
@@ -387,6 +403,9 @@ async def org_a_state(client: AsyncTestClient[Litestar], a: Org, ids: dict[str, 
         f"/v2/agents/{ids['agent_id']}",
         f"/v2/employees/{ids['employee_id']}",
         f"/v2/shifts/{ids['shift_id']}",
+        f"/v2/users/{ids['user_id']}",
+        f"/v2/users/{ids['user_id']}/tokens",
+        "/v2/users",
         "/v2/organization",
         "/v2/employees",
         "/v2/shifts",
@@ -461,6 +480,8 @@ async def test_every_route_refuses_other_organisations(
         route_ids = dict(ids)
         if "/devices/" in template and "command_id" in template:
             route_ids["command_id"] = ids["device_command_id"]
+        if "/users/" in template and "token_id" in template:
+            route_ids["token_id"] = ids["user_token_id"]
         path = fill(template, route_ids)
         params = QUERY.get(template)
         body = None

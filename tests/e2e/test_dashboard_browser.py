@@ -5,7 +5,9 @@ An operator signs in with the admin token, watches the gateway come ONLINE witho
 pings it, opens a door and sees SUCCESS (and a wrongly configured door FAILED, in words),
 changes a policy (a bad value is refused at its field) and watches the rollout complete.
 HR adds an employee with a card, the card is shown at the simulated door, and they are on
-Today's late list and in the month's CSV.
+Today's late list and in the month's CSV. Users sign in with email and password: a viewer
+sees no door buttons and no form to add people; an operator opens a door, and the audit trail
+names them.
 """
 
 from __future__ import annotations
@@ -256,3 +258,55 @@ def test_hr_adds_an_employee_finds_them_late_on_today_and_downloads_the_month(
         rows = list(csv.DictReader(io.StringIO(text)))
         late_rows = [r for r in rows if r["employee_no"] == "1001" and r["status"] == "late"]
         assert [r["date"] for r in late_rows] == [start.date().isoformat()]
+
+
+def sign_in_as_user(page: Page, s: Site, email: str, password: str) -> None:
+    page.goto(f"{s.dashboard}/sign-in")
+    page.fill("#email", email)
+    page.fill("#password", password + "-wrong")
+    page.click("button[type=submit]")
+    expect(page.locator("#token-error")).to_contain_text("not valid")
+    page.fill("#email", email)
+    page.fill("#password", password)
+    page.keyboard.press("Enter")
+    expect(page.locator("h1")).to_have_text("Today")
+
+
+def test_users_sign_in_with_email_and_password_and_see_only_what_their_role_may_do(
+    tmp_path: Path, database_url: str, browser: Browser
+) -> None:
+    password = "a long enough password"
+    with site(tmp_path, database_url) as s:
+        front = s.add_door("front door")
+        for role in ("viewer", "operator"):
+            created = s.admin.post(
+                "/v2/users",
+                json={
+                    "email": f"{role}@site.test",
+                    "name": role,
+                    "role": role,
+                    "password": password,
+                },
+            )
+            assert created.status_code == 201, created.text
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.set_default_timeout(LONG_MS)
+
+        sign_in_as_user(page, s, "viewer@site.test", password)
+        expect(page.locator("#signed-in-as")).to_have_text("viewer@site.test · viewer")
+        page.click("nav >> text=Doors")
+        expect(page.locator('tr[data-door="front door"]')).to_be_visible()
+        expect(page.locator(f"#door-{front}-open_door")).to_have_count(0)
+        page.click("nav >> text=People")
+        expect(page.locator("#add-title")).to_have_count(0)
+        page.click("text=Sign out")
+        expect(page).to_have_url(f"{s.dashboard}/sign-in")
+
+        sign_in_as_user(page, s, "operator@site.test", password)
+        page.click("nav >> text=Doors")
+        page.click(f"#door-{front}-open_door")
+        expect(page.locator('#door-commands li[data-command-type="open_door"]')).to_have_count(1)
+        events = s.admin.get("/v2/audit", params={"action": "device_command.create"}).json()
+        assert [(e["actor"]["label"], e["actor"]["role"]) for e in events["items"]] == [
+            ("operator@site.test", "operator")
+        ]

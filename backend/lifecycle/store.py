@@ -12,6 +12,7 @@ writer of that month removes. The root is any fsspec URL; a plain path is a loca
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import os
@@ -302,7 +303,5 @@ class ArchiveStore:
         return removed
 
     def remove_quietly(self, path: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.fs.rm(path)
-        except FileNotFoundError:
-            pass

@@ -89,7 +89,7 @@ def _columns(rows: list[Any]) -> dict[str, list[Any]]:
     return out
 
 
-async def _next_batch(batches: Iterator[Any]) -> Any:
+async def next_batch(batches: Iterator[Any]) -> Any:
     return await asyncio.to_thread(next, batches, None)
 
 
@@ -98,7 +98,7 @@ async def _load_previous(conn: Any, store: ArchiveStore, previous: Manifest) -> 
     await asyncio.to_thread(store.check, previous)
     await conn.execute(_MERGE_DDL)
     batches = store.batches(previous)
-    while (batch := await _next_batch(batches)) is not None:
+    while (batch := await next_batch(batches)) is not None:
         columns = batch.to_pydict()
         await conn.copy_records_to_table(
             "archive_merge", records=list(zip(*(columns[c] for c in COLUMNS), strict=True)),
@@ -220,7 +220,7 @@ async def rewrite_month(
     removed = 0
     try:
         batches = store.batches(previous)
-        while (batch := await _next_batch(batches)) is not None:
+        while (batch := await next_batch(batches)) is not None:
             mask = drop(batch)
             removed += pc.sum(mask).as_py() or 0
             kept = batch.filter(pc.invert(mask))
@@ -273,7 +273,7 @@ async def restore(
         async with conn.transaction():
             await conn.execute(_MERGE_DDL)
             batches = store.batches(manifest)
-            while (batch := await _next_batch(batches)) is not None:
+            while (batch := await next_batch(batches)) is not None:
                 columns = batch.to_pydict()
                 records = list(zip(*(columns[c] for c in COLUMNS), strict=True))
                 await conn.copy_records_to_table(

@@ -42,7 +42,7 @@ async def maintenance(migrated_url: str, tmp_path: Path) -> AsyncIterator[Servic
 
 
 async def test_one_organisations_door_events_are_kept_while_anothers_are_archived_and_gone(
-    client: AsyncTestClient[Litestar],
+    client: AsyncTestClient[Litestar],  # noqa: F811
     new_org: Any,  # noqa: F811
     maintenance: Services,
 ) -> None:
@@ -117,10 +117,10 @@ async def test_one_organisations_door_events_are_kept_while_anothers_are_archive
     ],
 )
 async def test_a_retention_the_backend_cannot_apply_is_refused_naming_the_field(
-    client: AsyncTestClient[Litestar],
-    org: Org,
+    client: AsyncTestClient[Litestar],  # noqa: F811
+    org: Org,  # noqa: F811
     body: Any,
-    detail: str,  # noqa: F811
+    detail: str,
 ) -> None:
     response = await client.put("/v2/organization/retention", json=body, headers=org.headers)
     assert response.status_code == 400, response.text

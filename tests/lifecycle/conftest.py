@@ -20,6 +20,13 @@ from backend.lifecycle.store import ArchiveStore
 from backend.partitions import LogPartitions
 from backend.services import Services
 from protocol.storable import month_of
+from tests.backend.conftest import (  # noqa: F401  (fixtures of the API tests)
+    client,
+    make_app,
+    migrated_url,
+    new_org,
+    org,
+)
 
 ROW_COLUMNS = "ts, id, org_id, gateway_id, agent_id, agent_uid, kind, received_at, data::text"
 

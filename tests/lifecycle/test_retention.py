@@ -16,21 +16,14 @@ from backend.lifecycle.retention import archive_store
 from backend.maintenance import run_maintenance
 from backend.services import Services
 from protocol.storable import month_of
-from tests.backend.conftest import (  # noqa: F401  (fixtures)
-    Org,
-    client,
-    make_app,
-    migrated_url,
-    new_org,
-    org,
-)
+from tests.backend.conftest import Org
 from tests.lifecycle.conftest import a_log, archived_rows, db_rows, insert_logs, make_services
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-async def maintenance(migrated_url: str, tmp_path: Path) -> AsyncIterator[Services]:  # noqa: F811
+async def maintenance(migrated_url: str, tmp_path: Path) -> AsyncIterator[Services]:
     """Services in the test's own event loop (the test client runs the app in another),
     on the app's database and data dir (so the same archive)."""
     services = make_services(migrated_url, tmp_path / "data")
@@ -42,8 +35,8 @@ async def maintenance(migrated_url: str, tmp_path: Path) -> AsyncIterator[Servic
 
 
 async def test_one_organisations_door_events_are_kept_while_anothers_are_archived_and_gone(
-    client: AsyncTestClient[Litestar],  # noqa: F811
-    new_org: Any,  # noqa: F811
+    client: AsyncTestClient[Litestar],
+    new_org: Any,
     maintenance: Services,
 ) -> None:
     keeper, shredder = await new_org("keeper"), await new_org("shredder")
@@ -117,8 +110,8 @@ async def test_one_organisations_door_events_are_kept_while_anothers_are_archive
     ],
 )
 async def test_a_retention_the_backend_cannot_apply_is_refused_naming_the_field(
-    client: AsyncTestClient[Litestar],  # noqa: F811
-    org: Org,  # noqa: F811
+    client: AsyncTestClient[Litestar],
+    org: Org,
     body: Any,
     detail: str,
 ) -> None:

@@ -9,6 +9,7 @@ import datetime as dt
 from backend.lifecycle.retention import apply_retention
 from backend.logging import get_logger
 from backend.services import Services
+from protocol.storable import AGENT_WINDOW, BACKEND_CLOCK_SLACK
 
 log = get_logger("backend.maintenance")
 _BATCH_ID_HORIZON = dt.timedelta(days=90)
@@ -20,7 +21,11 @@ async def run_maintenance(services: Services, now: dt.datetime | None = None) ->
     config = services.config
     pool = services.pool
     retention = dt.timedelta(days=config.log_retention_days)
-    await services.partitions.ensure_window(pool, now, retention)
+    # Ahead for the months agents post into; an older month (a long-buffered backlog, a
+    # restore) gets its partition on demand, so the years retention may keep need none now.
+    await services.partitions.ensure_window(
+        pool, now, min(retention, AGENT_WINDOW.past + BACKEND_CLOCK_SLACK)
+    )
     # Per organisation and kind: archived first, then deleted; emptied months dropped.
     expired = await apply_retention(services, now)
     # Per-log dedupe covers a retry older than this; batch ids need not outlive it.

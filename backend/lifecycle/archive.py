@@ -41,7 +41,13 @@ FETCH_ROWS = 10_000
 # instances: (this class, hashtext(org_id)).
 _ORG_LOCK_CLASS = 0x7D_61_72
 
-_SELECT = "ts, id, org_id, gateway_id, agent_id, agent_uid, kind, received_at, data::text AS data"
+# Ids as text and times as microseconds since 1970 (how the archive holds them), made by
+# PostgreSQL rather than built as UUID and datetime objects in Python (twice as fast).
+_US = "(extract(epoch FROM {0}) * 1000000)::int8"
+_SELECT = (
+    f"{_US.format('ts')}, id::text, org_id::text, gateway_id::text, agent_id::text,"
+    f" agent_uid, kind, {_US.format('received_at')}, data::text"
+)
 # A row expires when older than its kind's cutoff ($2: {kind: cutoff}); other kinds at $3.
 EXPIRED = "org_id = $1 AND ts < COALESCE(($2::jsonb ->> kind)::timestamptz, $3)"
 _MERGE_DDL = """
@@ -79,14 +85,8 @@ def cutoffs_json(cutoffs: dict[str, dt.datetime]) -> str:
 
 
 def _columns(rows: list[Any]) -> dict[str, list[Any]]:
-    """asyncpg records in the archive's column order to the archive's columns."""
-    out: dict[str, list[Any]] = {name: [] for name in COLUMNS}
-    lists = [out[name] for name in COLUMNS]
-    for row in rows:
-        for position, values in enumerate(lists):
-            value = row[position]
-            values.append(value if value is None or position not in (1, 2, 3, 4) else str(value))
-    return out
+    """asyncpg records, in the archive's column order, to the archive's columns."""
+    return dict(zip(COLUMNS, (list(column) for column in zip(*rows, strict=True)), strict=True))
 
 
 async def next_batch(batches: Iterator[Any]) -> Any:
@@ -166,12 +166,18 @@ async def archive_expired(
             if expiring == 0:
                 return None
             if previous is None:
-                query = f"SELECT {_SELECT} FROM {table} WHERE {EXPIRED} ORDER BY ts, id"
+                query = (
+                    f"SELECT {_SELECT} FROM {table} WHERE {EXPIRED} ORDER BY {table}.ts, {table}.id"
+                )
             else:
                 await _load_previous(conn, store, previous)
                 query = (
-                    "SELECT DISTINCT ON (u.ts, u.id) u.* FROM ("
-                    f"SELECT {_SELECT} FROM {table} WHERE {EXPIRED}"
+                    "SELECT DISTINCT ON (u.ts, u.id) "
+                    f"{_US.format('u.ts')}, u.id::text, u.org_id::text,"
+                    " u.gateway_id::text, u.agent_id::text,"
+                    f" u.agent_uid, u.kind, {_US.format('u.received_at')}, u.data FROM ("
+                    "SELECT ts, id, org_id, gateway_id, agent_id, agent_uid, kind, received_at,"
+                    f" data::text AS data FROM {table} WHERE {EXPIRED}"
                     " UNION ALL SELECT ts, id, org_id, gateway_id, agent_id, agent_uid, kind,"
                     " received_at, data FROM archive_merge) AS u ORDER BY u.ts, u.id"
                 )

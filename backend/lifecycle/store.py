@@ -160,7 +160,9 @@ class DataFileWriter:
         kinds = batch.column("kind").value_counts()
         for entry in kinds.to_pylist():
             self.kinds[entry["values"]] = self.kinds.get(entry["values"], 0) + entry["counts"]
-        first, last = columns["ts"][0], columns["ts"][-1]
+        # Batches arrive in (ts, id) order; `ts` may be given as microseconds since 1970.
+        ts = batch.column("ts")
+        first, last = ts[0].as_py(), ts[batch.num_rows - 1].as_py()
         self.min_ts = first if self.min_ts is None else min(self.min_ts, first)
         self.max_ts = last if self.max_ts is None else max(self.max_ts, last)
 

@@ -314,6 +314,8 @@ async def restore(
 
 
 async def held_months(conn: Any, now: dt.datetime) -> set[tuple[uuid.UUID, dt.date]]:
+    """The (organisation, month) pairs a restore holds out of maintenance now."""
+    await conn.execute("DELETE FROM archive_restores WHERE hold_until <= $1", now)
     rows = await conn.fetch("SELECT org_id, month FROM archive_restores WHERE hold_until > $1", now)
     return {(row["org_id"], row["month"]) for row in rows}
 

@@ -81,7 +81,7 @@ def run(
     if args.archive_command == "list":
         org = _uuid(args.org, "--org") if args.org else None
         items = [msgspec.to_builtins(m) for m in store.manifests(org)]
-        print(json.dumps({"archive": store.url, "items": items}))
+        print(json.dumps({"archive": store.root, "items": items}))
         return 0
     org_id = _uuid(args.org, "ORG")
     try:

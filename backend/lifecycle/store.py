@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import fsspec  # type: ignore[import-untyped]
+import fsspec.implementations.local  # type: ignore[import-untyped]
 import msgspec
 import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
@@ -193,6 +194,9 @@ class ArchiveStore:
         self.url = url
         self.fs, root = fsspec.core.url_to_fs(url)
         self.root = root.rstrip("/")
+        if isinstance(self.fs, fsspec.implementations.local.LocalFileSystem):
+            # People's activity: readable by the backend's user only.
+            os.makedirs(self.root, mode=0o700, exist_ok=True)
 
     def org_dir(self, org_id: uuid.UUID | str) -> str:
         return f"{self.root}/{org_id}"

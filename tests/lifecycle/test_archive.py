@@ -12,6 +12,7 @@ import pytest
 from backend.db import migrate
 from backend.lifecycle.archive import restore
 from backend.lifecycle.retention import archive_store
+from backend.lifecycle.store import ArchiveError
 from backend.maintenance import run_maintenance
 from backend.partitions import partition_name
 from protocol.storable import month_of
@@ -92,5 +93,42 @@ async def test_an_expired_month_is_archived_dropped_and_restored_whole(
             assert await db_rows(conn, "ts < $1", RECENT) == []
             assert OLD_PARTITION not in await partitions(conn)
         assert archived_rows(store, org_a, OLD_MONTH) == before_a
+    finally:
+        await services.db.close()
+
+
+def flip_a_byte(path: Path) -> None:
+    damaged = bytearray(path.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+
+
+async def test_a_damaged_archive_is_never_trusted(database_url: str, tmp_path: Path) -> None:
+    """A file that no longer matches its manifest is neither restored nor merged into: the
+    rows due meanwhile stay in the database and the failure is counted."""
+    await migrate(database_url)
+    services = make_services(database_url, tmp_path)
+    await services.db.start()
+    try:
+        org = uuid.uuid4()
+        old = dt.datetime(OLD_MONTH.year, OLD_MONTH.month, 3, tzinfo=dt.UTC)
+        await insert_logs(
+            services.pool, [a_log(org, old + dt.timedelta(hours=n)) for n in range(5)]
+        )
+        await run_maintenance(services)
+        store = archive_store(services.config)
+        manifest = store.manifest(org, OLD_MONTH)
+        assert manifest is not None and manifest.rows == 5
+        flip_a_byte(Path(store.data_path(manifest)))
+
+        with pytest.raises(ArchiveError, match="checksum differs"):
+            await restore(services.pool, store, org, OLD_MONTH, dt.timedelta(days=7))
+        late = a_log(org, old + dt.timedelta(days=1))
+        await insert_logs(services.pool, [late])
+        await run_maintenance(services)
+        async with services.pool.acquire() as conn:
+            assert [row[1] for row in await db_rows(conn)] == [late["id"]]
+        assert b"td_archive_failures_total 1.0" in services.metrics.render()
+        assert store.manifest(org, OLD_MONTH) == manifest
     finally:
         await services.db.close()

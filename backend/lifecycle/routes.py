@@ -35,6 +35,7 @@ MAX_BODY_BYTES = 8 * 1024
 
 
 class RetentionOut(msgspec.Struct, kw_only=True):
+    org_id: uuid.UUID
     # Days each kind of log is kept in the database before it is archived and deleted.
     retention: dict[str, int]
     # The kinds this organisation chose (the others follow `defaults`).
@@ -69,8 +70,9 @@ def _parse_retention(raw: bytes, max_days: int) -> dict[str, int]:
     return dict(chosen)
 
 
-def _out(chosen: dict[str, int], max_days: int) -> RetentionOut:
+def _out(org_id: uuid.UUID, chosen: dict[str, int], max_days: int) -> RetentionOut:
     return RetentionOut(
+        org_id=org_id,
         retention=effective_days(chosen, max_days),
         chosen=chosen,
         defaults={kind: min(days, max_days) for kind, days in DEFAULT_DAYS.items()},
@@ -87,7 +89,7 @@ class RetentionController(Controller):
         """Days each kind of log is kept (the organisation's choice, else the default)."""
         async with services.connection() as conn:
             chosen = await chosen_days(conn, org_id)
-        return _out(chosen, services.config.log_retention_days)
+        return _out(org_id, chosen, services.config.log_retention_days)
 
     @put("/", responses=ADMIN_ERRORS)
     async def put_retention(
@@ -103,7 +105,7 @@ class RetentionController(Controller):
                 "INSERT INTO retention_policies (org_id, kind, days) VALUES ($1, $2, $3)",
                 [(org_id, kind, days) for kind, days in chosen.items()],
             )
-        return _out(chosen, max_days)
+        return _out(org_id, chosen, max_days)
 
 
 class PrivacyController(Controller):

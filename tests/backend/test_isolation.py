@@ -109,6 +109,8 @@ def bodies(a: dict[str, str]) -> dict[tuple[str, str], Any]:
         ("PATCH", "/v2/shifts/{shift_id:uuid}"): {"name": "hijacked", "start": "01:00"},
         # Org A's own setting, unchanged in value: its recorded days stay as they are.
         ("PATCH", "/v2/organization"): {"time_zone": "UTC"},
+        ("PUT", "/v2/organization/retention"): {"retention": {"active_window": 30}},
+        ("POST", "/v2/employees/{employee_id:uuid}/erase"): None,
     }
 
 
@@ -122,6 +124,7 @@ def b_bodies(a: dict[str, str]) -> dict[tuple[str, str], Any]:
     return {
         ("POST", "/v2/employees/import"): csv_body(a["employee_no"], "renamed by org b"),
         ("PATCH", "/v2/organization"): {"time_zone": "Pacific/Auckland"},
+        ("PUT", "/v2/organization/retention"): {"retention": {"active_window": 7}},
     }
 
 
@@ -148,6 +151,7 @@ B_ON_COLLECTION = {
     ("POST", "/v2/devices"): 400,
     ("POST", "/v2/employees/import"): 200,
     ("PATCH", "/v2/organization"): 200,
+    ("PUT", "/v2/organization/retention"): 200,
 }
 # Reads over a date range need one; org A's attendance lies in it.
 TODAY = dt.datetime.now(dt.UTC).date()
@@ -388,6 +392,7 @@ async def org_a_state(client: AsyncTestClient[Litestar], a: Org, ids: dict[str, 
         f"/v2/employees/{ids['employee_id']}",
         f"/v2/shifts/{ids['shift_id']}",
         "/v2/organization",
+        "/v2/organization/retention",
         "/v2/employees",
         "/v2/shifts",
         "/v2/devices/seen",

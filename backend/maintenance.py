@@ -9,10 +9,10 @@ import datetime as dt
 from backend.lifecycle.retention import apply_retention
 from backend.logging import get_logger
 from backend.services import Services
-from protocol.storable import AGENT_WINDOW, BACKEND_CLOCK_SLACK
 
 log = get_logger("backend.maintenance")
 _BATCH_ID_HORIZON = dt.timedelta(days=90)
+_PARTITIONS_BACK = dt.timedelta(days=90)
 
 
 async def run_maintenance(services: Services, now: dt.datetime | None = None) -> None:
@@ -21,11 +21,9 @@ async def run_maintenance(services: Services, now: dt.datetime | None = None) ->
     config = services.config
     pool = services.pool
     retention = dt.timedelta(days=config.log_retention_days)
-    # Ahead for the months agents post into; an older month (a long-buffered backlog, a
-    # restore) gets its partition on demand, so the years retention may keep need none now.
-    await services.partitions.ensure_window(
-        pool, now, min(retention, AGENT_WINDOW.past + BACKEND_CLOCK_SLACK)
-    )
+    # Made ahead: the months logs usually arrive for. An older one (a long-buffered backlog,
+    # a restore) gets its partition on demand: the years retention may keep need none now.
+    await services.partitions.ensure_window(pool, now, min(retention, _PARTITIONS_BACK))
     # Per organisation and kind: archived first, then deleted; emptied months dropped.
     expired = await apply_retention(services, now)
     # Per-log dedupe covers a retry older than this; batch ids need not outlive it.

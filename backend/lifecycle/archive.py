@@ -208,7 +208,6 @@ async def archive_expired(
 
 
 async def rewrite_month(
-    conn: Any,
     store: ArchiveStore,
     org_id: uuid.UUID,
     month: dt.date,

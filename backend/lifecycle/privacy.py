@@ -316,7 +316,6 @@ async def erase(
         archived = rewritten = 0
         for manifest in store.manifests(org_id):
             removed = await rewrite_month(
-                conn,
                 store,
                 org_id,
                 parse_month(manifest.month),

@@ -208,12 +208,10 @@ async def export_zip(pool: Any, store: ArchiveStore, subject: Subject) -> AsyncI
         yield sink.take()
         for name, query, which in _TABLES:
             with archive.open(name, mode="w", force_zip64=True) as entry:
-                header_written = False
-                cursor = await conn.cursor(query, *_table_args(subject, which))
+                statement = await conn.prepare(query)
+                entry.write(_csv_line([column.name for column in statement.get_attributes()]))
+                cursor = await statement.cursor(*_table_args(subject, which))
                 while rows := await cursor.fetch(FETCH_ROWS):
-                    if not header_written:
-                        entry.write(_csv_line(list(rows[0].keys())))
-                        header_written = True
                     for record in rows:
                         entry.write(_csv_line(list(record.values())))
                     yield sink.take()

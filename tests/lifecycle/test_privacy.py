@@ -122,6 +122,10 @@ async def test_an_employees_data_is_exported_and_then_erased_everywhere(
         json.loads(row["data"]).get("serial_no") for row in logs if row["kind"] == "device_event"
     } == {1, 9}
     assert [p["employee_no"] for p in theirs["punches.csv"]] == ["E1"]
+    assert theirs["activity.csv"] and {a["agent_uid"] for a in theirs["activity.csv"]} == {
+        "pc-alice"
+    }
+    assert {a["item"] for a in theirs["app_usage.csv"]} == {"editor"}
     assert all("bob" not in json.dumps(row).lower() for row in logs)
 
     # Another organisation cannot ask for Alice's data, nor erase it.
@@ -163,7 +167,7 @@ async def test_an_employees_data_is_exported_and_then_erased_everywhere(
     assert [row[5] for row in archived] == ["pc-bob"]
 
     again = await export(client, org, alice)
-    assert again["logs.csv"] == [] and again["punches.csv"] == []
+    assert again["logs.csv"] == [] and again["punches.csv"] == [] and again["activity.csv"] == []
     assert again["employee.json"]["employee"]["name"] == "erased"
     # Bob's data is all still there.
     bobs = await export(client, org, bob)

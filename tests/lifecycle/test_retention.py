@@ -89,6 +89,15 @@ async def test_one_organisations_door_events_are_kept_while_anothers_are_archive
     assert 'td_retention_rows_deleted_total{kind="active_window"} 3.0' in metrics
     assert "td_archive_failures_total 0.0" in metrics
 
+    served = (await client.get("/metrics")).text
+    for series in (
+        "td_archive_runs_total",
+        "td_archive_last_success_timestamp_seconds",
+        "td_archive_failures_total",
+        "td_retention_partitions_dropped_total",
+    ):
+        assert series in served, series
+
     # Each organisation sees only its own choices.
     mine = (await client.get("/v2/organization/retention", headers=keeper.headers)).json()
     assert mine["chosen"] == {} and mine["retention"]["device_event"] == 1095

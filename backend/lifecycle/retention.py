@@ -20,7 +20,7 @@ from typing import Any
 from backend.config import Config
 from backend.lifecycle.archive import archive_expired, held_months, month_bounds
 from backend.lifecycle.metrics import lifecycle_metrics
-from backend.lifecycle.store import ArchiveStore
+from backend.lifecycle.store import ArchiveError, ArchiveStore
 from backend.logging import get_logger
 from backend.partitions import partition_name
 from backend.services import Services
@@ -44,7 +44,13 @@ assert set(DEFAULT_DAYS) == set(KINDS), "every log kind needs a default retentio
 
 
 def archive_store(config: Config) -> ArchiveStore:
-    return ArchiveStore(config.archive_url or str(config.data_path.resolve() / "archive"))
+    """The archive TD_ARCHIVE_URL names (default <data-dir>/archive)."""
+    url = config.archive_url or str(config.data_path.resolve() / "archive")
+    try:
+        return ArchiveStore(url)
+    except (ImportError, ValueError, OSError) as exc:
+        # e.g. s3:// without s3fs installed: say which setting to fix.
+        raise ArchiveError(f"TD_ARCHIVE_URL: cannot use it ({exc})") from None
 
 
 async def chosen_days(conn: Any, org_id: uuid.UUID) -> dict[str, int]:
@@ -88,9 +94,17 @@ async def apply_retention(services: Services, now: dt.datetime) -> RetentionOutc
     on the next pass; the others go on."""
     config = services.config
     pool = services.pool
-    store = archive_store(config)
     metrics = lifecycle_metrics(services.metrics)
     outcome = RetentionOutcome()
+    metrics.archive_runs.inc()
+    try:
+        store = archive_store(config)
+    except ArchiveError:
+        # Nothing is deleted without an archive; ingest and the API go on meanwhile.
+        log.exception("archive unavailable; nothing expires this pass")
+        metrics.archive_failures.inc()
+        outcome.failures += 1
+        return outcome
     other_cutoff = now - dt.timedelta(days=config.log_retention_days)
     started = time.monotonic()
     async with pool.acquire() as conn:
@@ -131,7 +145,6 @@ async def apply_retention(services: Services, now: dt.datetime) -> RetentionOutc
         if end <= other_cutoff and await services.partitions.drop_if_empty(pool, month):
             outcome.partitions_dropped.append(partition_name(month))
             metrics.partitions_dropped.inc()
-    metrics.archive_runs.inc()
     metrics.retention_run_seconds.set(time.monotonic() - started)
     if outcome.failures == 0:
         metrics.archive_last_success.set(time.time())

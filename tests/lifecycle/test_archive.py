@@ -132,3 +132,20 @@ async def test_a_damaged_archive_is_never_trusted(database_url: str, tmp_path: P
         assert store.manifest(org, OLD_MONTH) == manifest
     finally:
         await services.db.close()
+
+
+async def test_without_a_usable_archive_nothing_expires(database_url: str, tmp_path: Path) -> None:
+    await migrate(database_url)
+    services = make_services(database_url, tmp_path, archive_url="nosuchscheme://bucket/td")
+    await services.db.start()
+    try:
+        org = uuid.uuid4()
+        old = dt.datetime(OLD_MONTH.year, OLD_MONTH.month, 3, tzinfo=dt.UTC)
+        await insert_logs(services.pool, [a_log(org, old)])
+        await run_maintenance(services)
+        async with services.pool.acquire() as conn:
+            assert len(await db_rows(conn)) == 1
+            assert await conn.fetchval("SELECT to_regclass($1)", OLD_PARTITION) is not None
+        assert b"td_archive_failures_total 1.0" in services.metrics.render()
+    finally:
+        await services.db.close()

@@ -33,12 +33,18 @@ OLD_START = dt.datetime(OLD_MONTH.year, OLD_MONTH.month, 1, tzinfo=dt.UTC)
 KINDS = ("idle", "active_window", "activity", "session", "device_event")
 
 
-def td_backend(tmp_path: Path, url: str, *args: str, crash_after: str | None = None) -> Any:
+def td_backend(
+    tmp_path: Path,
+    url: str,
+    *args: str,
+    crash_after: str | None = None,
+    archive_url: str | None = None,
+) -> Any:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("TD_")},
         "TD_DATABASE_URL": url,
         "TD_DATA_DIR": str(tmp_path / "data"),
-        "TD_ARCHIVE_URL": str(tmp_path / "archive"),
+        "TD_ARCHIVE_URL": archive_url or str(tmp_path / "archive"),
         "TD_LOG_FORMAT": "json",
     }
     if crash_after:
@@ -138,5 +144,7 @@ async def test_restore_names_what_it_cannot_find(database_url: str, tmp_path: Pa
     assert "no archive for organisation" in missing.stderr
     bad = td_backend(tmp_path, database_url, "archive", "restore", "acme", "2020-01")
     assert bad.returncode == 1 and "ORG: 'acme' is not an id" in bad.stderr
+    unusable = td_backend(tmp_path, database_url, "archive", "list", archive_url="s3x://b/td")
+    assert unusable.returncode == 1 and "TD_ARCHIVE_URL: cannot use it" in unusable.stderr
     month = td_backend(tmp_path, database_url, "archive", "restore", str(uuid.uuid4()), "Jan")
     assert month.returncode == 1 and "MONTH: 'Jan' is not a month written YYYY-MM" in month.stderr

@@ -1,7 +1,7 @@
 """The TD backend: Litestar on PostgreSQL, served by granian (`td-backend serve`).
 
     config.py       every TD_* setting (one frozen struct)
-    cli.py          td-backend serve | migrate | create-org NAME | dburl
+    cli.py          td-backend serve | migrate | create-org NAME | dburl | maintenance | archive
     embedded.py     pgserver under <data-dir>/pgdata when TD_DATABASE_URL is unset
     app.py          the app factory; one error mapping; lifespan of pool and tasks
     db.py           Piccolo engine + asyncpg pool, migrations (piccolo_migrations/)
@@ -9,7 +9,7 @@
     auth.py         admin tokens and gateway keys (sha256 + lookup prefix)
     ingest.py       exactly-once ingest: COPY into a staging table, INSERT … ON CONFLICT
     partitions.py   monthly partitions of agent_logs
-    maintenance.py  partitions ahead, retention
+    maintenance.py  partitions ahead, retention (backend.lifecycle), snapshots, batch ids
     metrics.py      Prometheus counters and the request latency histogram
     fleet_metrics.py  td_fleet_gateway_* figures from the gateways' last reports
     routes/         HTTP routes by feature
@@ -20,6 +20,8 @@
     accounts/       users, roles and the one role -> permission table, personal tokens,
                     argon2id passwords, the acting identity (docs/accounts.md)
     audit/          the append-only audit trail's one writer
+    lifecycle/      archive before delete, retention per organisation and kind, privacy
+                    requests (docs/lifecycle.md)
 
 Several instances may share one database; they must also share TD_SECRET_KEY (device
 passwords and enrollment keys are encrypted with it).

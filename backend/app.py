@@ -27,6 +27,7 @@ from backend.dashboard import dashboard_router, template_config
 from backend.db import DATABASE_UNAVAILABLE, Database
 from backend.errors import BackendError
 from backend.keycheck import check_secret_key
+from backend.lifecycle.routes import PrivacyController, RetentionController
 from backend.logging import configure_logging, get_logger
 from backend.maintenance import maintenance_loop, run_maintenance
 from backend.routes import (
@@ -156,6 +157,8 @@ def admin_router() -> Router:
             attendance.AttendanceController,
             users.UserController,
             audit.AuditController,
+            RetentionController,
+            PrivacyController,
         ],
         security=[{"adminToken": []}],
     )

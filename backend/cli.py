@@ -1,4 +1,4 @@
-"""`td-backend serve | migrate | create-org NAME | dburl`."""
+"""`td-backend serve | migrate | create-org NAME | dburl | maintenance | archive list|restore`."""
 
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ from backend.db import MigrationFailed, migrate
 from backend.embedded import embedded_postgres
 from backend.errors import BackendError
 from backend.keycheck import check_secret_key
+from backend.lifecycle import cli as lifecycle_cli
+from backend.lifecycle.store import ArchiveError
 from backend.logging import configure_logging, get_logger
 
 log = get_logger("backend.cli")
@@ -170,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     org_cmd.add_argument("--owner-name", help="the owner's name (default: the email)")
     commands.add_parser("dburl", help="print the PostgreSQL URL in use")
+    lifecycle_cli.add_commands(commands)
     # --data-dir is accepted after the subcommand too (`td-backend serve --data-dir x`).
     for sub in commands.choices.values():
         sub.add_argument("--data-dir", dest="sub_data_dir", help=argparse.SUPPRESS)
@@ -190,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     except SecretKeyError as exc:
         print(f"td-backend: {exc}", file=sys.stderr)
         return 2
+    except ArchiveError as exc:
+        print(f"td-backend: {exc}", file=sys.stderr)
+        return 1
 
 
 def _redacted(url: str) -> str:
@@ -231,6 +237,8 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         with database_url(config, keep_running=True) as url:
             print(url)
         return 0
+    if args.command in ("maintenance", "archive"):
+        return lifecycle_cli.run(args, config, lambda: database_url(config))
     return 2
 
 

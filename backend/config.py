@@ -22,8 +22,17 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     secret_key: str | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
-    log_retention_days: PositiveInt = 90
+    # The longest any log is kept in the database: the bound on every organisation's
+    # retention per kind (backend.lifecycle.retention); whole months past it are archived
+    # and dropped.
+    log_retention_days: PositiveInt = 1095
     snapshot_retention_days: PositiveInt = 14
+    # Where expired logs are archived before they are deleted: a local directory or any
+    # fsspec URL (s3://bucket/prefix, memory://…); None: <data_dir>/archive.
+    archive_url: str | None = None
+    # A month `td-backend archive restore` brought back stays in the database this long
+    # before maintenance archives it again.
+    archive_restore_hold_days: PositiveInt = 7
     ingest_max_bytes: PositiveInt = 16 * 1024 * 1024
     # Per gateway token bucket for ingest: sustained batches per second and burst size.
     ingest_rate_per_s: PositiveFloat = 50.0

@@ -1,14 +1,18 @@
-"""Housekeeping: partitions ahead of time, retention of logs, snapshots and batch ids."""
+"""Housekeeping: partitions ahead of time, retention of logs (archived first), snapshots and
+batch ids."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
 
+from backend.lifecycle.retention import apply_retention
 from backend.logging import get_logger
 from backend.services import Services
 
 log = get_logger("backend.maintenance")
+_BATCH_ID_HORIZON = dt.timedelta(days=90)
+_PARTITIONS_BACK = dt.timedelta(days=90)
 
 
 async def run_maintenance(services: Services, now: dt.datetime | None = None) -> None:
@@ -17,21 +21,27 @@ async def run_maintenance(services: Services, now: dt.datetime | None = None) ->
     config = services.config
     pool = services.pool
     retention = dt.timedelta(days=config.log_retention_days)
-    await services.partitions.ensure_window(pool, now, retention)
-    log_cutoff = now - retention
-    dropped = await services.partitions.drop_older_than(pool, log_cutoff)
+    # Made ahead: the months logs usually arrive for. An older one (a long-buffered backlog,
+    # a restore) gets its partition on demand: the years retention may keep need none now.
+    await services.partitions.ensure_window(pool, now, min(retention, _PARTITIONS_BACK))
+    # Per organisation and kind: archived first, then deleted; emptied months dropped.
+    expired = await apply_retention(services, now)
+    # Per-log dedupe covers a retry older than this; batch ids need not outlive it.
+    batch_cutoff = now - min(retention, _BATCH_ID_HORIZON)
     async with pool.acquire() as conn:
         snapshots = await conn.execute(
             "DELETE FROM gateway_status_snapshots WHERE received_at < $1",
             now - dt.timedelta(days=config.snapshot_retention_days),
         )
-        # A batch id older than any log kept can no longer be retried meaningfully.
         batches = await conn.execute(
-            "DELETE FROM ingest_batches WHERE received_at < $1", log_cutoff
+            "DELETE FROM ingest_batches WHERE received_at < $1", batch_cutoff
         )
     log.info(
         "maintenance done",
-        partitions_dropped=dropped,
+        partitions_dropped=expired.partitions_dropped,
+        months_archived=expired.months_archived,
+        log_rows_archived=expired.rows_deleted,
+        archive_failures=expired.failures,
         snapshots_deleted=int(snapshots.rsplit(" ", 1)[1]),
         batch_ids_deleted=int(batches.rsplit(" ", 1)[1]),
     )

@@ -1,4 +1,4 @@
-"""Monthly partitions of agent_logs: created ahead, on demand, and dropped past retention."""
+"""Monthly partitions of agent_logs: created ahead, on demand, and dropped once emptied."""
 
 from __future__ import annotations
 
@@ -89,15 +89,26 @@ class LogPartitions:
             await self.refresh(conn)
         await self.ensure(pool, wanted)
 
-    async def drop_older_than(self, pool: Any, cutoff: dt.datetime) -> list[str]:
-        """Drop every partition whose whole month ends before `cutoff`; returns their names."""
+    @property
+    def months(self) -> list[dt.date]:
+        """The months with a partition, as of the last refresh."""
+        return sorted(self._known)
+
+    async def drop_if_empty(self, pool: Any, month: dt.date) -> bool:
+        """Drop the month's partition if it holds no row; the check and the drop happen under
+        one exclusive lock, so a log landing meanwhile keeps it."""
         async with pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    await conn.execute(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT_MS}ms'")
+                    table = partition_name(month)
+                    await conn.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+                    if await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {table})"):
+                        return False
+                    await conn.execute(f"DROP TABLE {table}")
+            except asyncpg.exceptions.LockNotAvailableError:
+                return False
+            except asyncpg.exceptions.UndefinedTableError:
+                pass
             await self.refresh(conn)
-            dropped = []
-            for month in sorted(self._known):
-                month_end = next_month(month)
-                if dt.datetime(month_end.year, month_end.month, 1, tzinfo=dt.UTC) <= cutoff:
-                    await conn.execute(f"DROP TABLE IF EXISTS {partition_name(month)}")
-                    dropped.append(partition_name(month))
-            await self.refresh(conn)
-        return dropped
+        return True

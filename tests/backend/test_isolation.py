@@ -112,6 +112,8 @@ def bodies(a: dict[str, str]) -> dict[tuple[str, str], Any]:
         ("POST", "/v2/users"): {"email": f"{fresh}@example.com", "name": "b", "role": "viewer"},
         ("PATCH", "/v2/users/{user_id:uuid}"): {"name": "hijacked", "role": "operator"},
         ("POST", "/v2/users/{user_id:uuid}/tokens"): {"name": "b-token"},
+        ("PUT", "/v2/organization/retention"): {"retention": {"active_window": 30}},
+        ("POST", "/v2/employees/{employee_id:uuid}/erase"): None,
     }
 
 
@@ -125,6 +127,7 @@ def b_bodies(a: dict[str, str]) -> dict[tuple[str, str], Any]:
     return {
         ("POST", "/v2/employees/import"): csv_body(a["employee_no"], "renamed by org b"),
         ("PATCH", "/v2/organization"): {"time_zone": "Pacific/Auckland"},
+        ("PUT", "/v2/organization/retention"): {"retention": {"active_window": 7}},
     }
 
 
@@ -151,6 +154,7 @@ B_ON_COLLECTION = {
     ("POST", "/v2/devices"): 400,
     ("POST", "/v2/employees/import"): 200,
     ("PATCH", "/v2/organization"): 200,
+    ("PUT", "/v2/organization/retention"): 200,
 }
 # Reads over a date range need one; org A's attendance lies in it.
 TODAY = dt.datetime.now(dt.UTC).date()
@@ -407,6 +411,7 @@ async def org_a_state(client: AsyncTestClient[Litestar], a: Org, ids: dict[str, 
         f"/v2/users/{ids['user_id']}/tokens",
         "/v2/users",
         "/v2/organization",
+        "/v2/organization/retention",
         "/v2/employees",
         "/v2/shifts",
         "/v2/devices/seen",

@@ -13,8 +13,8 @@ from litestar.response import Stream
 
 from backend.accounts.roles import Permission, needs
 from backend.attendance.directory import read_employee
-from backend.audit import record
 from backend.attendance.terminals import push_user
+from backend.audit import record
 from backend.errors import InvalidRequest, PayloadTooLarge
 from backend.lifecycle.privacy import (
     Erased,

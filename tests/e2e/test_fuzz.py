@@ -20,6 +20,10 @@ def test_a_short_fuzz_run_finds_no_server_error() -> None:
         timeout=900,
         check=False,
     )
+    stderr = done.stderr.decode(errors="replace")
+    assert done.stdout.strip(), (
+        f"no report (exit {done.returncode}); stderr ends:\n{stderr[-4000:]}"
+    )
     report = json.loads(done.stdout)
     for api in ("backend_api", "gateway_api"):
         assert report[api]["calls"] > report[api]["operations"] > 0

@@ -23,6 +23,8 @@ from backend.db import MigrationFailed, migrate
 from backend.embedded import embedded_postgres
 from backend.keycheck import check_secret_key
 from backend.logging import configure_logging, get_logger
+from backend.pki.authority import CertificateAuthority
+from backend.pki.tls_server import serve_tls
 
 log = get_logger("backend.cli")
 
@@ -64,6 +66,14 @@ def serve(config: Config, host: str, port: int, workers: int) -> int:
         # Created once here (when not configured), so workers never race to create it.
         key = config.secret_key or load_or_create_key(config.data_path)
         asyncio.run(_check_key(url, SecretBox(key)))
+        if config.tls_cert_file and config.tls_key_file:
+            # Direct topology (backend.pki.tls_server): hypercorn, so the app sees client
+            # certificates; the CA's certificate is what the TLS layer verifies them with.
+            client_ca = config.data_path / "client-ca.pem"
+            client_ca.write_text(asyncio.run(_client_ca(url, SecretBox(key))))
+            log.info("serving with TLS", host=host, port=port, client_ca=str(client_ca))
+            serve_tls(host, port, config.tls_cert_file, config.tls_key_file, client_ca)
+            return 0
         log.info("serving", host=host, port=port, workers=workers, embedded=not config.database_url)
         Server(
             "backend.app:create_app_from_env",
@@ -90,6 +100,14 @@ async def _check_key(url: str, secrets: SecretBox) -> None:
         await conn.close()
 
 
+async def _client_ca(url: str, secrets: SecretBox) -> str:
+    conn = await asyncpg.connect(url)
+    try:
+        return (await CertificateAuthority.load_or_create(conn, secrets)).pem
+    finally:
+        await conn.close()
+
+
 async def _create_org(url: str, name: str) -> dict[str, str]:
     await migrate(url)
     conn = await asyncpg.connect(url)
@@ -112,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     org_cmd = commands.add_parser("create-org", help='print {"org_id", "admin_token"}')
     org_cmd.add_argument("name")
     commands.add_parser("dburl", help="print the PostgreSQL URL in use")
+    commands.add_parser(
+        "client-ca", help="print the PEM of the CA that signs gateways' client certificates"
+    )
     # --data-dir is accepted after the subcommand too (`td-backend serve --data-dir x`).
     for sub in commands.choices.values():
         sub.add_argument("--data-dir", dest="sub_data_dir", help=argparse.SUPPRESS)
@@ -154,6 +175,13 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     if args.command == "create-org":
         with database_url(config) as url:
             print(json.dumps(asyncio.run(_create_org(url, args.name))))
+        return 0
+    if args.command == "client-ca":
+        # nginx's ssl_client_certificate (docs/gateway-mtls.md); created if it is not yet.
+        with database_url(config) as url:
+            asyncio.run(migrate(url))
+            key = config.secret_key or load_or_create_key(config.data_path)
+            print(asyncio.run(_client_ca(url, SecretBox(key))), end="")
         return 0
     if args.command == "dburl":
         # Left running, so the printed URL stays usable after this command exits.

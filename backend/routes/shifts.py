@@ -52,6 +52,8 @@ class OrganizationOut(msgspec.Struct, kw_only=True):
     name: str
     time_zone: str
     default_shift_id: uuid.UUID | None
+    # Gateways must present their client certificate; the API key alone is refused.
+    require_client_certificate: bool = False
 
 
 def _shift_out(row: Any) -> ShiftOut:
@@ -224,7 +226,8 @@ class OrganizationController(Controller):
     async def get_organization(self, org_id: OrgId, services: ServicesDep) -> OrganizationOut:
         async with services.connection() as conn:
             row = await conn.fetchrow(
-                "SELECT id, name, time_zone, default_shift_id FROM organizations WHERE id = $1",
+                "SELECT id, name, time_zone, default_shift_id, require_client_certificate"
+                " FROM organizations WHERE id = $1",
                 org_id,
             )
         return OrganizationOut(**dict(row))
@@ -252,9 +255,16 @@ class OrganizationController(Controller):
                     org_id,
                     data.default_shift_id,
                 )
+            if isinstance(data.require_client_certificate, bool):
+                await conn.execute(
+                    "UPDATE organizations SET require_client_certificate = $2 WHERE id = $1",
+                    org_id,
+                    data.require_client_certificate,
+                )
             await recompute_org_employees(conn, org_id)
             row = await conn.fetchrow(
-                "SELECT id, name, time_zone, default_shift_id FROM organizations WHERE id = $1",
+                "SELECT id, name, time_zone, default_shift_id, require_client_certificate"
+                " FROM organizations WHERE id = $1",
                 org_id,
             )
         return OrganizationOut(**dict(row))

@@ -15,9 +15,9 @@ from backend.crypto import SecretBox
 from backend.db import Database
 from backend.errors import Unavailable
 from backend.ingest import RateLimiter
-from backend.pki.authority import CertificateAuthority
 from backend.metrics import Metrics
 from backend.partitions import LogPartitions
+from backend.pki.authority import CertificateAuthority
 
 
 @dataclass

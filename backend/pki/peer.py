@@ -44,7 +44,9 @@ class Presented:
 def trusted_networks(setting: str) -> tuple[Network, ...]:
     """TD_TRUSTED_PROXIES: comma-separated addresses or CIDR networks."""
     return tuple(
-        ipaddress.ip_network(part.strip(), strict=False) for part in setting.split(",") if part.strip()
+        ipaddress.ip_network(part.strip(), strict=False)
+        for part in setting.split(",")
+        if part.strip()
     )
 
 

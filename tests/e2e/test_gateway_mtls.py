@@ -214,7 +214,7 @@ def test_the_certificate_is_renewed_over_the_control_channel(
     server_cert, server_key = self_signed(tmp_path)
     env = {"TD_HEARTBEAT_INTERVAL": "0.5", "TD_CLIENT_CERTIFICATE_LIFETIME_S": "12"}
     with running_backend(tmp_path, database_url, env=env, tls=(server_cert, server_key)) as backend:
-        gateway_id, api_key, enrollment_key = backend.create_gateway("site")
+        _, api_key, enrollment_key = backend.create_gateway("site")
         with backend.admin() as admin:
             admin.patch("/v2/organization", json={"require_client_certificate": True})
         gateway = start_gateway(tmp_path, backend, server_cert, api_key, enrollment_key)

@@ -69,6 +69,7 @@ def serve(config: Config, host: str, port: int, workers: int) -> int:
         if config.tls_cert_file and config.tls_key_file:
             # Direct topology (backend.pki.tls_server): hypercorn, so the app sees client
             # certificates; the CA's certificate is what the TLS layer verifies them with.
+            config.data_path.mkdir(parents=True, exist_ok=True)
             client_ca = config.data_path / "client-ca.pem"
             client_ca.write_text(asyncio.run(_client_ca(url, SecretBox(key))))
             log.info("serving with TLS", host=host, port=port, client_ca=str(client_ca))

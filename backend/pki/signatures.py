@@ -33,6 +33,8 @@ from protocol.batch_signature import (
 
 MAX_SIGNATURE_CHARS = 200
 MAX_SERIAL_CHARS = 64
+# Unix seconds have 10 digits until the year 2286.
+MAX_TIMESTAMP_DIGITS = 12
 
 
 class SignatureRefused(Unauthorized):
@@ -73,12 +75,15 @@ async def verify_batch(
         return
     if len(serial) > MAX_SERIAL_CHARS:
         raise SignatureRefused("invalid_signature", f"{SERIAL_HEADER}: too long")
-    try:
-        timestamp = int(headers.get(TIMESTAMP_HEADER.lower(), ""))
-    except ValueError:
+    raw_timestamp = headers.get(TIMESTAMP_HEADER.lower(), "")
+    if (
+        not (raw_timestamp.isascii() and raw_timestamp.isdigit())
+        or len(raw_timestamp) > MAX_TIMESTAMP_DIGITS
+    ):
         raise SignatureRefused(
-            "invalid_signature", f"{TIMESTAMP_HEADER}: Unix seconds (an integer)"
-        ) from None
+            "invalid_signature", f"{TIMESTAMP_HEADER}: Unix seconds (a positive integer)"
+        )
+    timestamp = int(raw_timestamp)
     skew = timestamp - time.time()
     if abs(skew) > window_s:
         raise SignatureRefused(

@@ -37,7 +37,9 @@ log = get_logger("backend.ingest")
         "Body: protocol.uplink.UplinkBatch as JSON or msgpack (Content-Type"
         " application/msgpack), optionally Content-Encoding zstd or gzip. The batch id"
         " (Idempotency-Key header, else batch_id) is stored with the logs: a retried batch"
-        " answers {accepted: 0, duplicate: true}."
+        " answers {accepted: 0, duplicate: true}. A gateway holding a client certificate"
+        " signs each batch (X-TD-Signature, X-TD-Signature-Timestamp, X-TD-Certificate-Serial;"
+        " docs/gateway-mtls.md); an unsigned, altered or stale one is 401."
     ),
 )
 async def ingest_logs(

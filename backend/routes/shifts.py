@@ -236,8 +236,10 @@ class OrganizationController(Controller):
     async def change_organization(
         self, org_id: OrgId, services: ServicesDep, request: Request[Any, Any, Any]
     ) -> OrganizationOut:
-        """`{"time_zone"?: IANA name, "default_shift_id"?: id or null}`; days of everyone
-        following the organisation's zone or default shift are recomputed."""
+        """`{"time_zone"?: IANA name, "default_shift_id"?: id or null,
+        "require_client_certificate"?: bool}`; days of everyone following the organisation's
+        zone or default shift are recomputed. With require_client_certificate, gateways must
+        present their client certificate (docs/gateway-mtls.md)."""
         data = bodies.decode(await _body(request), OrganizationChange)
         async with services.connection() as conn, conn.transaction():
             if isinstance(data.time_zone, str):

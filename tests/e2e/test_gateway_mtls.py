@@ -150,12 +150,22 @@ def test_direct_mtls_enroll_upload_control_require_and_revoke(
 
                 # Rotating the key revokes every certificate at once.
                 with backend.admin() as admin:
-                    assert admin.post(f"/v2/gateways/{gateway_id}/rotate-key").status_code == 200
+                    rotated = admin.post(f"/v2/gateways/{gateway_id}/rotate-key")
+                    assert rotated.status_code == 200
+                    new_key = rotated.json()["api_key"]
                 poll(refused_with_certificate, 10, "the revoked certificate refused")
                 poll(lambda: health(gateway)["control_connected"] is False, 10, "control ended")
                 revoked = db(database_url, "SELECT revoked_reason FROM gateway_certificates"
                              " WHERE serial = $1", serial)  # fmt: skip
                 assert revoked[0]["revoked_reason"] == "the API key was rotated"
+
+            # Restarted with the new key, the gateway enrolls again (its old certificate was
+            # for the old key) and works on certificates alone.
+            assert gateway.stop() == 0
+            gateway = start_gateway(tmp_path, backend, server_cert, new_key, enrollment_key)
+            poll(lambda: serial_of(gateway.data_dir) != serial, 30, "a new enrollment")
+            poll(lambda: health(gateway)["control_connected"] is True, 30, "control again")
+            deliver(gateway, enrollment_key, database_url, "agent-3")
         finally:
             assert gateway.stop() == 0
 

@@ -24,7 +24,6 @@ from backend.embedded import embedded_postgres
 from backend.keycheck import check_secret_key
 from backend.logging import configure_logging, get_logger
 from backend.pki.authority import CertificateAuthority
-from backend.pki.tls_server import serve_tls
 
 log = get_logger("backend.cli")
 
@@ -49,6 +48,11 @@ def serve(config: Config, host: str, port: int, workers: int) -> int:
     from granian.log import LogLevels
     from granian.server import Server
 
+    if bool(config.tls_cert_file) != bool(config.tls_key_file):
+        print(
+            "td-backend: TD_TLS_CERT_FILE and TD_TLS_KEY_FILE: set both or neither", file=sys.stderr
+        )
+        return 2
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     # Checked first, so a busy port is reported before a database is started for nothing.
     try:
@@ -73,6 +77,8 @@ def serve(config: Config, host: str, port: int, workers: int) -> int:
             client_ca = config.data_path / "client-ca.pem"
             client_ca.write_text(asyncio.run(_client_ca(url, SecretBox(key))))
             log.info("serving with TLS", host=host, port=port, client_ca=str(client_ca))
+            from backend.pki.tls_server import serve_tls
+
             serve_tls(host, port, config.tls_cert_file, config.tls_key_file, client_ca)
             return 0
         log.info("serving", host=host, port=port, workers=workers, embedded=not config.database_url)

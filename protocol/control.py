@@ -229,9 +229,7 @@ class LocalCommandRun(msgspec.Struct, tag_field="type", tag="local_command", kw_
 Pem = Annotated[str, Meta(min_length=1, max_length=16_384)]
 
 
-class CertificateRenewal(
-    msgspec.Struct, tag_field="type", tag="certificate_renewal", kw_only=True
-):
+class CertificateRenewal(msgspec.Struct, tag_field="type", tag="certificate_renewal", kw_only=True):
     """The gateway's client certificate has a third of its life left or less: a CSR for a
     new key, answered with `certificate_issued`. Backends without client certificates
     report it as an unknown message and keep the channel."""

@@ -14,6 +14,8 @@
     fleet_metrics.py  td_fleet_gateway_* figures from the gateways' last reports
     routes/         HTTP routes by feature
     control/        the gateways' WebSocket control channel, LISTEN/NOTIFY between instances
+    pki/            gateways' client certificates (the backend's CA, enrollment, renewal,
+                    revocation), signed batches, TLS serving (docs/gateway-mtls.md)
     attendance/     people and attendance: capture at ingest, the day rules, the engine,
                     reports (docs/attendance.md)
     dashboard/      the operator's screen at /dashboard (server-rendered, htmx)

@@ -30,6 +30,7 @@ from backend.keycheck import check_secret_key
 from backend.lifecycle.routes import PrivacyController, RetentionController
 from backend.logging import configure_logging, get_logger
 from backend.maintenance import maintenance_loop, run_maintenance
+from backend.pki.authority import CertificateAuthority
 from backend.routes import (
     admin_tokens,
     agents,
@@ -39,6 +40,7 @@ from backend.routes import (
     devices,
     discovered,
     employees,
+    enroll,
     gateways,
     health,
     ingest,
@@ -182,6 +184,9 @@ def create_app(config: Config) -> Litestar:
         try:
             async with services.pool.acquire() as conn:
                 await check_secret_key(conn, services.secrets)
+                services.authority = await CertificateAuthority.load_or_create(
+                    conn, services.secrets
+                )
             await run_maintenance(services)
             await hub.start()
             services.control = hub
@@ -208,6 +213,7 @@ def create_app(config: Config) -> Litestar:
             health.ready,
             health.metrics,
             ingest.ingest_logs,
+            enroll.enroll_gateway,
             gateway_control,
             admin_router(),
             dashboard_router(),

@@ -59,6 +59,9 @@ class GatewayIdentity:
     # The hash of the key this identity was proven with: a long-lived connection checks it
     # against the gateway's current one before each message, so a rotation ends it.
     api_key_hash: str = ""
+    # The client certificate it was proven with (backend.pki); checked the same way, so a
+    # revoked or superseded certificate ends the connection too.
+    certificate_serial: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,8 +133,22 @@ async def gateway_still_valid(conn: Any, identity: GatewayIdentity, *, lock: boo
         + (" FOR SHARE" if lock else ""),
         identity.gateway_id,
     )
-    return stored is not None and hmac.compare_digest(
+    if stored is None or not hmac.compare_digest(
         str(stored).encode(), identity.api_key_hash.encode()
+    ):
+        return False
+    return identity.certificate_serial is None or await certificate_current(conn, identity)
+
+
+async def certificate_current(conn: Any, identity: GatewayIdentity) -> bool:
+    """Whether the identity's client certificate is unrevoked, unsuperseded and unexpired."""
+    return bool(
+        await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM gateway_certificates WHERE serial = $1"
+            " AND gateway_id = $2 AND revoked_at IS NULL AND not_after > now())",
+            identity.certificate_serial,
+            identity.gateway_id,
+        )
     )
 
 

@@ -31,6 +31,7 @@ from backend.keycheck import check_secret_key
 from backend.lifecycle import cli as lifecycle_cli
 from backend.lifecycle.store import ArchiveError
 from backend.logging import configure_logging, get_logger
+from backend.pki.authority import CertificateAuthority
 
 log = get_logger("backend.cli")
 
@@ -55,6 +56,11 @@ def serve(config: Config, host: str, port: int, workers: int) -> int:
     from granian.log import LogLevels
     from granian.server import Server
 
+    if bool(config.tls_cert_file) != bool(config.tls_key_file):
+        print(
+            "td-backend: TD_TLS_CERT_FILE and TD_TLS_KEY_FILE: set both or neither", file=sys.stderr
+        )
+        return 2
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     # Checked first, so a busy port is reported before a database is started for nothing.
     try:
@@ -72,6 +78,17 @@ def serve(config: Config, host: str, port: int, workers: int) -> int:
         # Created once here (when not configured), so workers never race to create it.
         key = config.secret_key or load_or_create_key(config.data_path)
         asyncio.run(_check_key(url, SecretBox(key)))
+        if config.tls_cert_file and config.tls_key_file:
+            # Direct topology (backend.pki.tls_server): hypercorn, so the app sees client
+            # certificates; the CA's certificate is what the TLS layer verifies them with.
+            config.data_path.mkdir(parents=True, exist_ok=True)
+            client_ca = config.data_path / "client-ca.pem"
+            client_ca.write_text(asyncio.run(_client_ca(url, SecretBox(key))))
+            log.info("serving with TLS", host=host, port=port, client_ca=str(client_ca))
+            from backend.pki.tls_server import serve_tls
+
+            serve_tls(host, port, config.tls_cert_file, config.tls_key_file, client_ca)
+            return 0
         log.info("serving", host=host, port=port, workers=workers, embedded=not config.database_url)
         Server(
             "backend.app:create_app_from_env",
@@ -129,6 +146,14 @@ def owner_password(environ: dict[str, str], stdin: Any = None) -> str:
     return line
 
 
+async def _client_ca(url: str, secrets: SecretBox) -> str:
+    conn = await asyncpg.connect(url)
+    try:
+        return (await CertificateAuthority.load_or_create(conn, secrets)).pem
+    finally:
+        await conn.close()
+
+
 async def _create_org(
     url: str, name: str, owner: tuple[str, str, str] | None = None
 ) -> dict[str, str]:
@@ -173,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     org_cmd.add_argument("--owner-name", help="the owner's name (default: the email)")
     commands.add_parser("dburl", help="print the PostgreSQL URL in use")
     lifecycle_cli.add_commands(commands)
+    commands.add_parser(
+        "client-ca", help="print the PEM of the CA that signs gateways' client certificates"
+    )
     # --data-dir is accepted after the subcommand too (`td-backend serve --data-dir x`).
     for sub in commands.choices.values():
         sub.add_argument("--data-dir", dest="sub_data_dir", help=argparse.SUPPRESS)
@@ -231,6 +259,13 @@ def _run(args: argparse.Namespace, config: Config) -> int:
             owner = (email, owner_name, password)
         with database_url(config) as url:
             print(json.dumps(asyncio.run(_create_org(url, args.name, owner))))
+        return 0
+    if args.command == "client-ca":
+        # nginx's ssl_client_certificate (docs/gateway-mtls.md); created if it is not yet.
+        with database_url(config) as url:
+            asyncio.run(migrate(url))
+            key = config.secret_key or load_or_create_key(config.data_path)
+            print(asyncio.run(_client_ca(url, SecretBox(key))), end="")
         return 0
     if args.command == "dburl":
         # Left running, so the printed URL stays usable after this command exits.

@@ -54,6 +54,17 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     attendance_at_ingest: bool = True
     # How often the attendance engine recomputes the employee-days marked dirty.
     attendance_interval: PositiveFloat = 1.0
+    # Gateways' client certificates (backend.pki, docs/gateway-mtls.md): their lifetime; the
+    # window around this clock a signed batch's timestamp must fall in.
+    client_certificate_lifetime_s: PositiveFloat = 30 * 86400.0
+    batch_signature_window_s: PositiveFloat = 300.0
+    # Addresses (comma-separated, CIDR allowed) of the proxies whose X-Client-Certificate
+    # header is believed; from any other address the header is ignored.
+    trusted_proxies: str = ""
+    # Direct topology: `serve` terminates TLS itself (hypercorn) and asks gateways for their
+    # client certificate. PEM files; both or neither.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
 
     @property
     def data_path(self) -> Path:

@@ -17,6 +17,7 @@ from backend.errors import Unavailable
 from backend.ingest import RateLimiter
 from backend.metrics import Metrics
 from backend.partitions import LogPartitions
+from backend.pki.authority import CertificateAuthority
 
 
 @dataclass
@@ -29,6 +30,8 @@ class Services:
     rate_limiter: RateLimiter = field(init=False)
     # The control channel hub; None until it starts (and in tools that only need the DB).
     control: ControlHub | None = None
+    # The gateways' client-certificate CA (backend.pki); loaded at start.
+    authority: CertificateAuthority | None = None
 
     def __post_init__(self) -> None:
         self.rate_limiter = RateLimiter(self.config.ingest_rate_per_s, self.config.ingest_burst)

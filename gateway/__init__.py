@@ -14,6 +14,7 @@ uploads them to the backend, holds the control channel and drives the devices.
                       a refused batch is split (upload_body.py) down to the refused logs
     dead_letters.py   `td-gateway dead-letters`: list, show, replay, drop refused logs
     control.py        the WebSocket control channel; commands.py runs its commands
+    client_identity.py  the client certificate: key, enrollment, renewal, batch signatures
     health.py         /health and the status reports; metrics.py Prometheus td_gateway_*
     cli.py            `td-gateway run`, `dead-letters`, `discover`, `local-token`
     local_api.py      the operators' local API on TD_LOCAL_LISTEN (doors without the cloud);

@@ -20,6 +20,7 @@ import trio
 from gateway import datadir, local_api, serving
 from gateway.api import AgentApi
 from gateway.buffer import BUFFER_FILE, Buffer
+from gateway.client_identity import ClientIdentity
 from gateway.config import GatewayConfig
 from gateway.control import ControlChannel
 from gateway.devices import zkteco, zkteco_server
@@ -69,12 +70,14 @@ class Gateway:
             durability=config.durability,
             dead_letter_max_bytes=config.dead_letter_max_bytes,
         )
+        self.identity = ClientIdentity(config, on_expiry=self.metrics.certificate_expiry.set)
         self.uplink = Uplink(
             config,
             self.buffer,
             self.metrics,
             gateway_id=self.gateway_id,
             agent_id_of=self.state.agent_id_of,
+            identity=self.identity,
         )
         self._devices_db = apsw.Connection(str(data / DEVICES_FILE))
         self.zk_hub = zkteco.ZkPushHub(self.append) if config.zk_listen else None
@@ -91,6 +94,7 @@ class Gateway:
             self.uplink,
             self.devices,
             restart=lambda: self.request_stop(EXIT_RESTART),
+            identity=self.identity,
         )
         self.local_commands = LocalCommands(
             self.state, self.devices, self.control.send, lambda: self.control.connected
@@ -166,6 +170,8 @@ class Gateway:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.state.run)
                 await nursery.start(self.buffer.run)
+                # Enrolled (or tried once) before the first upload, so it goes signed.
+                await nursery.start(self.identity.run)
                 await nursery.start(self.uplink.run)
                 await nursery.start(
                     partial(

@@ -27,6 +27,7 @@ import trio
 import trio_websocket
 
 from gateway.buffer import Buffer
+from gateway.client_identity import ClientIdentity
 from gateway.commands import CommandRunner, DeviceHub
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
@@ -42,6 +43,8 @@ from protocol.control import (
     AgentsSeen,
     BackendMessage,
     CancelCommand,
+    CertificateIssued,
+    CertificateRenewal,
     Command,
     CommandResult,
     DeviceConfig,
@@ -107,6 +110,7 @@ class ControlChannel:
         *,
         restart: Callable[[], None],
         rng: random.Random | None = None,
+        identity: ClientIdentity | None = None,
     ) -> None:
         self._config = config
         self._state = state
@@ -114,6 +118,7 @@ class ControlChannel:
         self._uplink = uplink
         self._devices = devices
         self._rng = rng or random.Random()
+        self._identity = identity
         self._outbox, self._pending = trio.open_memory_channel[_Outgoing](OUTBOX_SIZE)
         self._nursery: trio.Nursery | None = None
         self.version = gateway_version()
@@ -226,6 +231,8 @@ class ControlChannel:
     def _ssl_context(self, url: str) -> ssl.SSLContext | None:
         if not url.startswith("wss://"):
             return None
+        if self._identity is not None:
+            return self._identity.ssl_context()
         return ssl.create_default_context(cafile=self._config.ca_bundle or None)
 
     async def _handshake(self, ws: trio_websocket.WebSocketConnection) -> Welcome:
@@ -269,6 +276,8 @@ class ControlChannel:
                 nursery.start_soon(guarded, self._send_outbox)
                 nursery.start_soon(guarded, self._heartbeat)
                 nursery.start_soon(guarded, self._receive)
+                if self._identity is not None:
+                    nursery.start_soon(guarded, self._certificate)
         finally:
             self.last_disconnect = reason
             self.connected = False
@@ -301,6 +310,23 @@ class ControlChannel:
             if waited.cancelled_caught:
                 raise _Lost(f"no pong within {self.heartbeat_s:g} s")
             await trio.sleep(self.heartbeat_s)
+
+    async def _certificate(self, ws: trio_websocket.WebSocketConnection) -> None:
+        """Asks for a new client certificate once a third of its life is left (once per
+        session), and ends the session when the certificate changes: the next one is made
+        with it."""
+        identity = self._identity
+        assert identity is not None
+        generation = identity.generation
+        asked = False
+        while identity.generation == generation:
+            if identity.renewal_due() and not asked:
+                asked = True
+                log.info("client_certificate_renewal", serial=identity.serial)
+                self._enqueue(CertificateRenewal(csr=identity.next_csr()))
+            with trio.move_on_after(self.heartbeat_s):
+                await identity.changed.wait()
+        raise _Lost("the client certificate changed; reconnecting with it")
 
     def _report_agents(self) -> None:
         _, seen = self._state.take_seen()
@@ -340,6 +366,9 @@ class ControlChannel:
                 self._nursery.start_soon(self.commands.cancel, command_id, self._reply)
             case Welcome():
                 await self._apply_welcome(message)
+            case CertificateIssued():
+                if self._identity is not None:
+                    self._identity.accept(message.certificate, message.ca_certificate)
             case LocalCommandsAck(ids=ids):
                 if self.local_commands is not None:
                     await self.local_commands.acknowledged(ids)

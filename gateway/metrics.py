@@ -145,6 +145,11 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.certificate_expiry = Gauge(
+            "td_gateway_client_certificate_expiry_timestamp_seconds",
+            "When the gateway's client certificate expires (Unix time); 0 before enrollment.",
+            registry=self.registry,
+        )
         self.policy_long_polls = Gauge(
             "td_gateway_policy_long_polls",
             "Agents waiting in GET /v1/policy?wait= for their policy to change.",

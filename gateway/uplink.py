@@ -40,11 +40,13 @@ from opentelemetry.trace import SpanKind
 from gateway import tracing
 from gateway.buffer import Buffer
 from gateway.buffer_store import Claim, DeadLog
+from gateway.client_identity import ClientIdentity, IdentityTransport
 from gateway.config import GatewayConfig
 from gateway.errors import StorageError
 from gateway.metrics import Metrics
 from gateway.upload_body import encode_batch, encode_part, entries_of, part_id
 from protocol import codec
+from protocol.batch_signature import SERVER_TIME_HEADER
 
 log = structlog.get_logger("gateway.uplink")
 
@@ -118,6 +120,7 @@ class Uplink:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         rng: random.Random | None = None,
+        identity: ClientIdentity | None = None,
     ) -> None:
         self._config = config
         self._buffer = buffer
@@ -125,6 +128,8 @@ class Uplink:
         self._gateway_id = gateway_id
         self._agent_id_of = agent_id_of
         self._transport = transport
+        # Presents the client certificate and signs each attempt (gateway.client_identity).
+        self._identity = identity
         self._rng = rng or random.Random()
         self._wake = trio.Event()
         self.health = UplinkHealth()
@@ -154,12 +159,15 @@ class Uplink:
         verify: ssl.SSLContext | bool = True
         if self._config.ca_bundle:
             verify = ssl.create_default_context(cafile=self._config.ca_bundle)
+        transport = self._transport
+        if transport is None and self._identity is not None:
+            transport = IdentityTransport(self._identity)
         return httpx.AsyncClient(
             base_url=self._config.backend_url.rstrip("/"),
             headers={"X-API-Key": self._config.api_key},
             timeout=self._config.upload_timeout_s,
             verify=verify,
-            transport=self._transport,
+            transport=transport,
         )
 
     async def _work(self, client: httpx.AsyncClient) -> None:
@@ -301,7 +309,17 @@ class Uplink:
         while self._buffer.still_claimed(claim.batch_id):
             attempt += 1
             started = trio.current_time()
-            status, reason, retry_after, detail = await self._post(client, body, headers)
+            signed = headers
+            if self._identity is not None:
+                signed = {
+                    **headers,
+                    **self._identity.signature_headers(str(batch_id), body, headers),
+                }
+            status, reason, retry_after, detail = await self._post(client, body, signed)
+            if reason == "signature_clock":
+                # Signed with the backend's time now: again at once, not after a backoff.
+                log.warning("upload_resigned", batch_id=str(batch_id), detail=detail)
+                continue
             duration = trio.current_time() - started
             self._metrics.upload_seconds.observe(duration)
             outcome = classify(status) if status else "retry"
@@ -355,10 +373,12 @@ class Uplink:
         if 200 <= status < 300:
             return status, "", None, ""
         reason = "auth" if status in (401, 403) else f"http_{status}"
-        if status in (401, 403):
-            detail = "the backend refused the gateway API key (TD_GATEWAY_API_KEY)"
-        else:
-            detail = backend_detail(response.content)
+        detail = backend_detail(response.content)
+        if status == 401 and self._identity is not None:
+            # A refusal for the signature's time carries the backend's clock.
+            server_time = response.headers.get(SERVER_TIME_HEADER)
+            if server_time is not None and self._identity.learn_backend_time(server_time):
+                return status, "signature_clock", None, detail
         return status, reason, parse_retry_after(response.headers.get("Retry-After")), detail
 
 

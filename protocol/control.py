@@ -231,6 +231,18 @@ class LocalCommandRun(msgspec.Struct, tag_field="type", tag="local_command", kw_
         self.error = captured_text(self.error)
 
 
+# A PEM certificate signing request or certificate: a few hundred bytes; bounded well above.
+Pem = Annotated[str, Meta(min_length=1, max_length=16_384)]
+
+
+class CertificateRenewal(msgspec.Struct, tag_field="type", tag="certificate_renewal", kw_only=True):
+    """The gateway's client certificate has a third of its life left or less: a CSR for a
+    new key, answered with `certificate_issued`. Backends without client certificates
+    report it as an unknown message and keep the channel."""
+
+    csr: Pem
+
+
 GatewayMessage = (
     Hello
     | Status
@@ -240,6 +252,7 @@ GatewayMessage = (
     | DeviceState
     | DevicesSeen
     | LocalCommandRun
+    | CertificateRenewal
 )
 
 
@@ -339,6 +352,16 @@ class LocalCommandsAck(msgspec.Struct, tag_field="type", tag="local_commands_ack
     ids: Annotated[list[uuid.UUID], Meta(max_length=1000)]
 
 
+class CertificateIssued(msgspec.Struct, tag_field="type", tag="certificate_issued", kw_only=True):
+    """The answer to `certificate_renewal`: the new client certificate (PEM) and the CA
+    that signed it. The gateway reconnects with it; the old one is refused once the new
+    one has been used."""
+
+    certificate: Pem
+    ca_certificate: Pem
+    not_after: dt.datetime
+
+
 BackendMessage = (
     Welcome
     | PolicyUpdate
@@ -348,4 +371,5 @@ BackendMessage = (
     | CancelCommand
     | LocalCommandsAck
     | AgentAccess
+    | CertificateIssued
 )

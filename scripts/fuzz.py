@@ -122,13 +122,19 @@ def running_stack(data_dir: Path) -> Iterator[dict[str, str]]:
             headers={"X-Enrollment-Key": gateway["enrollment_key"]},
             timeout=30,
         ).raise_for_status()
-        path_ids = provision_targets(backend_url, admin, gateway["api_key"])
+        # Uploads are fuzzed as a gateway that never enrolled: the running one holds a client
+        # certificate, so its unsigned batches would be refused before they are read.
+        uploader = httpx.post(
+            f"{backend_url}/v2/gateways", json={"name": "uploads"}, headers=admin, timeout=30
+        ).raise_for_status()
+        upload_key = uploader.json()["api_key"]
+        path_ids = provision_targets(backend_url, admin, upload_key)
         yield {
             "path_ids": path_ids,
             "backend_url": backend_url,
             "gateway_url": gateway_url,
             "admin_token": org["admin_token"],
-            "api_key": gateway["api_key"],
+            "api_key": upload_key,
             "enrollment_key": gateway["enrollment_key"],
             "agent_token": registered.json()["token"],
         }

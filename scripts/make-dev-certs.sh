@@ -13,4 +13,7 @@ openssl x509 -req -in proxy.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -da
     -extfile san.ext -out proxy.pem 2>/dev/null
 rm -f proxy.csr san.ext ca.srl
 chmod 600 ./*-key.pem
+# Until `td-backend client-ca` is saved here, nginx verifies gateways' client certificates
+# against a CA that signed none of them: gateways are then judged by their API key alone.
+[ -e client-ca.pem ] || cp ca.pem client-ca.pem
 echo "wrote $(pwd)/{ca.pem,proxy.pem,proxy-key.pem}"

@@ -120,6 +120,7 @@ class ShiftChange(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class OrganizationChange(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     time_zone: ZoneName | UnsetType = UNSET
     default_shift_id: uuid.UUID | UnsetType | None = UNSET
+    require_client_certificate: bool | UnsetType = UNSET
 
 
 def decode(raw: bytes, kind: type[T]) -> T:

@@ -221,7 +221,8 @@ class ControlHub:
 
     async def close_revoked(self) -> int:
         """Close sockets whose key is no longer their gateway's (or whose gateway is
-        disabled or gone): a backstop for a notice lost while the listener reconnected."""
+        disabled or gone, or whose client certificate was revoked, superseded or expired):
+        a backstop for a notice lost while the listener reconnected."""
         live = [s for s in list(self._live) if not s.closed]
         if not live:
             return 0
@@ -232,7 +233,25 @@ class ControlHub:
                 list({s.gateway_id for s in live}),
             )
         current = {row["id"]: row["api_key_hash"] for row in rows}
-        stale = [s for s in live if current.get(s.gateway_id) != s.identity.api_key_hash]
+        serials = [s.identity.certificate_serial for s in live if s.identity.certificate_serial]
+        current_serials: set[str] = set()
+        if serials:
+            async with self.services.pool.acquire() as conn:
+                valid = await conn.fetch(
+                    "SELECT serial FROM gateway_certificates WHERE serial = ANY($1::text[])"
+                    " AND revoked_at IS NULL AND not_after > now()",
+                    serials,
+                )
+            current_serials = {row["serial"] for row in valid}
+        stale = [
+            s
+            for s in live
+            if current.get(s.gateway_id) != s.identity.api_key_hash
+            or (
+                s.identity.certificate_serial
+                and s.identity.certificate_serial not in current_serials
+            )
+        ]
         await asyncio.gather(*(s.close(CLOSE_REVOKED, REVOKED_REASON) for s in stale))
         return len(stale)
 

@@ -19,13 +19,15 @@ from litestar.types import Receive, Scope, Send
 from opentelemetry.trace import SpanKind
 
 from backend import tracing
-from backend.auth import GatewayIdentity, authenticate_gateway, gateway_still_valid
+from backend.auth import GatewayIdentity, certificate_current, gateway_still_valid
 from backend.control import state
 from backend.control.hub import CLOSE_REVOKED, REVOKED_REASON, ControlHub, SessionClosed
 from backend.control.status import StatusCoalescer
 from backend.db import DATABASE_UNAVAILABLE
 from backend.errors import Unauthorized
 from backend.logging import get_logger
+from backend.pki.identify import identify_gateway
+from backend.pki.issuance import renew_certificate
 from backend.services import Services
 from protocol import codec
 from protocol.codec import ProtocolError
@@ -33,6 +35,7 @@ from protocol.control import (
     MAX_CONTROL_MESSAGE_BYTES,
     AgentsSeen,
     BackendMessage,
+    CertificateRenewal,
     CommandResult,
     DevicesSeen,
     DeviceState,
@@ -111,6 +114,8 @@ class GatewaySession:
         if now - self._touched_at >= TOUCH_EVERY_S:
             self._touched_at = now
             valid = await state.touch(conn, self.gateway_id, self.identity.api_key_hash)
+            if valid and self.identity.certificate_serial is not None:
+                valid = await certificate_current(conn, self.identity)
         else:
             valid = await gateway_still_valid(conn, self.identity, lock=False)
         if not valid:
@@ -401,6 +406,10 @@ class GatewaySession:
                         log.info("local command recorded", gateway_id=str(self.gateway_id),
                                  command_id=str(message.id), type=message.command_type)  # fmt: skip
                     await self.send(LocalCommandsAck(ids=[message.id]))
+                case CertificateRenewal():
+                    issued = await renew_certificate(conn, hub.services, self.identity, message)
+                    if issued is not None:
+                        await self.send(issued)
                 case Hello():
                     log.warning("hello twice on one connection", gateway_id=str(self.gateway_id))
 
@@ -459,7 +468,14 @@ async def control_endpoint(scope: Scope, receive: Receive, asgi_send: Send) -> N
         return
     try:
         async with services.pool.acquire() as conn:
-            identity = await authenticate_gateway(conn, headers.get("x-api-key"))
+            client = scope.get("client")
+            identity = await identify_gateway(
+                conn,
+                services.authority,
+                services.config.trusted_proxies,
+                headers,
+                client[0] if client else None,
+            )
     except Unauthorized as exc:
         log.info("control refused", reason=exc.detail)
         await _deny(scope, send, 401, exc.code, exc.detail)

@@ -17,6 +17,7 @@ from backend.audit import record
 from backend.auth import ENROLLMENT_KEY, GATEWAY_API_KEY, new_secret
 from backend.errors import Conflict, InvalidRequest
 from backend.logging import get_logger
+from backend.pki.identify import revoke_all
 from backend.routes.common import (
     ADMIN_ERRORS,
     DEFAULT_LIMIT,
@@ -238,14 +239,18 @@ class GatewayController(Controller):
         """A new API key, shown once; the old one stops working at once."""
         await gateway_row(org_id, gateway_id)
         api_key = new_secret(GATEWAY_API_KEY)
-        async with GatewayInstance._meta.db.transaction():
-            await GatewayInstance.update(
-                {
-                    GatewayInstance.api_key_prefix: api_key.lookup_prefix,
-                    GatewayInstance.api_key_hash: api_key.hash,
-                }
-            ).where((GatewayInstance.id == gateway_id) & (GatewayInstance.org_id == org_id))
-            await record(None, "gateway.rotate_key", "gateway", gateway_id, after={"api_key": ""})
+        async with services.connection() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE gateway_instances SET api_key_prefix = $3, api_key_hash = $4"
+                " WHERE id = $1 AND org_id = $2",
+                gateway_id,
+                org_id,
+                api_key.lookup_prefix,
+                api_key.hash,
+            )
+            # Certificates were issued against the old key: the new key enrolls anew.
+            await revoke_all(conn, gateway_id, "the API key was rotated")
+            await record(conn, "gateway.rotate_key", "gateway", gateway_id, after={"api_key": ""})
         if services.control is not None:
             await services.control.gateway_revoked(gateway_id)
         log.info("gateway key rotated", org_id=str(org_id), gateway_id=str(gateway_id))

@@ -7,16 +7,18 @@ import time
 import uuid
 from typing import Annotated, Any
 
-from litestar import Request, Response, post
+from litestar import MediaType, Request, Response, post
 from litestar.params import HeaderParameter
 
-from backend.auth import authenticate_gateway
 from backend.errors import InvalidRequest
 from backend.ingest import inflate, store_batch
 from backend.logging import get_logger
+from backend.pki.identify import identify_gateway
+from backend.pki.signatures import SignatureRefused, verify_batch
 from backend.routes.common import error_responses, services_of
 from backend.routes.ingest_schema import IngestOperation
 from protocol import codec
+from protocol.batch_signature import SERVER_TIME_HEADER
 from protocol.storable import backend_window
 from protocol.uplink import IngestResponse
 
@@ -35,21 +37,52 @@ log = get_logger("backend.ingest")
         "Body: protocol.uplink.UplinkBatch as JSON or msgpack (Content-Type"
         " application/msgpack), optionally Content-Encoding zstd or gzip. The batch id"
         " (Idempotency-Key header, else batch_id) is stored with the logs: a retried batch"
-        " answers {accepted: 0, duplicate: true}."
+        " answers {accepted: 0, duplicate: true}. A gateway holding a client certificate"
+        " signs each batch (X-TD-Signature, X-TD-Signature-Timestamp, X-TD-Certificate-Serial;"
+        " docs/gateway-mtls.md); an unsigned, altered or stale one is 401."
     ),
 )
 async def ingest_logs(
     request: Request[Any, Any, Any],
+    # Read by identify_gateway from the headers; declared for the OpenAPI document.
     x_api_key: Annotated[str | None, HeaderParameter(name="X-API-Key")] = None,
     idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
 ) -> Response[IngestResponse]:
     started = time.perf_counter()
     services = services_of(request)
     async with services.connection() as conn:
-        gateway = await authenticate_gateway(conn, x_api_key)
+        gateway = await identify_gateway(
+            conn,
+            services.authority,
+            services.config.trusted_proxies,
+            request.headers,
+            request.client.host if request.client else None,
+        )
     services.rate_limiter.check(gateway.gateway_id)
     limit = services.config.ingest_max_bytes
-    body = inflate(await request.body(), request.headers.get("content-encoding"), limit)
+    sent = await request.body()
+    try:
+        async with services.connection() as conn:
+            await verify_batch(
+                conn,
+                gateway,
+                request.headers,
+                idempotency_key or "",
+                sent,
+                services.config.batch_signature_window_s,
+            )
+    except SignatureRefused as exc:
+        metrics = services.metrics
+        metrics.ingest_batches.labels("signature_refused").inc()
+        log.warning("batch signature refused", gateway_id=str(gateway.gateway_id),
+                    reason=exc.code, detail=exc.detail)  # fmt: skip
+        return Response(
+            {"error": exc.code, "detail": exc.detail},  # type: ignore[arg-type]
+            status_code=401,
+            media_type=MediaType.JSON,
+            headers={SERVER_TIME_HEADER: str(int(time.time()))},
+        )
+    body = inflate(sent, request.headers.get("content-encoding"), limit)
     batch = codec.uplink_batch.decode(body, request.headers.get("content-type"))
     if idempotency_key:
         try:

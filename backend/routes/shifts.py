@@ -11,12 +11,13 @@ import msgspec
 from litestar import Controller, Request, get, patch, post
 from litestar.params import FromPath, FromQuery
 
-from backend.accounts.roles import Permission, needs
+from backend.accounts.actor import current_actor
+from backend.accounts.roles import Permission, allows, needs, refusal
 from backend.attendance import bodies
 from backend.attendance.bodies import OrganizationChange, ShiftChange, ShiftCreate
 from backend.attendance.capture import BY_EMPLOYEE_ID, mark_dirty
 from backend.audit import record
-from backend.errors import InvalidRequest, NotFound, PayloadTooLarge
+from backend.errors import Forbidden, InvalidRequest, NotFound, PayloadTooLarge
 from backend.routes.common import (
     ADMIN_ERRORS,
     DEFAULT_LIMIT,
@@ -54,6 +55,8 @@ class OrganizationOut(msgspec.Struct, kw_only=True):
     name: str
     time_zone: str
     default_shift_id: uuid.UUID | None
+    # Gateways must present their client certificate; the API key alone is refused.
+    require_client_certificate: bool = False
 
 
 def _shift_out(row: Any) -> ShiftOut:
@@ -236,7 +239,8 @@ class OrganizationController(Controller):
     async def get_organization(self, org_id: OrgId, services: ServicesDep) -> OrganizationOut:
         async with services.connection() as conn:
             row = await conn.fetchrow(
-                "SELECT id, name, time_zone, default_shift_id FROM organizations WHERE id = $1",
+                "SELECT id, name, time_zone, default_shift_id, require_client_certificate"
+                " FROM organizations WHERE id = $1",
                 org_id,
             )
         return OrganizationOut(**dict(row))
@@ -245,12 +249,23 @@ class OrganizationController(Controller):
     async def change_organization(
         self, org_id: OrgId, services: ServicesDep, request: Request[Any, Any, Any]
     ) -> OrganizationOut:
-        """`{"time_zone"?: IANA name, "default_shift_id"?: id or null}`; days of everyone
-        following the organisation's zone or default shift are recomputed."""
+        """`{"time_zone"?: IANA name, "default_shift_id"?: id or null,
+        "require_client_certificate"?: bool}`; days of everyone following the organisation's
+        zone or default shift are recomputed. With require_client_certificate, gateways must
+        present their client certificate (docs/gateway-mtls.md)."""
         data = bodies.decode(await _body(request), OrganizationChange)
+        if data.require_client_certificate is not msgspec.UNSET:
+            # How gateways prove themselves is the fleet's business, not HR's.
+            actor = current_actor()
+            if actor is None or not allows(actor.role, Permission.FLEET):
+                role = actor.role if actor else "unknown"
+                raise Forbidden(
+                    f"require_client_certificate: {refusal(Permission.FLEET)}; you are `{role}`"
+                )
         async with services.connection() as conn, conn.transaction():
             before = await conn.fetchrow(
-                "SELECT id, name, time_zone, default_shift_id FROM organizations WHERE id = $1",
+                "SELECT id, name, time_zone, default_shift_id, require_client_certificate"
+                " FROM organizations WHERE id = $1",
                 org_id,
             )
             if isinstance(data.time_zone, str):
@@ -268,9 +283,16 @@ class OrganizationController(Controller):
                     org_id,
                     data.default_shift_id,
                 )
+            if isinstance(data.require_client_certificate, bool):
+                await conn.execute(
+                    "UPDATE organizations SET require_client_certificate = $2 WHERE id = $1",
+                    org_id,
+                    data.require_client_certificate,
+                )
             await recompute_org_employees(conn, org_id)
             row = await conn.fetchrow(
-                "SELECT id, name, time_zone, default_shift_id FROM organizations WHERE id = $1",
+                "SELECT id, name, time_zone, default_shift_id, require_client_certificate"
+                " FROM organizations WHERE id = $1",
                 org_id,
             )
             await record(

@@ -57,7 +57,7 @@ INGEST_PATH = "/v2/ingest/logs"
 PUBLIC = {"/health", "/ready"}
 SCHEMA_PREFIX = "/schema"
 # Checked by their own tests below (gateway-authenticated or token-gated).
-SPECIAL = {INGEST_PATH, CONTROL_PATH, "/metrics"}
+SPECIAL = {INGEST_PATH, CONTROL_PATH, "/metrics", "/v2/gateways/enroll"}
 # HTML pages behind a session cookie: their own matrix, test_every_dashboard_page_...
 DASHBOARD_PREFIX = "/dashboard"
 WAIT_S = 20.0

@@ -29,7 +29,7 @@ from tests.backend.test_isolation import Session, as_session
 DOCS = Path(__file__).parents[2] / "docs" / "accounts.md"
 ROW = re.compile(r"^\| `([A-Z]+)` \| `([^`]+)` \| (\w+) \|(.*)\|$")
 # Authenticated by the gateway's key, not by a user (their own tests cover them).
-GATEWAY_ROUTES = {("POST", "/v2/ingest/logs")}
+GATEWAY_ROUTES = {("POST", "/v2/ingest/logs"), ("POST", "/v2/gateways/enroll")}
 READING = {"GET", "HEAD", "OPTIONS"}
 PASSWORD = "correct horse battery"
 # The admin token acts as the organisation's owner.
@@ -208,3 +208,25 @@ async def test_a_viewer_changes_nothing_and_sees_no_changing_buttons(
         f"/v2/gateways/{gateway.json()['id']}/commands", headers=org.headers
     )
     assert commands.json()["items"] == [], "the viewer's refused command was queued anyway"
+
+
+@pytest.mark.anyio
+async def test_hr_sets_the_time_zone_but_not_how_gateways_prove_themselves(
+    client: AsyncTestClient[Litestar], org: Org
+) -> None:
+    users = await _role_users(client, org)
+
+    async def change(role: str, body: dict[str, Any]) -> Any:
+        headers = {"Authorization": f"Bearer {users[role]['token']}"}
+        return await client.patch("/v2/organization", json=body, headers=headers)
+
+    assert (await change("hr", {"time_zone": "Europe/Berlin"})).status_code == 200
+    refused = await change("hr", {"require_client_certificate": True})
+    assert refused.status_code == 403
+    assert refused.json()["detail"].startswith("require_client_certificate:")
+    assert "`admin`" in refused.json()["detail"]
+    settings = await client.get("/v2/organization", headers=org.headers)
+    assert settings.json()["require_client_certificate"] is False
+    allowed = await change("admin", {"require_client_certificate": True})
+    assert allowed.status_code == 200, allowed.text
+    assert allowed.json()["require_client_certificate"] is True

@@ -31,16 +31,32 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_nginx(workdir: Path, upstreams: list[str], cert: Path, key: Path) -> Iterator[str]:
-    """nginx in the foreground on a free port in front of `upstreams`; yields its https URL."""
+def running_nginx(
+    workdir: Path,
+    upstreams: list[str],
+    cert: Path,
+    key: Path,
+    *,
+    client_ca: Path | None = None,
+    bind: str | None = None,
+) -> Iterator[str]:
+    """nginx in the foreground on a free port in front of `upstreams`; yields its https URL.
+
+    `client_ca`: the CA gateways' client certificates are verified against (without one,
+    a CA nobody has signed with: none verifies). `bind`: the address nginx connects to the
+    backends from (what their TD_TRUSTED_PROXIES names)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = _free_port()
+    if client_ca is None:
+        client_ca = workdir / "no-client-ca.pem"
+        client_ca.write_bytes(cert.read_bytes())
     site = render_template(
         {
             "TD_PROXY_LISTEN": f"127.0.0.1:{port}",
             "TD_BACKEND_UPSTREAMS": " ".join(f"server {u};" for u in upstreams),
             "TD_TLS_CERT": str(cert),
             "TD_TLS_KEY": str(key),
+            "TD_CLIENT_CA": str(client_ca),
         }
     )
     temp_paths = " ".join(
@@ -54,7 +70,8 @@ def running_nginx(workdir: Path, upstreams: list[str], cert: Path, key: Path) ->
         f"{user}\ndaemon off;\nworker_processes 1;\npid {workdir / 'nginx.pid'};\n"
         f"error_log {workdir / 'error.log'} warn;\n"
         f"events {{ worker_connections 1024; }}\n"
-        f"http {{\n access_log {workdir / 'access.log'};\n {temp_paths}\n{site}\n}}\n"
+        f"http {{\n access_log {workdir / 'access.log'};\n {temp_paths}\n"
+        f" {f'proxy_bind {bind};' if bind else ''}\n{site}\n}}\n"
     )
     # Start-up errors go to stderr before error_log applies.
     with (workdir / "stderr.log").open("wb") as stderr:

@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -52,10 +53,16 @@ class BackendProcess:
         *,
         env: dict[str, str] | None = None,
         port: int | None = None,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        # tls: (certificate, key) of the server; it then terminates TLS itself (the direct
+        # topology of gateways' client certificates) and clients verify it with the cert.
+        self.verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=tls[0]) if tls else True
+        )
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.log_path = data_dir / "backend.log"
         self.env = {
             **{k: v for k, v in os.environ.items() if k != "TD_DATABASE_URL"},
@@ -63,6 +70,8 @@ class BackendProcess:
             "TD_LOG_FORMAT": "json",
             **(env or {}),
         }
+        if tls:
+            self.env["TD_TLS_CERT_FILE"], self.env["TD_TLS_KEY_FILE"] = map(str, tls)
         # None: the backend runs its embedded PostgreSQL under <data_dir>/pgdata.
         if database_url is not None:
             self.env["TD_DATABASE_URL"] = database_url
@@ -99,7 +108,8 @@ class BackendProcess:
                 self._process = None
                 raise RuntimeError(f"td-backend exited on start:\n{self.log_tail()}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/ready", timeout=1.0).status_code == 200:
+                ready = httpx.get(f"{self.url}/ready", timeout=1.0, verify=self.verify)
+                if ready.status_code == 200:
                     break
             time.sleep(0.05)
         else:
@@ -140,6 +150,7 @@ class BackendProcess:
             base_url=self.url,
             headers={"Authorization": f"Bearer {self.admin_token}"},
             timeout=30.0,
+            verify=self.verify,
         )
 
     def create_gateway(self, name: str = "gw") -> tuple[str, str, str]:
@@ -182,10 +193,14 @@ def _kill_group(process: subprocess.Popen[bytes]) -> None:
 
 @contextlib.contextmanager
 def running_backend(
-    tmp_path: Path, database_url: str, *, env: dict[str, str] | None = None
+    tmp_path: Path,
+    database_url: str,
+    *,
+    env: dict[str, str] | None = None,
+    tls: tuple[Path, Path] | None = None,
 ) -> Iterator[BackendProcess]:
     """A started backend on a free port of 127.0.0.1, with an org; always stopped on exit."""
-    backend = BackendProcess(tmp_path / "backend", database_url, env=env)
+    backend = BackendProcess(tmp_path / "backend", database_url, env=env, tls=tls)
     try:
         backend.start()
         yield backend

@@ -25,7 +25,7 @@ from backend.routes.common import (
     Limit,
     OrgId,
     ServicesDep,
-    decode_cursor,
+    cursor_position,
     next_cursor,
 )
 from backend.services import Services
@@ -158,16 +158,6 @@ async def _page(
     )
 
 
-def _position(cursor: str | None) -> tuple[dt.datetime, uuid.UUID] | None:
-    if cursor is None:
-        return None
-    position = decode_cursor(cursor)
-    try:
-        return position.at, uuid.UUID(position.id)
-    except ValueError:
-        raise InvalidRequest("cursor: not a cursor from this API") from None
-
-
 def _csv_row(row: Any) -> list[str]:
     return [
         row["at"].isoformat(),
@@ -236,7 +226,7 @@ class AuditController(Controller):
             until=until,
         )
         async with services.connection() as conn:
-            rows = await _page(conn, org_id, filters, _position(cursor), limit)
+            rows = await _page(conn, org_id, filters, cursor_position(cursor), limit)
         return AuditPage(
             items=[_event_out(row) for row in rows[:limit]],
             next_cursor=next_cursor(rows, limit, "at"),

@@ -127,6 +127,17 @@ def decode_cursor(text: str) -> Cursor:
         ) from None
 
 
+def cursor_position(cursor: str | None) -> tuple[dt.datetime, uuid.UUID] | None:
+    """The (at, id) a page given `cursor` starts after; None without one."""
+    if cursor is None:
+        return None
+    position = decode_cursor(cursor)
+    try:
+        return position.at, uuid.UUID(position.id)
+    except ValueError:
+        raise InvalidRequest("cursor: not a cursor from this API") from None
+
+
 def next_cursor(rows: list[Any], limit: int, at_key: str, id_key: str = "id") -> str | None:
     """Cursor after the page when a row past `limit` exists (callers fetch limit + 1)."""
     if len(rows) <= limit:
@@ -137,14 +148,11 @@ def next_cursor(rows: list[Any], limit: int, at_key: str, id_key: str = "id") ->
 
 def after(at_column: Any, id_column: Any, cursor: str | None) -> Any:
     """A Piccolo where-clause for rows after `cursor` in (at, id) order; None without one."""
-    if cursor is None:
+    position = cursor_position(cursor)
+    if position is None:
         return None
-    position = decode_cursor(cursor)
-    try:
-        last_id = uuid.UUID(position.id)
-    except ValueError:
-        raise InvalidRequest("cursor: not a cursor from this API") from None
-    return (at_column > position.at) | ((at_column == position.at) & (id_column > last_id))
+    at, last_id = position
+    return (at_column > at) | ((at_column == at) & (id_column > last_id))
 
 
 async def keyset_rows(

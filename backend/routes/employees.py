@@ -33,7 +33,7 @@ from backend.routes.common import (
     Limit,
     OrgId,
     ServicesDep,
-    decode_cursor,
+    cursor_position,
     next_cursor,
 )
 from backend.services import Services
@@ -207,13 +207,9 @@ class EmployeeController(Controller):
             pattern = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
             placeholder = arg(pattern)
             where.append(f"(e.name ILIKE {placeholder} OR e.employee_no ILIKE {placeholder})")
-        if cursor is not None:
-            position = decode_cursor(cursor)
-            try:
-                last_id = uuid.UUID(position.id)
-            except ValueError:
-                raise InvalidRequest("cursor: not a cursor from this API") from None
-            where.append(f"(e.created_at, e.id) > ({arg(position.at)}, {arg(last_id)})")
+        if (position := cursor_position(cursor)) is not None:
+            at, last_id = position
+            where.append(f"(e.created_at, e.id) > ({arg(at)}, {arg(last_id)})")
         sql = (
             f"{EMPLOYEE_SQL} WHERE {' AND '.join(where)}"
             f" ORDER BY e.created_at, e.id LIMIT {arg(limit + 1)}"

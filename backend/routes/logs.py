@@ -18,7 +18,7 @@ from backend.routes.common import (
     Limit,
     OrgId,
     ServicesDep,
-    decode_cursor,
+    cursor_position,
     encode_cursor,
 )
 from protocol.agent import LOG_KINDS
@@ -86,13 +86,9 @@ class LogController(Controller):
             where.append(f"ts >= {arg(from_)}")
         if to is not None:
             where.append(f"ts < {arg(to)}")
-        if cursor is not None:
-            position = decode_cursor(cursor)
-            try:
-                last_id = uuid.UUID(position.id)
-            except ValueError:
-                raise InvalidRequest("cursor: not a cursor from this API") from None
-            where.append(f"(ts, id) > ({arg(position.at)}, {arg(last_id)})")
+        if (position := cursor_position(cursor)) is not None:
+            at, last_id = position
+            where.append(f"(ts, id) > ({arg(at)}, {arg(last_id)})")
         sql = (
             "SELECT id, ts, kind, agent_id, agent_uid, gateway_id, received_at, data"
             f" FROM agent_logs WHERE {' AND '.join(where)}"

@@ -24,7 +24,7 @@ from backend.routes.common import (
     Limit,
     OrgId,
     ServicesDep,
-    decode_cursor,
+    cursor_position,
     next_cursor,
 )
 
@@ -149,13 +149,8 @@ class ShiftController(Controller):
     ) -> ShiftPage:
         args: list[Any] = [org_id]
         where = "org_id = $1"
-        if cursor is not None:
-            position = decode_cursor(cursor)
-            try:
-                last_id = uuid.UUID(position.id)
-            except ValueError:
-                raise InvalidRequest("cursor: not a cursor from this API") from None
-            args += [position.at, last_id]
+        if (position := cursor_position(cursor)) is not None:
+            args += position
             where += " AND (created_at, id) > ($2, $3)"
         args.append(limit + 1)
         async with services.connection() as conn:

@@ -30,7 +30,7 @@ from backend.accounts.users import (
 )
 from backend.audit import record
 from backend.auth import new_secret
-from backend.errors import Conflict, Forbidden, InvalidRequest, NotFound
+from backend.errors import Conflict, Forbidden, NotFound
 from backend.routes.admin_tokens import checked_expiry
 from backend.routes.common import (
     ADMIN_ERRORS,
@@ -38,7 +38,7 @@ from backend.routes.common import (
     Limit,
     OrgId,
     ServicesDep,
-    decode_cursor,
+    cursor_position,
     error_responses,
     next_cursor,
 )
@@ -198,12 +198,8 @@ class UserController(Controller):
         """Oldest first; never a password or its hash."""
         args: list[Any] = [org_id]
         where = "org_id = $1"
-        if cursor is not None:
-            position = decode_cursor(cursor)
-            try:
-                args += [position.at, uuid.UUID(position.id)]
-            except ValueError:
-                raise InvalidRequest("cursor: not a cursor from this API") from None
+        if (position := cursor_position(cursor)) is not None:
+            args += position
             where += " AND (created_at, id) > ($2, $3)"
         args.append(limit + 1)
         async with services.connection() as conn:
@@ -380,12 +376,8 @@ class UserController(Controller):
         """The user's tokens, revoked ones included; never their secrets."""
         args: list[Any] = [user_id]
         where = "user_id = $1"
-        if cursor is not None:
-            position = decode_cursor(cursor)
-            try:
-                args += [position.at, uuid.UUID(position.id)]
-            except ValueError:
-                raise InvalidRequest("cursor: not a cursor from this API") from None
+        if (position := cursor_position(cursor)) is not None:
+            args += position
             where += " AND (created_at, id) > ($2, $3)"
         args.append(limit + 1)
         async with services.connection() as conn:

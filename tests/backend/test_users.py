@@ -264,3 +264,35 @@ async def test_sign_in_rehashes_a_password_stored_with_old_parameters(
         follow_redirects=False,
     )
     assert wrong.status_code == 401
+
+
+async def test_users_and_their_tokens_page_in_creation_order(
+    client: AsyncTestClient[Litestar], org: Org
+) -> None:
+    async def every_page(path: str) -> list[str]:
+        names: list[str] = []
+        cursor: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+            page = await client.get(path, params=params, headers=org.headers)
+            assert page.status_code == 200, page.text
+            names += [item["name"] for item in page.json()["items"]]
+            cursor = page.json()["next_cursor"]
+            if cursor is None:
+                return names
+
+    made = []
+    for n in range(5):
+        user = {"email": f"u{n}@example.com", "name": f"user {n}", "role": "viewer"}
+        created = await client.post("/v2/users", json=user, headers=org.headers)
+        assert created.status_code == 201, created.text
+        made.append(created.json()["id"])
+    assert await every_page("/v2/users") == [f"user {n}" for n in range(5)]
+    for n in range(3):
+        token = await client.post(
+            f"/v2/users/{made[0]}/tokens", json={"name": f"t{n}"}, headers=org.headers
+        )
+        assert token.status_code == 201, token.text
+    assert await every_page(f"/v2/users/{made[0]}/tokens") == ["t0", "t1", "t2"]
+    broken = await client.get("/v2/users", params={"cursor": "not-a-cursor"}, headers=org.headers)
+    assert broken.status_code == 400 and broken.json()["detail"].startswith("cursor:")

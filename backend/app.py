@@ -30,6 +30,7 @@ from backend.keycheck import check_secret_key
 from backend.lifecycle.routes import PrivacyController, RetentionController
 from backend.logging import configure_logging, get_logger
 from backend.maintenance import maintenance_loop, run_maintenance
+from backend.oidc.settings import OidcSettingsController
 from backend.pki.authority import CertificateAuthority
 from backend.routes import (
     admin_tokens,
@@ -160,6 +161,7 @@ def admin_router() -> Router:
             users.UserController,
             audit.AuditController,
             RetentionController,
+            OidcSettingsController,
             PrivacyController,
         ],
         security=[{"adminToken": []}],

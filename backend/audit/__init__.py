@@ -30,6 +30,8 @@ SECRET_KEYS = frozenset(
         "enrollment_key_encrypted",
         "lookup_prefix",
         "api_key_prefix",
+        "client_secret",
+        "client_secret_encrypted",
     }
 )
 

@@ -97,7 +97,7 @@ class Operator:
 SignedIn = NamedDependency[Operator]
 
 
-def _is_https(request: Request[Any, Any, Any]) -> bool:
+def is_https(request: Request[Any, Any, Any]) -> bool:
     forwarded = request.headers.get("x-forwarded-proto", "")
     return request.url.scheme == "https" or forwarded.split(",")[0].strip() == "https"
 
@@ -114,7 +114,7 @@ def session_cookie(request: Request[Any, Any, Any], operator: Operator) -> Cooki
         max_age=SESSION_LIFETIME_S,
         httponly=True,
         samesite="strict",
-        secure=_is_https(request),
+        secure=is_https(request),
     )
 
 
@@ -126,7 +126,7 @@ def cleared_cookie(request: Request[Any, Any, Any]) -> Cookie:
         max_age=0,
         httponly=True,
         samesite="strict",
-        secure=_is_https(request),
+        secure=is_https(request),
     )
 
 

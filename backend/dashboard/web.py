@@ -12,7 +12,7 @@ from litestar.datastructures import ResponseHeader
 from litestar.di import Provide
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import HTTPException
-from litestar.params import Body
+from litestar.params import Body, FromQuery
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
@@ -35,6 +35,7 @@ from backend.dashboard.session import (
 )
 from backend.errors import BackendError
 from backend.logging import get_logger
+from backend.oidc.pages import oidc_callback, oidc_start, provider_button
 
 log = get_logger("backend.dashboard")
 
@@ -128,8 +129,12 @@ def _error_page(request: Request[Any, Any, Any], exc: Exception) -> Response[Any
 
 
 @get("/sign-in", include_in_schema=False)
-async def sign_in_page(request: Request[Any, Any, Any]) -> Template:
-    return Template("sign_in.html", context={"error": None})
+async def sign_in_page(
+    request: Request[Any, Any, Any], org: FromQuery[str | None] = None
+) -> Template:
+    # `?org=<id>`: the organisation's "Sign in with <provider>" link, when it has one.
+    provider = await provider_button(request, org)
+    return Template("sign_in.html", context={"error": None, "provider": provider})
 
 
 @post("/sign-in", include_in_schema=False, status_code=303, opt=needs(Permission.SELF))
@@ -190,6 +195,8 @@ def dashboard_router() -> Router:
             sign_in_page,
             sign_in_submit,
             sign_out,
+            oidc_start,
+            oidc_callback,
             commands.command_progress,
             today.TodayController,
             fleet.FleetController,

@@ -114,6 +114,11 @@ def bodies(a: dict[str, str]) -> dict[tuple[str, str], Any]:
         ("POST", "/v2/users/{user_id:uuid}/tokens"): {"name": "b-token"},
         ("PUT", "/v2/organization/retention"): {"retention": {"active_window": 30}},
         ("POST", "/v2/employees/{employee_id:uuid}/erase"): None,
+        ("PUT", "/v2/organization/oidc"): {
+            "issuer": "https://login.a.example",
+            "client_id": a["oidc_client_id"],
+            "client_secret": "a-secret",
+        },
     }
 
 
@@ -128,6 +133,11 @@ def b_bodies(a: dict[str, str]) -> dict[tuple[str, str], Any]:
         ("POST", "/v2/employees/import"): csv_body(a["employee_no"], "renamed by org b"),
         ("PATCH", "/v2/organization"): {"time_zone": "Pacific/Auckland"},
         ("PUT", "/v2/organization/retention"): {"retention": {"active_window": 7}},
+        ("PUT", "/v2/organization/oidc"): {
+            "issuer": "https://login.b.example",
+            "client_id": "b-client",
+            "client_secret": "b-secret",
+        },
     }
 
 
@@ -155,7 +165,11 @@ B_ON_COLLECTION = {
     ("POST", "/v2/employees/import"): 200,
     ("PATCH", "/v2/organization"): 200,
     ("PUT", "/v2/organization/retention"): 200,
+    ("PUT", "/v2/organization/oidc"): 200,
 }
+# Deletes of the caller's own organisation's settings: org B's acts on its own (gone, or
+# never set), never on org A's.
+B_OWN_SETTINGS_DELETES = {("DELETE", "/v2/organization/oidc")}
 # Reads over a date range need one; org A's attendance lies in it.
 TODAY = dt.datetime.now(dt.UTC).date()
 PERIOD = {
@@ -270,6 +284,17 @@ async def org_a_resources(client: AsyncTestClient[Litestar], a: Org) -> dict[str
     )
     assert device_command.status_code == 202
     ids["device_command_id"] = device_command.json()["id"]
+    ids["oidc_client_id"] = f"a-oidc-{uuid.uuid4().hex[:12]}"
+    oidc = await client.put(
+        "/v2/organization/oidc",
+        json={
+            "issuer": "https://login.a.example",
+            "client_id": ids["oidc_client_id"],
+            "client_secret": "a-secret",
+        },
+        headers=a.headers,
+    )
+    assert oidc.status_code == 200, oidc.text
     return ids
 
 
@@ -412,6 +437,7 @@ async def org_a_state(client: AsyncTestClient[Litestar], a: Org, ids: dict[str, 
         "/v2/users",
         "/v2/organization",
         "/v2/organization/retention",
+        "/v2/organization/oidc",
         "/v2/employees",
         "/v2/shifts",
         "/v2/devices/seen",
@@ -508,7 +534,10 @@ async def test_every_route_refuses_other_organisations(
             # Org B first: after org A's own delete, a refusal would prove nothing.
             before = await org_a_state(client, a, ids)
             as_b = await send(client, method, path, b_body, b.headers, params)
-            assert (as_b.status_code, as_b.json()["error"]) == (404, "not_found"), as_b.text
+            if (method, template) in B_OWN_SETTINGS_DELETES:
+                assert as_b.status_code in (204, 404), f"{method} {template}: {as_b.text}"
+            else:
+                assert (as_b.status_code, as_b.json()["error"]) == (404, "not_found"), as_b.text
             assert await org_a_state(client, a, ids) == before, f"{method} {template} by B"
             as_a = await send(client, method, path, body, a.headers, params)
             assert as_a.is_success, f"positive control {method} {template}: {as_a.text}"
@@ -565,6 +594,9 @@ async def test_every_route_refuses_other_organisations(
 
 # Served to anyone (the sign-in form, the stylesheet and htmx): none of an organisation's data.
 DASHBOARD_PUBLIC = {"/dashboard/sign-in", "/dashboard/static/{file_path:path}"}
+# Sign-in through an organisation's provider: without an organisation that has one (or
+# without the attempt's cookie), the sign-in page with the reason, and no session.
+DASHBOARD_OIDC = {"/dashboard/oidc/start", "/dashboard/oidc/callback"}
 SIGN_OUT = "/dashboard/sign-out"
 # Pages that may show nothing of org A (they list only what needs attention).
 QUIET_PAGES: set[str] = set()
@@ -665,6 +697,14 @@ async def test_every_dashboard_page_refuses_other_organisations(
     for method, template in routes:
         ids = {**history, **await org_a_resources(client, a)}
         seen_of_a.update({f"{name}#{value}": value for name, value in marks(ids).items()})
+        if template in DASHBOARD_OIDC:
+            response = await as_session(client, method, template, None)
+            assert response.status_code == 400, f"{method} {template}: {response.text[:200]}"
+            assert COOKIE_NAME not in response.headers.get("set-cookie", "")
+            leaked = [name for name, value in seen_of_a.items() if value in response.text]
+            assert not leaked, f"{method} {template} shows org A's {leaked} to anyone"
+            checked.add((method, template))
+            continue
         if template in DASHBOARD_PUBLIC:
             path = fill(template, {"file_path": "dashboard.css"})
             form = {"token": "tda_" + "A" * 32} if method == "POST" else None

@@ -22,6 +22,8 @@
     accounts/       users, roles and the one role -> permission table, personal tokens,
                     argon2id passwords, the acting identity (docs/accounts.md)
     audit/          the append-only audit trail's one writer
+    oidc/           dashboard sign-in through the organisation's OpenID Connect provider
+                    (docs/accounts.md)
     lifecycle/      archive before delete, retention per organisation and kind, privacy
                     requests (docs/lifecycle.md)
 

@@ -168,6 +168,22 @@ async def keyset_rows(
     return rows
 
 
+async def created_page(
+    conn: Any, select: str, owner_column: str, owner_id: Any, cursor: str | None, limit: int
+) -> list[Any]:
+    """`keyset_rows` for raw SQL: one page of `select` (`SELECT … FROM table`) over the rows
+    whose `owner_column` is `owner_id`, in (created_at, id) order after `cursor`, plus one
+    row to tell whether another page follows."""
+    args: list[Any] = [owner_id]
+    where = f"{owner_column} = $1"
+    if (position := cursor_position(cursor)) is not None:
+        args += position
+        where += " AND (created_at, id) > ($2, $3)"
+    args.append(limit + 1)
+    sql = f"{select} WHERE {where} ORDER BY created_at, id LIMIT ${len(args)}"
+    return list(await conn.fetch(sql, *args))
+
+
 async def org_row(
     table: Any, org_id: uuid.UUID, row_id: uuid.UUID, noun: str, *columns: Any
 ) -> dict[str, Any]:

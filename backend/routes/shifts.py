@@ -24,7 +24,7 @@ from backend.routes.common import (
     Limit,
     OrgId,
     ServicesDep,
-    cursor_position,
+    created_page,
     next_cursor,
 )
 
@@ -147,20 +147,8 @@ class ShiftController(Controller):
         cursor: FromQuery[str | None] = None,
         limit: Limit = DEFAULT_LIMIT,
     ) -> ShiftPage:
-        args: list[Any] = [org_id]
-        where = "org_id = $1"
-        if (position := cursor_position(cursor)) is not None:
-            args += position
-            where += " AND (created_at, id) > ($2, $3)"
-        args.append(limit + 1)
         async with services.connection() as conn:
-            rows = list(
-                await conn.fetch(
-                    f"SELECT * FROM shifts WHERE {where} ORDER BY created_at, id"
-                    f" LIMIT ${len(args)}",
-                    *args,
-                )
-            )
+            rows = await created_page(conn, "SELECT * FROM shifts", "org_id", org_id, cursor, limit)
         return ShiftPage(
             items=[_shift_out(row) for row in rows[:limit]],
             next_cursor=next_cursor(rows, limit, "created_at"),

@@ -38,7 +38,7 @@ from backend.routes.common import (
     Limit,
     OrgId,
     ServicesDep,
-    cursor_position,
+    created_page,
     error_responses,
     next_cursor,
 )
@@ -196,19 +196,9 @@ class UserController(Controller):
         limit: Limit = DEFAULT_LIMIT,
     ) -> UserPage:
         """Oldest first; never a password or its hash."""
-        args: list[Any] = [org_id]
-        where = "org_id = $1"
-        if (position := cursor_position(cursor)) is not None:
-            args += position
-            where += " AND (created_at, id) > ($2, $3)"
-        args.append(limit + 1)
         async with services.connection() as conn:
-            rows = list(
-                await conn.fetch(
-                    f"SELECT {USER_COLUMNS} FROM users WHERE {where}"
-                    f" ORDER BY created_at, id LIMIT ${len(args)}",
-                    *args,
-                )
+            rows = await created_page(
+                conn, f"SELECT {USER_COLUMNS} FROM users", "org_id", org_id, cursor, limit
             )
         return UserPage(
             items=[user_out(row) for row in rows[:limit]],
@@ -374,20 +364,15 @@ class UserController(Controller):
         limit: Limit = DEFAULT_LIMIT,
     ) -> TokenPage:
         """The user's tokens, revoked ones included; never their secrets."""
-        args: list[Any] = [user_id]
-        where = "user_id = $1"
-        if (position := cursor_position(cursor)) is not None:
-            args += position
-            where += " AND (created_at, id) > ($2, $3)"
-        args.append(limit + 1)
         async with services.connection() as conn:
             _check_token_owner(_actor(request), await _user_row(conn, org_id, user_id))
-            rows = list(
-                await conn.fetch(
-                    "SELECT id, name, created_at, expires_at, revoked_at FROM user_tokens"
-                    f" WHERE {where} ORDER BY created_at, id LIMIT ${len(args)}",
-                    *args,
-                )
+            rows = await created_page(
+                conn,
+                "SELECT id, name, created_at, expires_at, revoked_at FROM user_tokens",
+                "user_id",
+                user_id,
+                cursor,
+                limit,
             )
         return TokenPage(
             items=[_token_out(row) for row in rows[:limit]],
